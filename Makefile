@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: serve test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.local-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[local]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.local-installed
+
+serve: $(VENV)/.local-installed  ## install and start the local engine on http://127.0.0.1:8080
+	$(BIN)/replies-engine serve $(ARGS)
+
+test: $(VENV)/.test-installed  ## install the test dependencies and run the whole suite
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache replies-engine.db*

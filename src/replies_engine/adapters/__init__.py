@@ -1,0 +1,1 @@
+"""Adapters behind the ports: `sqlite` (the embedded engine) and `aws` (DynamoDB and SQS)."""

@@ -1,0 +1,7 @@
+"""The embedded backend: conversations and queues in one SQLite file."""
+
+from .database import Database
+from .queue import SqliteMessageQueue
+from .store import SqliteConversationStore
+
+__all__ = ["Database", "SqliteConversationStore", "SqliteMessageQueue"]

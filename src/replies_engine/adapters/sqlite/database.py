@@ -1,0 +1,146 @@
+"""The embedded database: one SQLite file in WAL mode, created on first use, a connection per thread.
+
+Transactions are `BEGIN IMMEDIATE`: the write lock is taken up front, so a read-check-write inside one
+is the conditional write that DynamoDB's `ConditionExpression` gives the AWS backend.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ...channels import GSIS
+from ...config import ConfigurationError
+from ...ports import BackendError, TransientBackendError
+
+SCHEMA_VERSION = 1
+
+# Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
+_INDEXED_ATTRS = sorted(
+    {attr for gsi in GSIS for attr in (gsi.company_attr, gsi.recipient_attr)}
+    | {"task_complete", "created_at", "conversation_status", "processing_started_at"}
+)
+_SCHEMA = "\n".join(
+    [
+        "CREATE TABLE IF NOT EXISTS conversations (",
+        "  conversation_id TEXT PRIMARY KEY,",
+        "  record TEXT NOT NULL CHECK (json_valid(record)),",
+        ",\n".join(
+            f"  {a} GENERATED ALWAYS AS (json_extract(record, '$.{a}')) VIRTUAL" for a in _INDEXED_ATTRS
+        ),
+        ");",
+        *(
+            f"CREATE INDEX IF NOT EXISTS [{g.name}] ON conversations ({g.company_attr}, {g.recipient_attr});"
+            for g in GSIS
+        ),
+        # Sparse, like the DynamoDB lock index: only locked conversations are in it.
+        "CREATE INDEX IF NOT EXISTS [gsi-locked] ON conversations (processing_started_at)"
+        " WHERE conversation_status = 'processing_reply';",
+        """
+        CREATE TABLE IF NOT EXISTS queue_messages (
+          seq INTEGER PRIMARY KEY AUTOINCREMENT,
+          message_id TEXT NOT NULL UNIQUE,
+          queue TEXT NOT NULL,
+          body TEXT NOT NULL,
+          attributes TEXT NOT NULL,
+          sent_at REAL NOT NULL,
+          visible_at REAL NOT NULL,
+          receive_count INTEGER NOT NULL DEFAULT 0,
+          receipt_handle TEXT
+        );
+        CREATE INDEX IF NOT EXISTS queue_visible ON queue_messages (queue, visible_at);
+        CREATE TABLE IF NOT EXISTS engine_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+        f"PRAGMA user_version = {SCHEMA_VERSION};",
+    ]
+)
+
+_TRANSIENT_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL}
+
+
+@contextmanager
+def translated_errors(error: type[BackendError], transient: type[TransientBackendError]) -> Iterator[None]:
+    """Turn sqlite3 errors into the ports' vocabulary: busy/locked/full → transient, else permanent."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code == sqlite3.SQLITE_CANTOPEN:
+            raise ConfigurationError(f"cannot open the SQLite database: {exc}") from exc
+        raise (transient if code in _TRANSIENT_CODES else error)(f"sqlite: {exc}") from exc
+
+
+class Database:
+    """Connections to one SQLite file; the schema is created by the first connection of a process."""
+
+    def __init__(self, path: str, busy_timeout_ms: int = 2000) -> None:
+        self.path = path
+        self._timeout = busy_timeout_ms / 1000
+        self._local = threading.local()
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")  # an acknowledged message survives a power cut
+                self._ensure_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._local.conn = conn
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            self._schema_ready = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database's write lock from its first statement."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def local_auth_token(self) -> str:
+        """The engine's own Twilio auth token, made on first use, for signing requests by hand."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO engine_settings (name, value) VALUES ('twilio_auth_token', ?)",
+                (secrets.token_hex(16),),
+            )
+            return conn.execute(
+                "SELECT value FROM engine_settings WHERE name = 'twilio_auth_token'"
+            ).fetchone()[0]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,70 @@
+"""The channel table: for each channel its GSI, its batch queue and how its addresses are written.
+
+One table, used by stage 1 (lookup, routing), stage 2 (home queue) and both store adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import parseaddr
+
+HANDOFF_QUEUE = "handoff"
+AI_QUEUE = "ai"
+
+
+@dataclass(frozen=True)
+class Gsi:
+    """A global secondary index of ConversationsTable: company side (partition) + person (sort)."""
+
+    name: str
+    company_attr: str
+    recipient_attr: str
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    gsi: Gsi | None
+    queue: str
+    twilio: bool  # Twilio channels answer with TwiML and are signed with X-Twilio-Signature
+    handoff_list_attr: str  # senders listed here go to the handoff queue
+
+    def normalize_address(self, address: str) -> str:
+        """The form stored in the GSI keys: E.164 without prefix, or a bare lowercased email."""
+        return normalize_phone(address) if self.twilio else normalize_email(address)
+
+
+WHATSAPP_GSI = Gsi("gsi-company-whatsapp", "gsi_company_whatsapp_number", "gsi_recipient_tel")
+SMS_GSI = Gsi("gsi-company-sms", "gsi_company_sms_number", "gsi_recipient_tel")
+EMAIL_GSI = Gsi("gsi-company-email", "gsi_company_email", "gsi_recipient_email")
+
+CHANNELS: dict[str, Channel] = {
+    "whatsapp": Channel("whatsapp", WHATSAPP_GSI, "whatsapp", True, "auto_queue_reply_message_from_number"),
+    "sms": Channel("sms", SMS_GSI, "sms", True, "auto_queue_reply_message_from_number"),
+    "email": Channel("email", EMAIL_GSI, "email", False, "auto_queue_reply_message_from_email"),
+}
+GSIS = (WHATSAPP_GSI, SMS_GSI, EMAIL_GSI)
+BATCH_QUEUES = tuple(channel.queue for channel in CHANNELS.values())
+QUEUES = (*BATCH_QUEUES, HANDOFF_QUEUE, AI_QUEUE)
+
+
+def normalize_phone(address: str) -> str:
+    """`whatsapp:+49 151 1234` → `+491511234`: the channel prefix and spacing removed."""
+    _, _, number = address.strip().rpartition(":")
+    return "".join(number.split()).replace("-", "")
+
+
+def normalize_email(address: str) -> str:
+    """`Zoë <Zoe@Example.org>` → `zoe@example.org`."""
+    return parseaddr(address.strip())[1].lower()
+
+
+def normalize_record_keys(record: dict) -> dict:
+    """The record with its GSI keys in stored form, so a hand-written `whatsapp:+1…` still matches."""
+    normalized = dict(record)
+    for gsi in GSIS:
+        normalize = normalize_email if gsi is EMAIL_GSI else normalize_phone
+        for attr in (gsi.company_attr, gsi.recipient_attr):
+            if isinstance(normalized.get(attr), str):
+                normalized[attr] = normalize(normalized[attr])
+    return normalized

@@ -1,0 +1,107 @@
+"""Settings from the environment (DESIGN.md §5), read once on first use, never at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigurationError(Exception):
+    """The environment asks for something that cannot work; the message says which variable."""
+
+
+SQS_MAX_DELAY_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str = "sqlite"
+    sqlite_path: str = "./replies-engine.db"
+    sqlite_busy_timeout_ms: int = 2000
+    conversations_table: str | None = None
+    queue_urls: Mapping[str, str] = field(default_factory=dict)
+    batch_delay_seconds: int = 10
+    requeue_delay_seconds: int = 15
+    max_retry_attempts: int = 3
+    lock_timeout_seconds: int = 300
+    twilio_auth_token: str | None = None
+    twilio_secret_name: str | None = None
+    verify_signatures: str = "enforce"
+    public_base_url: str | None = None
+    email_webhook_token: str | None = None
+    locked_reply_text: str = "We're still working on your previous message and will answer shortly."
+    locked_policy: str = "reply"
+    honor_hand_off_to_human: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: os.environ); a bad value raises ConfigurationError."""
+        env = _Env(os.environ if environ is None else environ)
+        return cls(
+            backend=env.choice("REPLIES_BACKEND", ("sqlite", "aws"), "sqlite"),
+            sqlite_path=env.text("REPLIES_SQLITE_PATH") or "./replies-engine.db",
+            sqlite_busy_timeout_ms=env.integer("REPLIES_SQLITE_BUSY_TIMEOUT_MS", 2000, 0, 600_000),
+            conversations_table=env.text("CONVERSATIONS_TABLE"),
+            queue_urls={
+                name: url
+                for name in ("whatsapp", "sms", "email", "handoff", "ai")
+                if (url := env.text(f"{name.upper()}_QUEUE_URL"))
+            },
+            batch_delay_seconds=env.integer("BATCH_DELAY_SECONDS", 10, 0, SQS_MAX_DELAY_SECONDS),
+            requeue_delay_seconds=env.integer("REQUEUE_DELAY_SECONDS", 15, 0, SQS_MAX_DELAY_SECONDS),
+            max_retry_attempts=env.integer("MAX_RETRY_ATTEMPTS", 3, 0, 100),
+            lock_timeout_seconds=env.integer("LOCK_TIMEOUT_SECONDS", 300, 1, 86_400),
+            twilio_auth_token=env.text("TWILIO_AUTH_TOKEN"),
+            twilio_secret_name=env.text("TWILIO_SECRET_NAME"),
+            verify_signatures=env.choice("VERIFY_SIGNATURES", ("enforce", "report", "off"), "enforce"),
+            public_base_url=(env.text("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            email_webhook_token=env.text("EMAIL_WEBHOOK_TOKEN"),
+            locked_reply_text=env.text("LOCKED_REPLY_TEXT") or cls.locked_reply_text,
+            locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
+            honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
+            log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+        )
+
+
+class _Env:
+    """Typed reads of environment variables; empty counts as unset."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise ConfigurationError(f"{name}={value} is out of range [{low}, {high}]")
+        return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str, upper: bool = False) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
+            raise ConfigurationError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{name}={raw!r} is not a boolean (true/false)")

@@ -1,0 +1,1 @@
+"""The one-machine engine: HTTP server, queue workers, command line."""

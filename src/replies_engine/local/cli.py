@@ -1,0 +1,160 @@
+"""`replies-engine`: the engine on one machine, and the operators' tools (DESIGN.md §5.1).
+
+Every command acts on the configured backend and prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .. import clock
+from ..bootstrap import get_runtime
+from ..channels import normalize_record_keys
+from ..config import ConfigurationError
+from ..ports import BackendError, QueuedMessage
+
+logger = logging.getLogger("replies_engine.cli")
+
+
+class UsageError(Exception):
+    """Bad input from the person at the keyboard: printed, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = args.command(args)
+    except UsageError as exc:
+        print(f"replies-engine: {exc}", file=sys.stderr)
+        return 2
+    except (ConfigurationError, BackendError) as exc:
+        print(f"replies-engine: {exc}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="replies-engine", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print JSON (the default; kept for scripts)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the whole engine on this machine")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(command=_serve)
+
+    conversations = commands.add_parser("conversations", help="ConversationsTable records").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    imp = conversations.add_parser("import", help="import records: a JSON array or JSON lines; - for stdin")
+    imp.add_argument("file")
+    imp.set_defaults(command=_import)
+    show = conversations.add_parser("show", help="print one record")
+    show.add_argument("conversation_id")
+    show.set_defaults(command=_show)
+    lst = conversations.add_parser("list", help="print records, optionally by conversation_status")
+    lst.add_argument("--status")
+    lst.set_defaults(command=_list)
+
+    queues = commands.add_parser("queues", help="look into the queues").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    peek = queues.add_parser("peek", help="the messages of a queue, without consuming them")
+    peek.add_argument("name", help="whatsapp, sms, email, handoff, ai, or NAME-dlq")
+    peek.set_defaults(command=_peek)
+    queues.add_parser("stats", help="message counts per queue").set_defaults(command=_stats)
+
+    for sub in (imp, show, lst, peek, serve):
+        sub.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .engine import serve
+
+    serve(args.host, args.port)
+
+
+def _import(args: argparse.Namespace) -> dict[str, Any]:
+    records = _read_records(sys.stdin.read() if args.file == "-" else _read_file(args.file))
+    store = get_runtime().store
+    for record in records:
+        store.put(normalize_record_keys(record))
+    return {"imported": len(records)}
+
+
+def _show(args: argparse.Namespace) -> dict[str, Any]:
+    record = get_runtime().store.get(args.conversation_id)
+    if record is None:
+        raise UsageError(f"no conversation {args.conversation_id!r}")
+    return record
+
+
+def _list(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return get_runtime().store.list(args.status)
+
+
+def _peek(args: argparse.Namespace) -> list[dict[str, Any]]:
+    runtime = get_runtime()
+    if not runtime.queue.has_queue(args.name):
+        raise UsageError(f"no queue named {args.name!r}: whatsapp, sms, email, handoff, ai, or NAME-dlq")
+    return [queued_message_json(m) for m in runtime.queue.peek(args.name)]
+
+
+def _stats(args: argparse.Namespace) -> dict[str, Any]:
+    return get_runtime().queue.stats()
+
+
+def queued_message_json(message: QueuedMessage) -> dict[str, Any]:
+    try:
+        body: Any = json.loads(message.body)
+    except json.JSONDecodeError:
+        body = message.body
+    return {
+        "body": body,
+        "attributes": message.attributes,
+        "visible_at": clock.iso(message.visible_at),
+        "message_id": message.message_id,
+        "sent_at": clock.iso(message.sent_at),
+        "receive_count": message.receive_count,
+    }
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+def _read_records(text: str) -> list[dict[str, Any]]:
+    """A JSON array of records, or one record per line (JSON lines); each needs a conversation_id."""
+    stripped = text.strip()
+    try:
+        if stripped.startswith("["):
+            records = json.loads(stripped)
+        else:
+            records = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"not a JSON array or JSON lines: {exc}") from None
+    for number, record in enumerate(records, 1):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("conversation_id"), str)
+            or not record["conversation_id"]
+        ):
+            raise UsageError(
+                f"record {number} is not an object with a string conversation_id; nothing imported"
+            )
+    return records
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Structured JSON logs and counters (DESIGN.md §6).
+
+Log lines carry correlation fields through `extra=`: `conversation_id`, `message_sid`, `batch_id`, …
+Counters are kept in memory here; the AWS backend emits the same names as CloudWatch EMF.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections import Counter
+from datetime import UTC, datetime
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then every `extra` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """JSON lines on stderr for the package's loggers; idempotent (Lambda reuses the process)."""
+    logger = logging.getLogger("replies_engine")
+    logger.setLevel(level)
+    if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+class Metrics:
+    """Counters by metric name, thread-safe; `snapshot()` for tests, the CLI and benchmarks."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._log = logging.getLogger("replies_engine.metrics")
+
+    def add(self, name: str, value: float = 1, **dimensions: str) -> None:
+        with self._lock:
+            self._counts[name] += value
+        self._log.debug("metric", extra={"metric": name, "value": value, **dimensions})
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._counts)

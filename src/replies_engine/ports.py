@@ -1,0 +1,97 @@
+"""The ports: what the stages need from storage and queues. Adapters live in `adapters/`.
+
+Adapters translate their own failures into the errors below, so the stages decide on one vocabulary:
+transient (retry later: a busy database, throttling, a timeout) or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .channels import Gsi
+
+Record = dict[str, Any]
+Attributes = Mapping[str, str | int]
+
+
+class BackendError(Exception):
+    """A store or queue operation failed for good (retrying the same call will not help)."""
+
+
+class TransientBackendError(BackendError):
+    """A store or queue operation failed for now (locked database, throttling, timeout)."""
+
+
+class StoreError(BackendError):
+    pass
+
+
+class TransientStoreError(StoreError, TransientBackendError):
+    pass
+
+
+class QueueError(BackendError):
+    pass
+
+
+class TransientQueueError(QueueError, TransientBackendError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message as a queue holds it (peek) or hands it out (receive)."""
+
+    message_id: str
+    queue: str
+    body: str
+    attributes: dict[str, str | int]
+    sent_at: float  # unix seconds
+    visible_at: float  # unix seconds
+    receive_count: int = 0
+    receipt_handle: str | None = None
+
+
+class ConversationStore(Protocol):
+    """ConversationsTable (DESIGN.md §4.1)."""
+
+    def find_active(self, gsi: Gsi, company: str, recipient: str) -> list[Record]:
+        """Records on `gsi` with these keys and `task_complete = 0`, in no particular order."""
+        ...
+
+    def get(self, conversation_id: str) -> Record | None: ...
+
+    def put(self, record: Record) -> None:
+        """Create the record, or replace the one with its `conversation_id` (tooling and tests)."""
+        ...
+
+    def list(self, status: str | None = None) -> list[Record]: ...
+
+    def record_refused_message(self, conversation_id: str, message: Record) -> bool:
+        """Keep a message refused as CONVERSATION_LOCKED in `refused_messages`, once per message id.
+
+        Returns False when it was already recorded.
+        """
+        ...
+
+
+class MessageQueue(Protocol):
+    """Named queues with SQS semantics: `whatsapp`, `sms`, `email`, `handoff`, `ai` and `NAME-dlq`."""
+
+    def has_queue(self, queue: str) -> bool: ...
+
+    def send(
+        self, queue: str, body: str, *, delay_seconds: int = 0, attributes: Attributes | None = None
+    ) -> str:
+        """Enqueue `body`, invisible for `delay_seconds`; returns the message id."""
+        ...
+
+    def peek(self, queue: str) -> list[QueuedMessage]:
+        """Every message in `queue`, visible or not, oldest first, without receiving it."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per queue: messages `available`, `delayed` and `in_flight` (received, not yet deleted)."""
+        ...

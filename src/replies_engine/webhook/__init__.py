@@ -1,0 +1,1 @@
+"""Stage 1, the webhook handler: parsing, signature, validation, routing, responses."""

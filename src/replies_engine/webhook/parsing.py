@@ -1,0 +1,159 @@
+"""Stage 1, step 1: an API Gateway proxy event → the provider's fields → `context_object`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from .. import clock
+from ..channels import CHANNELS, Channel
+
+# Twilio's webhooks are a few KB; anything near this is not one, and it keeps queue messages small.
+MAX_BODY_BYTES = 262_144
+_MAX_FIELDS = 500
+_MEDIA_FIELD = re.compile(r"Media(Url|ContentType)(\d+)")
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+EMAIL_FIELDS = ("from", "to", "subject", "text", "message_id")
+
+
+class ParsingError(ValueError):
+    """The request is not a webhook we can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """What a provider sent, before any interpretation."""
+
+    channel: Channel
+    params: dict[str, Any]  # Twilio's form fields, or the email JSON, names as sent
+    headers: dict[str, str]  # names lowercased
+    path: str  # the path the provider called, API Gateway stage included
+    query: str  # the query string, re-encoded ("" when none)
+
+
+def channel_from_event(event: dict[str, Any]) -> Channel | None:
+    """The channel named by the path's last segment: `/whatsapp`, `/prod/sms`, `/email/`."""
+    path = event.get("path") or (event.get("requestContext") or {}).get("path") or ""
+    return CHANNELS.get(str(path).rstrip("/").rpartition("/")[2]) if isinstance(path, str) else None
+
+
+def parse_event(event: dict[str, Any]) -> InboundRequest:
+    """Read the request; raise ParsingError with a clear reason when it is not a webhook."""
+    if not isinstance(event, dict):
+        raise ParsingError("the event is not an API Gateway proxy event")
+    request_context = event.get("requestContext") or {}
+    method = event.get("httpMethod") or request_context.get("httpMethod")
+    if method != "POST":
+        raise ParsingError(f"method {method} is not allowed: webhooks are POSTed")
+    channel = channel_from_event(event)
+    if channel is None:
+        raise ParsingError(f"unknown path {event.get('path')!r}: expected /whatsapp, /sms or /email")
+    text = _body_text(event)
+    params = _twilio_form(text) if channel.twilio else _email_json(text)
+    return InboundRequest(
+        channel=channel,
+        params=params,
+        headers=_headers(event),
+        path=request_context.get("path") or event.get("path"),
+        query=_query(event),
+    )
+
+
+def build_context_object(request: InboundRequest, received_at: str | None = None) -> dict[str, Any]:
+    """The provider's fields with snake_case names, the channel, media as a list, and `received_at`."""
+    context: dict[str, Any] = {"channel_type": request.channel.name}
+    if request.channel.twilio:
+        media: dict[int, dict[str, str]] = {}
+        for name, value in request.params.items():
+            if match := _MEDIA_FIELD.fullmatch(name):
+                kind = "url" if match[1] == "Url" else "content_type"
+                media.setdefault(int(match[2]), {})[kind] = value
+            elif name != "NumMedia":  # implied by the media list
+                context[snake_case(name)] = value
+        if media:
+            context["media"] = [media[i] for i in sorted(media)]
+    else:
+        context.update((snake_case(k), v) for k, v in request.params.items() if k != "text")
+        context["body"] = request.params.get("text") or ""
+    context["received_at"] = received_at or clock.iso()
+    return context
+
+
+def create_context_object(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The seed's entry: `context_object` for the event, or None when it cannot be parsed."""
+    try:
+        return build_context_object(parse_event(event))
+    except ParsingError:
+        return None
+
+
+def snake_case(name: str) -> str:
+    """`MessageSid` → `message_sid`, `WaId` → `wa_id`, `From` → `from`."""
+    return _WORD_BOUNDARY.sub("_", name).lower()
+
+
+def _body_text(event: dict[str, Any]) -> str:
+    body = event.get("body")
+    if body is None or body == "":
+        raise ParsingError("the body is empty")
+    if not isinstance(body, str):
+        raise ParsingError("the body is not a string")
+    if event.get("isBase64Encoded"):
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise ParsingError("the body is marked base64 but is not valid base64") from None
+    else:
+        raw = body.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_BODY_BYTES:
+        raise ParsingError(f"the body is {len(raw)} bytes, more than the {MAX_BODY_BYTES} allowed")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParsingError("the body is not UTF-8") from None
+
+
+def _twilio_form(text: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=_MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise ParsingError("a form field is not UTF-8 once percent-decoded") from None
+    except ValueError as exc:
+        raise ParsingError(f"the body is not a form-urlencoded Twilio webhook: {exc}") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise ParsingError(f"the form field {name!r} appears twice")
+        params[name] = value
+    return params
+
+
+def _email_json(text: str) -> dict[str, Any]:
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParsingError(f"the body is not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ParsingError("the body is not a JSON object")
+    wrong = [f for f in EMAIL_FIELDS if params.get(f) is not None and not isinstance(params[f], str)]
+    if wrong:
+        raise ParsingError(f"these email fields must be strings: {', '.join(wrong)}")
+    return params
+
+
+def _headers(event: dict[str, Any]) -> dict[str, str]:
+    headers = {k.lower(): v[-1] for k, v in (event.get("multiValueHeaders") or {}).items() if v}
+    headers.update((k.lower(), v) for k, v in (event.get("headers") or {}).items() if v is not None)
+    return headers
+
+
+def _query(event: dict[str, Any]) -> str:
+    multi = event.get("multiValueQueryStringParameters")
+    if multi:
+        return urlencode([(k, v) for k, values in multi.items() for v in values])
+    return urlencode(event.get("queryStringParameters") or {})

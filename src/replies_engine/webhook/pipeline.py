@@ -1,0 +1,143 @@
+"""Stage 1: parse → verify → find conversation → rules → route → enqueue → respond (DESIGN.md §1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bootstrap import Runtime, get_runtime
+from ..channels import HANDOFF_QUEUE
+from ..config import ConfigurationError
+from ..conversation import message_key, user_message
+from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
+from .parsing import InboundRequest, ParsingError, build_context_object, channel_from_event, parse_event
+from .responses import ERROR_STATUS, final_response, success_response
+from .routing import determine_target_queue
+from .signature import verify_email, verify_twilio
+from .validation import check_conversation_exists, validate_conversation_rules
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    error_code: str | None = None  # None: accepted
+    message: str = ""
+    queue_message_id: str = ""
+    log: dict[str, Any] = field(default_factory=dict)  # correlation fields known so far
+
+
+def handle_webhook(event: dict[str, Any]) -> dict[str, Any]:
+    """Answer one webhook request; raises TransientWebhookError only to make Twilio retry."""
+    channel = channel_from_event(event) if isinstance(event, dict) else None
+    runtime: Runtime | None = None
+    try:
+        runtime = get_runtime()
+        outcome = _accept(event, runtime)
+    except ConfigurationError as exc:
+        outcome = Outcome("CONFIGURATION_ERROR", str(exc))
+    except Exception:  # the safety net: a bug must not make Twilio retry forever
+        logger.exception("unexpected error in the webhook handler")
+        outcome = Outcome("INTERNAL_ERROR", "unexpected error")
+    extra = {"channel_type": channel.name if channel else None, **outcome.log}
+    if outcome.error_code is None:
+        logger.info("message accepted", extra={**extra, "queue_message_id": outcome.queue_message_id})
+        return success_response(channel, outcome.queue_message_id)
+    level = logging.ERROR if ERROR_STATUS.get(outcome.error_code, 500) >= 500 else logging.WARNING
+    logger.log(
+        level, "message refused", extra={**extra, "error_code": outcome.error_code, "reason": outcome.message}
+    )
+    if runtime is not None:
+        runtime.metrics.add("WebhookRefused", error_code=outcome.error_code)
+    locked_text = runtime.settings.locked_reply_text if runtime else ""
+    return final_response(channel, outcome.error_code, outcome.message, locked_text)
+
+
+def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
+    settings = runtime.settings
+    try:
+        request = parse_event(event)
+    except ParsingError as exc:
+        return Outcome("PARSING_ERROR", str(exc))
+    context_object = build_context_object(request)
+    log = {"message_sid": message_key(context_object)}
+    logger.info("webhook received", extra={**log, "channel_type": request.channel.name})
+
+    refusal = _verify(request, runtime)
+    if refusal is not None:
+        refusal.log = log
+        return refusal
+
+    found = check_conversation_exists(context_object, runtime.store)
+    if not found["valid"]:
+        return Outcome(found["error_code"], found["message"], log=log)
+    context_object = found["data"]
+    log["conversation_id"] = context_object.get("conversation_id")
+
+    rules = validate_conversation_rules(context_object, settings.lock_timeout_seconds)
+    if not rules["valid"]:
+        if rules["error_code"] != "CONVERSATION_LOCKED":
+            return Outcome(rules["error_code"], rules["message"], log=log)
+        if settings.locked_policy == "reply":
+            return _record_refused(context_object, rules["message"], runtime, log)
+        logger.info("conversation locked: message deferred to the next batch", extra=log)
+
+    queue = determine_target_queue(context_object, settings.honor_hand_off_to_human)
+    if queue is None or not runtime.queue.has_queue(queue):
+        return Outcome(
+            "ROUTING_ERROR", f"no queue for channel {context_object.get('channel_type')!r}", log=log
+        )
+    try:
+        queue_message_id = runtime.queue.send(
+            queue,
+            json.dumps(context_object, ensure_ascii=False),
+            delay_seconds=0 if queue == HANDOFF_QUEUE else settings.batch_delay_seconds,
+            attributes={"conversation_id": context_object["conversation_id"], "RetryAttempt": 0},
+        )
+    except TransientQueueError as exc:
+        return Outcome("QUEUE_TRANSIENT_ERROR", str(exc), log=log)
+    except QueueError as exc:
+        return Outcome("QUEUE_ERROR", str(exc), log=log)
+    runtime.metrics.add("MessagesReceived", channel_type=request.channel.name)
+    return Outcome(queue_message_id=queue_message_id, log={**log, "queue": queue})
+
+
+def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
+    """None when the request may proceed; in `report` mode a bad signature is only logged and counted."""
+    settings = runtime.settings
+    if settings.verify_signatures == "off":
+        return None
+    if request.channel.twilio:
+        try:
+            token = runtime.twilio_auth_token()
+        except TransientBackendError as exc:
+            return Outcome("DB_TRANSIENT_ERROR", f"cannot read the Twilio auth token: {exc}")
+        except BackendError as exc:
+            return Outcome("CONFIGURATION_ERROR", f"cannot read the Twilio auth token: {exc}")
+        if not token:
+            return Outcome("CONFIGURATION_ERROR", "no Twilio auth token: set TWILIO_AUTH_TOKEN")
+        problem = verify_twilio(request, token, settings.public_base_url)
+    elif settings.email_webhook_token:
+        problem = verify_email(request, settings.email_webhook_token)
+    else:
+        return None
+    if problem is None:
+        return None
+    runtime.metrics.add("InvalidSignature", channel_type=request.channel.name)
+    if settings.verify_signatures == "report":
+        logger.warning("invalid signature accepted (VERIFY_SIGNATURES=report)", extra={"reason": problem})
+        return None
+    return Outcome("INVALID_SIGNATURE", problem)
+
+
+def _record_refused(context_object: dict[str, Any], reason: str, runtime: Runtime, log: dict) -> Outcome:
+    """Keep a message refused while the conversation is locked where an operator can see it."""
+    try:
+        runtime.store.record_refused_message(context_object["conversation_id"], user_message(context_object))
+    except TransientBackendError as exc:
+        return Outcome("DB_TRANSIENT_ERROR", f"cannot record the refused message: {exc}", log=log)
+    except BackendError as exc:
+        return Outcome("DB_QUERY_ERROR", f"cannot record the refused message: {exc}", log=log)
+    return Outcome("CONVERSATION_LOCKED", reason, log=log)

@@ -1,0 +1,83 @@
+"""Stage 1, step 6: error code → HTTP answer (DESIGN.md §4.4).
+
+`response_builder` suggests the status and JSON body; `final_response` applies the channel's rules:
+Twilio gets 200 TwiML for everything it must not retry, and a raised error (API Gateway answers 5xx,
+Twilio retries) only for transient faults.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twilio.twiml.messaging_response import MessagingResponse
+
+from ..channels import Channel
+
+ERROR_STATUS: dict[str, int] = {
+    "PARSING_ERROR": 400,
+    "INVALID_SIGNATURE": 403,
+    "MISSING_REQUIRED_FIELD": 400,
+    "CONFIGURATION_ERROR": 500,
+    "DB_TRANSIENT_ERROR": 503,
+    "DB_QUERY_ERROR": 500,
+    "INTERNAL_ERROR": 500,
+    "CONVERSATION_NOT_FOUND": 404,
+    "PROJECT_INACTIVE": 403,
+    "CHANNEL_NOT_ALLOWED": 403,
+    "CONVERSATION_LOCKED": 409,
+    "ROUTING_ERROR": 500,
+    "QUEUE_ERROR": 500,
+    "QUEUE_TRANSIENT_ERROR": 503,
+}
+TRANSIENT_ERROR_CODES = frozenset({"DB_TRANSIENT_ERROR", "QUEUE_TRANSIENT_ERROR"})
+
+EMPTY_TWIML = str(MessagingResponse())
+
+
+class TransientWebhookError(RuntimeError):
+    """Raised to make API Gateway answer 5xx, so that Twilio retries the webhook."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(f"{error_code}: {message}")
+        self.error_code = error_code
+
+
+def response_builder(error_code: str, message: str) -> dict:
+    """The suggested API Gateway response for an error code: its status and a JSON body."""
+    return _json(ERROR_STATUS.get(error_code, 500), {"error_code": error_code, "message": message})
+
+
+def twiml_response(text: str | None = None) -> dict:
+    """200 TwiML: empty, or with one `<Message>` back to the sender."""
+    body = EMPTY_TWIML
+    if text:
+        reply = MessagingResponse()
+        reply.message(text)
+        body = str(reply)
+    return {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": body}
+
+
+def success_response(channel: Channel | None, message_id: str) -> dict:
+    if channel is not None and channel.twilio:
+        return twiml_response()
+    return _json(200, {"status": "queued", "message_id": message_id})
+
+
+def final_response(channel: Channel | None, error_code: str, message: str, locked_reply_text: str) -> dict:
+    """The answer to the provider for an error, by the channel's rules."""
+    suggested = response_builder(error_code, message)
+    if channel is None or not channel.twilio or error_code == "INVALID_SIGNATURE":
+        return suggested  # a forged request earns no TwiML
+    if error_code in TRANSIENT_ERROR_CODES:
+        raise TransientWebhookError(error_code, message)
+    if error_code == "CONVERSATION_LOCKED":
+        return twiml_response(locked_reply_text)
+    return twiml_response()
+
+
+def _json(status: int, payload: dict) -> dict:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps(payload, ensure_ascii=False),
+    }

@@ -1,0 +1,105 @@
+"""Stage 1, steps 3 and 4: find the active conversation, then apply its rules.
+
+Both return the seed's result shape: `{"valid": True, "data": context_object}` or
+`{"valid": False, "error_code": …, "message": …}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import clock
+from ..channels import CHANNELS
+from ..config import ConfigurationError
+from ..conversation import HISTORY_FIELDS, PROCESSING_REPLY, message_key
+from ..ports import ConversationStore, StoreError, TransientStoreError
+
+logger = logging.getLogger(__name__)
+
+Result = dict[str, Any]
+
+
+def ok(data: dict[str, Any]) -> Result:
+    return {"valid": True, "data": data}
+
+
+def fail(error_code: str, message: str) -> Result:
+    return {"valid": False, "error_code": error_code, "message": message}
+
+
+def check_conversation_exists(context_object: dict[str, Any], store: ConversationStore) -> Result:
+    """Query the channel's GSI for the active (`task_complete = 0`) conversation; newest wins.
+
+    On success `data` is the record (without its history) merged with the context_object.
+    """
+    channel = CHANNELS.get(context_object.get("channel_type", ""))
+    if channel is None or channel.gsi is None:
+        return fail(
+            "CONFIGURATION_ERROR", f"no GSI configured for channel {context_object.get('channel_type')!r}"
+        )
+    company = channel.normalize_address(context_object.get("to") or "")
+    recipient = channel.normalize_address(context_object.get("from") or "")
+    id_field = "message_sid" if channel.twilio else "message_id"
+    missing = [
+        name
+        for name, value in (("from", recipient), ("to", company), (id_field, message_key(context_object)))
+        if not value
+    ]
+    if missing:
+        return fail("MISSING_REQUIRED_FIELD", f"missing required field(s): {', '.join(missing)}")
+    try:
+        records = store.find_active(channel.gsi, company, recipient)
+    except ConfigurationError as exc:
+        return fail("CONFIGURATION_ERROR", str(exc))
+    except TransientStoreError as exc:
+        return fail("DB_TRANSIENT_ERROR", str(exc))
+    except StoreError as exc:
+        return fail("DB_QUERY_ERROR", str(exc))
+    if not records:
+        return fail(
+            "CONVERSATION_NOT_FOUND",
+            f"no active {channel.name} conversation between {company} and {recipient}",
+        )
+    records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
+    if len(records) > 1:
+        logger.warning(
+            "several active conversations match; the newest wins",
+            extra={
+                "conversation_id": records[0].get("conversation_id"),
+                "candidates": [r.get("conversation_id") for r in records],
+                "message_sid": message_key(context_object),
+            },
+        )
+    record = {k: v for k, v in records[0].items() if k not in HISTORY_FIELDS}
+    return ok({**record, **context_object})
+
+
+def validate_conversation_rules(
+    context_object: dict[str, Any], lock_timeout_seconds: float | None = None
+) -> Result:
+    """PROJECT_INACTIVE, CHANNEL_NOT_ALLOWED, CONVERSATION_LOCKED, checked in that order.
+
+    With `lock_timeout_seconds`, a lock older than that is an expired lease and does not count.
+    """
+    if context_object.get("project_status") != "active":
+        return fail(
+            "PROJECT_INACTIVE", f"project status is {context_object.get('project_status')!r}, not 'active'"
+        )
+    channel_type = context_object.get("channel_type")
+    if channel_type not in (context_object.get("allowed_channels") or []):
+        return fail("CHANNEL_NOT_ALLOWED", f"channel {channel_type!r} is not allowed for this conversation")
+    if context_object.get("conversation_status") == PROCESSING_REPLY and not _lease_expired(
+        context_object.get("processing_started_at"), lock_timeout_seconds
+    ):
+        return fail("CONVERSATION_LOCKED", "a reply to this conversation is being prepared")
+    return ok(context_object)
+
+
+def _lease_expired(started_at: Any, lock_timeout_seconds: float | None) -> bool:
+    if lock_timeout_seconds is None or not isinstance(started_at, str):
+        return False
+    try:
+        return clock.now() - clock.parse_iso(started_at) > lock_timeout_seconds
+    except ValueError:
+        return False
