@@ -36,11 +36,21 @@ def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stderr for the package's loggers; idempotent (Lambda reuses the process)."""
     logger = logging.getLogger("replies_engine")
     logger.setLevel(level)
-    if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
-        logger.propagate = False
+        logger.propagate = False  # Lambda's root handler would print every line twice
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the current sys.stderr, not the one at start-up (redirections, test capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
 
 
 class Metrics:

@@ -120,7 +120,9 @@ def _body_text(event: dict[str, Any]) -> str:
 
 def _twilio_form(text: str) -> dict[str, str]:
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=_MAX_FIELDS)
+        pairs = parse_qsl(
+            text, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=_MAX_FIELDS
+        )
     except UnicodeDecodeError:
         raise ParsingError("a form field is not UTF-8 once percent-decoded") from None
     except ValueError as exc:

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replies_engine.bootstrap import Runtime, get_runtime, reset_runtime
+from replies_engine.handlers import webhook_handler
+
+from .payloads import BASE, COMPANY, EMAIL_TOKEN, PERSON, TOKEN
+
+# Variables a developer's shell may hold that would change what the tests see.
+_FOREIGN = ("REPLIES_", "TWILIO_", "AWS_", "BATCH_", "VERIFY_", "PUBLIC_BASE_URL", "EMAIL_", "LOCKED_", "HONOR_")
+
+
+def conversation(conversation_id: str = "c1", **fields: Any) -> dict[str, Any]:
+    """A §4.1 record reachable on whatsapp, sms and email from the test person."""
+    record = {
+        "conversation_id": conversation_id,
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "gsi_company_whatsapp_number": COMPANY,
+        "gsi_company_sms_number": COMPANY,
+        "gsi_company_email": "support@company.example",
+        "gsi_recipient_tel": PERSON,
+        "gsi_recipient_email": "zoe@example.org",
+        "task_complete": 0,
+        "project_status": "active",
+        "allowed_channels": ["whatsapp", "sms", "email"],
+        "conversation_status": "initial_message_sent",
+        "messages": [{"message_id": "SMold", "role": "assistant", "content": "Hi Zoë, how can we help?"}],
+    }
+    record.update(fields)
+    return record
+
+
+class Engine:
+    """The embedded engine in a temporary directory, driven through the public entry points."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path = path
+        self.monkeypatch = monkeypatch
+
+    def env(self, **values: str) -> None:
+        """Change the environment and rebuild the runtime from it, as a new Lambda container would."""
+        for name, value in values.items():
+            self.monkeypatch.setenv(name, value)
+        reset_runtime()
+
+    @property
+    def runtime(self) -> Runtime:
+        return get_runtime()
+
+    def put(self, *records: dict[str, Any]) -> None:
+        for record in records:
+            self.runtime.store.put(record)
+
+    def get(self, conversation_id: str = "c1") -> dict[str, Any] | None:
+        return self.runtime.store.get(conversation_id)
+
+    def queued(self, queue: str) -> list[dict[str, Any]]:
+        """The messages in `queue`, bodies parsed."""
+        return [
+            {"body": json.loads(m.body), "attributes": m.attributes, "delay": round(m.visible_at - m.sent_at)}
+            for m in self.runtime.queue.peek(queue)
+        ]
+
+    def all_queued(self) -> int:
+        return sum(len(self.runtime.queue.peek(q)) for q in ("whatsapp", "sms", "email", "handoff", "ai"))
+
+    def handle(self, event: dict[str, Any]) -> dict[str, Any]:
+        return webhook_handler(event, None)
+
+
+@pytest.fixture
+def engine_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for a fresh engine in tmp_path (also for subprocesses)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN)}
+    env.update(
+        REPLIES_BACKEND="sqlite",
+        REPLIES_SQLITE_PATH=str(tmp_path / "engine.db"),
+        REPLIES_SQLITE_BUSY_TIMEOUT_MS="200",
+        TWILIO_AUTH_TOKEN=TOKEN,
+        PUBLIC_BASE_URL=BASE,
+        VERIFY_SIGNATURES="enforce",
+        EMAIL_WEBHOOK_TOKEN=EMAIL_TOKEN,
+        BATCH_DELAY_SECONDS="10",
+    )
+    return env
+
+
+@pytest.fixture
+def engine(engine_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name in os.environ:
+        if name.startswith(_FOREIGN):
+            monkeypatch.delenv(name)
+    for name, value in engine_env.items():
+        monkeypatch.setenv(name, value)
+    reset_runtime()
+    engine = Engine(tmp_path, monkeypatch)
+    engine.put(conversation())
+    yield engine
+    reset_runtime()
