@@ -13,7 +13,17 @@ from replies_engine.handlers import webhook_handler
 from .payloads import BASE, COMPANY, EMAIL_TOKEN, PERSON, TOKEN
 
 # Variables a developer's shell may hold that would change what the tests see.
-_FOREIGN = ("REPLIES_", "TWILIO_", "AWS_", "BATCH_", "VERIFY_", "PUBLIC_BASE_URL", "EMAIL_", "LOCKED_", "HONOR_")
+_FOREIGN = (
+    "REPLIES_",
+    "TWILIO_",
+    "AWS_",
+    "BATCH_",
+    "VERIFY_",
+    "PUBLIC_BASE_URL",
+    "EMAIL_",
+    "LOCKED_",
+    "HONOR_",
+)
 
 
 def conversation(conversation_id: str = "c1", **fields: Any) -> dict[str, Any]:

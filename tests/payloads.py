@@ -124,7 +124,11 @@ def api_event(
         "path": path,
         "httpMethod": method,
         "headers": {"Host": "hooks.example.com", "X-Forwarded-Proto": "https", **(headers or {})},
-        "requestContext": {"path": f"/{stage}{path}" if stage else path, "stage": stage, "httpMethod": method},
+        "requestContext": {
+            "path": f"/{stage}{path}" if stage else path,
+            "stage": stage,
+            "httpMethod": method,
+        },
         "queryStringParameters": None,
         "body": body,
         "isBase64Encoded": base64_body,
@@ -140,7 +144,9 @@ def twilio_event(
     return api_event(f"/{channel}", urlencode(params), headers, **kwargs)
 
 
-def email_event(message: dict[str, Any] | str, token: str | None = EMAIL_TOKEN, **kwargs: Any) -> dict[str, Any]:
+def email_event(
+    message: dict[str, Any] | str, token: str | None = EMAIL_TOKEN, **kwargs: Any
+) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers["X-Webhook-Token"] = token

@@ -44,7 +44,9 @@ def test_whatsapp_text_is_answered_with_empty_twiml_and_queued_with_the_batch_de
     assert body["from"] == f"whatsapp:{PERSON}"
     assert body["profile_name"] == "Zoë" and body["wa_id"] == PERSON.lstrip("+")
     assert body["sms_message_sid"] == params["MessageSid"] and body["num_segments"] == "1"
-    assert body["received_at"].endswith("Z") and len(body["received_at"]) == len("2026-11-24T20:15:03.123456Z")
+    assert body["received_at"].endswith("Z") and len(body["received_at"]) == len(
+        "2026-11-24T20:15:03.123456Z"
+    )
     # the record's fields are merged in, its growing history is not
     assert body["conversation_id"] == "c1" and body["project_status"] == "active"
     assert "messages" not in body
@@ -118,7 +120,9 @@ def test_sha256_signature_named_in_the_settings_header_is_accepted(engine):
     signature = base64.b64encode(hmac.new(TOKEN.encode(), payload.encode(), hashlib.sha256).digest()).decode()
     event = twilio_event("whatsapp", params)
     event["headers"]["X-Twilio-Signature"] = signature
-    event["headers"]["X-Twilio-Webhooks-Signature-Settings"] = "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"
+    event["headers"]["X-Twilio-Webhooks-Signature-Settings"] = (
+        "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"
+    )
 
     assert engine.handle(event)["statusCode"] == 200
 
@@ -139,7 +143,9 @@ def test_off_mode_accepts_unsigned_requests_and_warns_at_start(engine, capsys):
     del event["headers"]["X-Twilio-Signature"]
 
     assert engine.handle(event)["statusCode"] == 200
-    warnings = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "VERIFY_SIGNATURES=off" in line]
+    warnings = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if "VERIFY_SIGNATURES=off" in line
+    ]
     assert warnings and warnings[0]["level"] == "WARNING"
 
 

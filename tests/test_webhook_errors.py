@@ -42,7 +42,11 @@ def assert_json_error(response, status, error_code):
         ({"project_status": "paused"}, "PROJECT_INACTIVE", 403),
         ({"allowed_channels": ["sms"]}, "CHANNEL_NOT_ALLOWED", 403),
         ({"task_complete": 1}, "CONVERSATION_NOT_FOUND", 404),
-        ({"gsi_recipient_tel": "+10000000000", "gsi_recipient_email": "x@y.z"}, "CONVERSATION_NOT_FOUND", 404),
+        (
+            {"gsi_recipient_tel": "+10000000000", "gsi_recipient_email": "x@y.z"},
+            "CONVERSATION_NOT_FOUND",
+            404,
+        ),
     ],
 )
 def test_rule_refusals(engine, fields, error_code, status):
@@ -54,7 +58,9 @@ def test_rule_refusals(engine, fields, error_code, status):
 
 
 def test_rules_are_checked_in_order(engine):
-    engine.put(conversation(project_status="closed", allowed_channels=[], conversation_status="processing_reply"))
+    engine.put(
+        conversation(project_status="closed", allowed_channels=[], conversation_status="processing_reply")
+    )
 
     assert_json_error(engine.handle(email_event(email_json())), 403, "PROJECT_INACTIVE")
     engine.put(conversation(allowed_channels=[], conversation_status="processing_reply"))
@@ -106,7 +112,9 @@ def test_locked_policy_defer_queues_the_message_for_the_next_batch(engine):
 
 def test_an_expired_lock_does_not_refuse(engine):
     engine.env(LOCK_TIMEOUT_SECONDS="300")
-    engine.put(conversation(conversation_status="processing_reply", processing_started_at="2026-01-01T00:00:00Z"))
+    engine.put(
+        conversation(conversation_status="processing_reply", processing_started_at="2026-01-01T00:00:00Z")
+    )
 
     assert_empty_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
     assert len(engine.queued("whatsapp")) == 1
@@ -140,8 +148,13 @@ def test_email_with_a_wrong_or_missing_token_is_403(engine, token):
 
 
 def raw_event(path, body, *, method="POST", base64_body=False):
-    return api_event(path, body, {"Content-Type": "application/x-www-form-urlencoded"}, method=method,
-                     base64_body=base64_body)
+    return api_event(
+        path,
+        body,
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        method=method,
+        base64_body=base64_body,
+    )
 
 
 @pytest.mark.parametrize(
@@ -149,8 +162,14 @@ def raw_event(path, body, *, method="POST", base64_body=False):
     [
         (raw_event("/whatsapp", ""), "empty"),
         (raw_event("/whatsapp", None), "empty"),
-        ({**raw_event("/whatsapp", "x"), "body": base64.b64encode(os.urandom(64)).decode(), "isBase64Encoded": True},
-         "UTF-8"),
+        (
+            {
+                **raw_event("/whatsapp", "x"),
+                "body": base64.b64encode(os.urandom(64)).decode(),
+                "isBase64Encoded": True,
+            },
+            "UTF-8",
+        ),
         ({**raw_event("/whatsapp", "x"), "body": "%%%not base64%%%", "isBase64Encoded": True}, "base64"),
         (raw_event("/whatsapp", "Body=%FF%FE&From=x"), "UTF-8"),
         (raw_event("/whatsapp", "\udcff garbage"), "UTF-8"),
@@ -296,7 +315,9 @@ def test_unexpected_bug_is_caught_by_the_safety_net(engine, monkeypatch, capsys)
 def test_routing_error_when_no_queue_serves_the_channel(engine):
     assert determine_target_queue({"channel_type": "fax", "from": "+1"}) is None
     assert_empty_twiml(final_response(engine_channel("whatsapp"), "ROUTING_ERROR", "no queue", ""))
-    assert_json_error(final_response(engine_channel("email"), "ROUTING_ERROR", "no queue", ""), 500, "ROUTING_ERROR")
+    assert_json_error(
+        final_response(engine_channel("email"), "ROUTING_ERROR", "no queue", ""), 500, "ROUTING_ERROR"
+    )
 
 
 def engine_channel(name):

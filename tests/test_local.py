@@ -1,0 +1,262 @@
+"""The local engine: `replies-engine serve` over real HTTP on loopback, the server's event translation,
+and the operators' commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlencode
+
+import httpx2 as httpx
+import pytest
+from starlette.testclient import TestClient
+
+from replies_engine.local.server import create_app
+
+from .conftest import conversation
+from .payloads import TOKEN, sign, whatsapp_text
+
+EXE = shutil.which("replies-engine", path=os.path.dirname(sys.executable)) or "replies-engine"
+
+
+def cli(env, *args, stdin=None, check=True):
+    result = subprocess.run([EXE, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def imported(engine_env):
+    cli(engine_env, "conversations", "import", "-", stdin=json.dumps([conversation()]))
+    return engine_env
+
+
+@pytest.fixture
+def served(imported):
+    """A running `replies-engine serve` on loopback; yields (base URL, env, process)."""
+    port = free_port()
+    env = {**imported, "PUBLIC_BASE_URL": ""}
+    process = subprocess.Popen(
+        [EXE, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail("serve did not start within 20 s")
+    yield f"http://127.0.0.1:{port}", env, process
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_serve_answers_a_signed_twilio_post_and_the_message_shows_in_peek(served):
+    url, env, _ = served
+    params = whatsapp_text("Hallo 👋")
+
+    response = httpx.post(
+        f"{url}/whatsapp",
+        content=urlencode(params),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": sign(f"{url}/whatsapp", params),
+        },
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/xml")
+    assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response />'
+    [queued] = json.loads(cli(env, "queues", "peek", "whatsapp", "--json").stdout)
+    assert queued["body"]["message_sid"] == params["MessageSid"] and queued["body"]["body"] == "Hallo 👋"
+    assert queued["attributes"] == {"conversation_id": "c1", "RetryAttempt": 0}
+    assert queued["visible_at"].endswith("Z")
+
+
+def test_serve_refuses_a_forged_post(served):
+    url, env, _ = served
+    params = whatsapp_text()
+
+    response = httpx.post(
+        f"{url}/whatsapp",
+        content=urlencode(params),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": sign(url, params),
+        },
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error_code"] == "INVALID_SIGNATURE"
+    assert json.loads(cli(env, "queues", "peek", "whatsapp").stdout) == []
+
+
+def test_serve_without_a_twilio_account_signs_with_its_own_token(imported):
+    env = {k: v for k, v in imported.items() if k != "TWILIO_AUTH_TOKEN"}
+    port = free_port()
+    process = subprocess.Popen(
+        [EXE, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        startup = json.loads(process.stderr.readline())
+        token = startup["twilio_auth_token"]
+        assert startup["message"] == "replies-engine serving" and len(token) == 32 and token != TOKEN
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    # the same token next time: it lives in the database
+    process = subprocess.Popen(
+        [EXE, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert json.loads(process.stderr.readline())["twilio_auth_token"] == token
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# --- the server's translation, in process ----------------------------------------------------------
+
+
+def test_proxy_event_has_the_api_gateway_shape():
+    seen = []
+    client = TestClient(create_app(lambda event, context: seen.append(event) or {"statusCode": 204}))
+
+    response = client.post("/prod/whatsapp?x=1&x=2", content="Body=hi", headers={"X-Twilio-Signature": "s"})
+
+    assert response.status_code == 204
+    [event] = seen
+    assert event["httpMethod"] == "POST" and event["path"] == "/prod/whatsapp"
+    assert event["requestContext"]["path"] == "/prod/whatsapp"
+    assert event["headers"]["x-twilio-signature"] == "s" and event["headers"]["x-forwarded-proto"] == "http"
+    assert event["multiValueQueryStringParameters"] == {"x": ["1", "2"]}
+    assert event["body"] == "Body=hi" and event["isBase64Encoded"] is False
+
+
+def test_binary_body_reaches_the_handler_base64_encoded_and_is_refused(engine):
+    client = TestClient(create_app())
+
+    response = client.post("/whatsapp", content=b"\xff\xfe\x00garbage")
+
+    assert response.status_code == 200 and response.text.endswith("<Response />")
+    assert engine.all_queued() == 0
+
+
+def test_a_raising_handler_becomes_a_502_as_in_api_gateway():
+    def transient(event, context):
+        raise RuntimeError("DB_TRANSIENT_ERROR")
+
+    response = TestClient(create_app(transient)).post("/whatsapp", content="x")
+
+    assert response.status_code == 502
+
+
+def test_oversized_request_is_413():
+    client = TestClient(create_app(lambda event, context: pytest.fail("must not be called")))
+
+    assert client.post("/whatsapp", content=b"a" * (10 * 1024 * 1024 + 1)).status_code == 413
+
+
+# --- operators' commands ---------------------------------------------------------------------------------
+
+
+def test_import_accepts_json_lines_and_replaces_existing_records(engine_env, tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_text(
+        json.dumps(conversation("a", gsi_recipient_tel="whatsapp:+49 151 12345678"))
+        + "\n"
+        + json.dumps(conversation("b", conversation_status="ai_response_sent"))
+        + "\n"
+    )
+
+    assert json.loads(cli(engine_env, "conversations", "import", str(path)).stdout) == {"imported": 2}
+    cli(
+        engine_env,
+        "conversations",
+        "import",
+        "-",
+        stdin=json.dumps([conversation("a", project_status="paused")]),
+    )
+
+    shown = json.loads(cli(engine_env, "conversations", "show", "a", "--json").stdout)
+    assert shown["project_status"] == "paused"
+    listed = json.loads(cli(engine_env, "conversations", "list", "--status", "ai_response_sent").stdout)
+    assert [r["conversation_id"] for r in listed] == ["b"]
+
+
+def test_import_stores_gsi_keys_in_their_canonical_form(engine_env):
+    record = conversation(
+        gsi_recipient_tel="whatsapp:+49 151 12345678", gsi_recipient_email="Zoë <ZOE@Example.org>"
+    )
+    cli(engine_env, "conversations", "import", "-", stdin=json.dumps([record]))
+
+    shown = json.loads(cli(engine_env, "conversations", "show", "c1").stdout)
+    assert (
+        shown["gsi_recipient_tel"] == "+4915112345678" and shown["gsi_recipient_email"] == "zoe@example.org"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        ("{not json", "not a JSON array or JSON lines"),
+        (json.dumps([{"conversation_id": "ok"}, {"no_id": 1}]), "record 2"),
+        (json.dumps([{"conversation_id": ""}]), "record 1"),
+    ],
+)
+def test_bad_import_is_refused_whole_with_a_clear_message(engine_env, stdin, message):
+    result = cli(engine_env, "conversations", "import", "-", stdin=stdin, check=False)
+
+    assert result.returncode == 2 and message in result.stderr
+    assert json.loads(cli(engine_env, "conversations", "list").stdout) == []
+
+
+def test_show_unknown_and_peek_unknown_are_clear_errors(engine_env):
+    shown = cli(engine_env, "conversations", "show", "nope", check=False)
+    peeked = cli(engine_env, "queues", "peek", "nope", check=False)
+
+    assert shown.returncode == 2 and "no conversation 'nope'" in shown.stderr
+    assert peeked.returncode == 2 and "no queue named 'nope'" in peeked.stderr
+
+
+def test_bad_configuration_is_a_clear_error(engine_env):
+    result = cli({**engine_env, "REPLIES_BACKEND": "postgres"}, "queues", "stats", check=False)
+
+    assert result.returncode == 1 and "REPLIES_BACKEND='postgres'" in result.stderr
+
+
+def test_queue_stats_count_delayed_messages(served):
+    url, env, _ = served
+    params = whatsapp_text()
+    httpx.post(
+        f"{url}/whatsapp",
+        content=urlencode(params),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": sign(f"{url}/whatsapp", params),
+        },
+    )
+
+    stats = json.loads(cli(env, "queues", "stats").stdout)
+    assert stats["whatsapp"] == {"available": 0, "delayed": 1, "in_flight": 0}
+    assert stats["whatsapp-dlq"] == {"available": 0, "delayed": 0, "in_flight": 0}
