@@ -6,8 +6,8 @@ transient (retry later: a busy database, throttling, a timeout) or not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .channels import Gsi
@@ -38,6 +38,15 @@ class QueueError(BackendError):
 
 class TransientQueueError(QueueError, TransientBackendError):
     pass
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to send: body, delay and attributes."""
+
+    body: str
+    delay_seconds: int = 0
+    attributes: Attributes = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,24 @@ class MessageQueue(Protocol):
         self, queue: str, body: str, *, delay_seconds: int = 0, attributes: Attributes | None = None
     ) -> str:
         """Enqueue `body`, invisible for `delay_seconds`; returns the message id."""
+        ...
+
+    def send_batch(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Enqueue several messages to one queue; returns their ids."""
+        ...
+
+    def receive(
+        self, queue: str, *, max_messages: int = 10, wait_seconds: float = 0, visibility_timeout: float = 30
+    ) -> list[QueuedMessage]:
+        """Up to `max_messages` visible messages, hidden from other receivers for `visibility_timeout`."""
+        ...
+
+    def delete(self, queue: str, receipt_handle: str) -> bool: ...
+
+    def change_visibility(self, queue: str, receipt_handle: str, timeout: float) -> bool: ...
+
+    def redrive(self, queue: str) -> int:
+        """Move the messages of `queue`-dlq back to `queue`; returns how many."""
         ...
 
     def peek(self, queue: str) -> list[QueuedMessage]:
