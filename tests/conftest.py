@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from replies_engine.bootstrap import Runtime, get_runtime, reset_runtime
-from replies_engine.handlers import webhook_handler
+from replies_engine.handlers import batch_processor, reply_sender, webhook_handler
+from replies_engine.local.workers import QueueWorker
 
 from .payloads import BASE, COMPANY, EMAIL_TOKEN, PERSON, TOKEN
 
@@ -82,6 +83,22 @@ class Engine:
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         return webhook_handler(event, None)
+
+    def worker(self, queue: str) -> QueueWorker:
+        """The local engine's worker for `queue`, wired to the same handler as in Lambda."""
+        if queue == "ai":
+            return QueueWorker(self.runtime, queue, reply_sender)
+        return QueueWorker(self.runtime, queue, batch_processor, self.runtime.settings.batch_window_seconds)
+
+    def deliver(self, queue: str, wait_seconds: float = 5) -> int:
+        """Wait for visible messages on `queue` and run one batch of them through its handler."""
+        return self.worker(queue).poll_once(wait_seconds=wait_seconds)
+
+    def outbox(self) -> list[dict[str, Any]]:
+        return self.runtime.outbox.list()
+
+    def metric(self, name: str) -> float:
+        return self.runtime.metrics.snapshot().get(name, 0)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from functools import cache
 
 from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
-from .ports import ConversationStore, MessageQueue
+from .ports import ConversationStore, MessageQueue, Outbox, Responder, Sender
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,29 @@ class Runtime:
     queue: MessageQueue
     metrics: Metrics
     auth_token_source: Callable[[], str | None]
+    outbox: Outbox
+    responder: Responder = field(init=False)
+    senders: dict[str, Sender] = field(init=False)  # by channel_type
     close: Callable[[], None] = field(default=lambda: None)
+
+    def __post_init__(self) -> None:
+        from .replies.responders import LocalResponder, OpenAIResponder
+        from .replies.senders import OutboxSender, TwilioSender
+
+        settings = self.settings
+        if settings.responder == "openai":
+            self.responder = OpenAIResponder(
+                settings.openai_base_url, settings.openai_api_key, settings.openai_model
+            )
+        else:
+            self.responder = LocalResponder(settings.local_responder_delay_seconds)
+        outbox = OutboxSender(self.outbox)
+        twilio = (
+            TwilioSender(settings.twilio_account_sid, self.twilio_auth_token)
+            if settings.twilio_account_configured
+            else outbox
+        )
+        self.senders = {"whatsapp": twilio, "sms": twilio, "email": outbox}
 
     def twilio_auth_token(self) -> str | None:
         """The token Twilio signs with: TWILIO_AUTH_TOKEN, else the backend's own source."""
@@ -32,7 +54,7 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     if settings.backend == "sqlite":
-        from .adapters.sqlite import Database, SqliteConversationStore, SqliteMessageQueue
+        from .adapters.sqlite import Database, SqliteConversationStore, SqliteMessageQueue, SqliteOutbox
 
         database = Database(settings.sqlite_path, settings.sqlite_busy_timeout_ms)
         return Runtime(
@@ -41,6 +63,7 @@ def build_runtime(settings: Settings) -> Runtime:
             queue=SqliteMessageQueue(database),
             metrics=Metrics(),
             auth_token_source=cache(database.local_auth_token),
+            outbox=SqliteOutbox(database),
             close=database.close,
         )
     raise ConfigurationError(f"REPLIES_BACKEND={settings.backend} is not available in this version")

@@ -34,6 +34,21 @@ class Settings:
     locked_policy: str = "reply"
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
+    twilio_account_sid: str | None = None
+    responder: str = "local"
+    local_responder_delay_seconds: float = 0.0
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    # the local engine's workers
+    visibility_timeout_seconds: int = 120
+    batch_window_seconds: float = 0.5
+    sweep_interval_seconds: int = 60
+
+    @property
+    def twilio_account_configured(self) -> bool:
+        """A real Twilio account: replies go through its REST API instead of the outbox."""
+        return bool(self.twilio_account_sid and (self.twilio_auth_token or self.twilio_secret_name))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +77,15 @@ class Settings:
             locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            twilio_account_sid=env.text("TWILIO_ACCOUNT_SID"),
+            responder=env.choice("RESPONDER", ("local", "openai"), "local"),
+            local_responder_delay_seconds=env.number("LOCAL_RESPONDER_DELAY_SECONDS", 0.0, 0, 600),
+            openai_base_url=(env.text("OPENAI_BASE_URL") or cls.openai_base_url).rstrip("/"),
+            openai_api_key=env.text("OPENAI_API_KEY"),
+            openai_model=env.text("OPENAI_MODEL") or cls.openai_model,
+            visibility_timeout_seconds=env.integer("REPLIES_VISIBILITY_TIMEOUT_SECONDS", 120, 1, 43_200),
+            batch_window_seconds=env.number("BATCH_WINDOW_SECONDS", 0.5, 0, 300),
+            sweep_interval_seconds=env.integer("SWEEP_INTERVAL_SECONDS", 60, 1, 86_400),
         )
 
 
@@ -83,6 +107,18 @@ class _Env:
             value = int(raw)
         except ValueError:
             raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise ConfigurationError(f"{name}={value} is out of range [{low}, {high}]")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name}={raw!r} is not a number") from None
         if not low <= value <= high:
             raise ConfigurationError(f"{name}={value} is out of range [{low}, {high}]")
         return value

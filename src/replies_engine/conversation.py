@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import clock
+
 PROCESSING_REPLY = "processing_reply"  # locked
 AI_RESPONSE_SENT = "ai_response_sent"
 PROCESSING_ERROR = "processing_error"
@@ -31,3 +33,21 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
     if context_object.get("media"):
         entry["media"] = context_object["media"]
     return entry
+
+
+def lock_age(record: dict[str, Any], now: float) -> float | None:
+    """Seconds since the lock was taken (`processing_started_at`); None when that is unreadable."""
+    try:
+        return now - clock.parse_iso(record["processing_started_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def is_locked(record: dict[str, Any], now: float, lock_timeout_seconds: float) -> bool:
+    """Locked: `processing_reply` and its lease younger than the timeout, so that a holder that died
+    cannot block a conversation for longer than the lease. A lock of unreadable age stays locked:
+    only its holder or the sweeper frees it."""
+    if record.get("conversation_status") != PROCESSING_REPLY:
+        return False
+    age = lock_age(record, now)
+    return age is None or age <= lock_timeout_seconds

@@ -17,14 +17,23 @@ def webhook_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def batch_processor(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Stage 2: SQS event from a batch queue → partial batch failures."""
-    raise NotImplementedError("stage 2 (batch processor) is issue 3 and not built yet")
+    from .batching.processor import process_batch
+    from .bootstrap import get_runtime
+
+    return process_batch(event, get_runtime())
 
 
 def reply_sender(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Stage 3: SQS event from the AI queue → partial batch failures."""
-    raise NotImplementedError("stage 3 (reply sender) is issue 3 and not built yet")
+    from .bootstrap import get_runtime
+    from .replies.pipeline import send_replies
+
+    return send_replies(event, get_runtime())
 
 
 def stalled_sweeper(event: dict[str, Any], context: Any) -> dict[str, int]:
     """Scheduled: reset locks older than LOCK_TIMEOUT_SECONDS → {"checked": n, "reset": n}."""
-    raise NotImplementedError("the stalled-lock sweeper is issue 3 and not built yet")
+    from .bootstrap import get_runtime
+    from .sweeper import sweep
+
+    return sweep(get_runtime())

@@ -63,6 +63,22 @@ class QueuedMessage:
     receipt_handle: str | None = None
 
 
+@dataclass(frozen=True)
+class LockOutcome:
+    """What `lock_and_append` did.
+
+    `acquired`: the lock is ours and `appended` are in `messages`; `locked`: someone else (`lock_owner`)
+    holds it, nothing written; `duplicates`: every message was already there, nothing written;
+    `missing`: no such conversation.
+    """
+
+    status: str
+    record: Record | None = None
+    appended: list[Record] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    lock_owner: str | None = None
+
+
 class ConversationStore(Protocol):
     """ConversationsTable (DESIGN.md §4.1)."""
 
@@ -83,6 +99,38 @@ class ConversationStore(Protocol):
 
         Returns False when it was already recorded.
         """
+        ...
+
+    def lock_and_append(
+        self,
+        conversation_id: str,
+        batch_id: str,
+        messages: list[Record],
+        *,
+        now: float,
+        lock_timeout_seconds: float,
+    ) -> LockOutcome:
+        """One conditional write: skip messages whose `message_id` is present; if any remain and the
+        conversation is not locked (or its lease expired), take the lock for `batch_id` and append them."""
+        ...
+
+    def release_lock(
+        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
+    ) -> bool:
+        """Unlock to `status`, appending `reply`, only if `batch_id` still holds the lock (fencing)."""
+        ...
+
+    def emergency_unlock(self, conversation_id: str, batch_id: str, *, reason: str, now: float) -> bool:
+        """`processing_error`, only if `batch_id` holds the lock; its messages are taken out again, since
+        their queue records are reported failed and will be appended again on redelivery."""
+        ...
+
+    def list_locked(self) -> list[Record]:
+        """Conversations in `processing_reply`, from the sparse lock index (never a full scan)."""
+        ...
+
+    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
+        """`processing_timeout`, only if `batch_id` still holds the lock."""
         ...
 
 
@@ -122,3 +170,25 @@ class MessageQueue(Protocol):
     def stats(self) -> dict[str, dict[str, int]]:
         """Per queue: messages `available`, `delayed` and `in_flight` (received, not yet deleted)."""
         ...
+
+
+class Outbox(Protocol):
+    """Replies kept instead of sent through a provider (the embedded engine, email)."""
+
+    def add(self, entry: Record) -> str:
+        """Keep `entry` (channel_type, from, to, body, conversation_id, batch_id); returns its id."""
+        ...
+
+    def list(self) -> list[Record]: ...
+
+
+class Responder(Protocol):
+    """Produces the reply to a batch: the AI stage."""
+
+    def respond(self, ai_context: Record) -> str: ...
+
+
+class Sender(Protocol):
+    """Delivers a reply on its channel; returns the provider's message id."""
+
+    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: Record) -> str: ...

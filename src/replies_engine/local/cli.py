@@ -13,8 +13,9 @@ from typing import Any
 
 from .. import clock
 from ..bootstrap import get_runtime
-from ..channels import normalize_record_keys
+from ..channels import CHANNELS, QUEUES, normalize_record_keys
 from ..config import ConfigurationError
+from ..handlers import stalled_sweeper
 from ..ports import BackendError, QueuedMessage
 
 logger = logging.getLogger("replies_engine.cli")
@@ -70,7 +71,35 @@ def _parser() -> argparse.ArgumentParser:
     peek.set_defaults(command=_peek)
     queues.add_parser("stats", help="message counts per queue").set_defaults(command=_stats)
 
-    for sub in (imp, show, lst, peek, serve):
+    dlq = commands.add_parser("dlq", help="dead-letter queues").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    dlq_list = dlq.add_parser("list", help="the messages of NAME-dlq")
+    dlq_list.add_argument("name", help="whatsapp, sms, email, handoff or ai")
+    dlq_list.set_defaults(command=_dlq_list)
+    redrive = dlq.add_parser("redrive", help="move the messages of NAME-dlq back to NAME")
+    redrive.add_argument("name")
+    redrive.set_defaults(command=_dlq_redrive)
+
+    outbox = commands.add_parser("outbox", help="replies kept by the engine").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    outbox_list = outbox.add_parser("list", help="every reply in the outbox")
+    outbox_list.set_defaults(command=lambda args: get_runtime().outbox.list())
+
+    sweep = commands.add_parser("sweep", help="reset stalled locks now")
+    sweep.set_defaults(command=lambda args: stalled_sweeper({"source": "cli"}, None))
+
+    send = commands.add_parser("send", help="post a signed inbound message to a running engine")
+    send.add_argument("text")
+    send.add_argument("--channel", choices=sorted(CHANNELS), default="whatsapp")
+    send.add_argument("--from", dest="sender", required=True, help="the person: +49…, or an email address")
+    send.add_argument("--to", dest="recipient", required=True, help="the company: +1…, or an email address")
+    send.add_argument("--url", default="http://127.0.0.1:8080", help="the engine's base URL")
+    send.add_argument("--message-id", help="the provider's message id (default: a new one)")
+    send.set_defaults(command=_send)
+
+    for sub in (imp, show, lst, peek, serve, dlq_list, redrive, outbox_list, sweep, send):
         sub.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -109,6 +138,34 @@ def _peek(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _stats(args: argparse.Namespace) -> dict[str, Any]:
     return get_runtime().queue.stats()
+
+
+def _dlq_name(name: str) -> str:
+    name = name.removesuffix("-dlq")
+    if name not in QUEUES:
+        raise UsageError(f"no queue named {name!r}: {', '.join(QUEUES)}")
+    return name
+
+
+def _dlq_list(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [queued_message_json(m) for m in get_runtime().queue.peek(f"{_dlq_name(args.name)}-dlq")]
+
+
+def _dlq_redrive(args: argparse.Namespace) -> dict[str, Any]:
+    name = _dlq_name(args.name)
+    return {"queue": name, "redriven": get_runtime().queue.redrive(name)}
+
+
+def _send(args: argparse.Namespace) -> dict[str, Any]:
+    from .send import post_inbound
+
+    response = post_inbound(
+        get_runtime(), args.channel, args.sender, args.recipient, args.text, args.url, args.message_id
+    )
+    if response["status"] >= 400:
+        print(json.dumps(response, indent=2, ensure_ascii=False))
+        raise SystemExit(1)
+    return response
 
 
 def queued_message_json(message: QueuedMessage) -> dict[str, Any]:

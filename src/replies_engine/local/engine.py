@@ -1,4 +1,5 @@
-"""`replies-engine serve`: the whole engine in one process."""
+"""`replies-engine serve`: the whole engine in one process: the HTTP server, the queue workers and
+the sweeper, all calling the same handlers as in Lambda."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ logger = logging.getLogger("replies_engine.engine")
 
 
 def serve(host: str, port: int) -> None:
-    """Serve the webhooks on http://host:port until interrupted."""
+    """Serve the webhooks on http://host:port and run the workers until interrupted (Ctrl-C)."""
     import uvicorn
 
     from .server import create_app
+    from .workers import LocalEngine
 
     runtime = get_runtime()  # fail now, not on the first request, when the configuration is wrong
     settings = runtime.settings
@@ -21,5 +23,11 @@ def serve(host: str, port: int) -> None:
     if settings.verify_signatures != "off" and not settings.twilio_auth_token:
         # No Twilio account: requests are signed with the engine's own token (`replies-engine send` uses it).
         startup["twilio_auth_token"] = runtime.twilio_auth_token()
+    engine = LocalEngine(runtime)
+    engine.start()
     logger.info("replies-engine serving", extra=startup)
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        engine.stop()
+        logger.info("replies-engine stopped")

@@ -12,7 +12,7 @@ from typing import Any
 from .. import clock
 from ..channels import CHANNELS
 from ..config import ConfigurationError
-from ..conversation import HISTORY_FIELDS, PROCESSING_REPLY, message_key
+from ..conversation import HISTORY_FIELDS, PROCESSING_REPLY, is_locked, message_key
 from ..ports import ConversationStore, StoreError, TransientStoreError
 
 logger = logging.getLogger(__name__)
@@ -89,17 +89,8 @@ def validate_conversation_rules(
     channel_type = context_object.get("channel_type")
     if channel_type not in (context_object.get("allowed_channels") or []):
         return fail("CHANNEL_NOT_ALLOWED", f"channel {channel_type!r} is not allowed for this conversation")
-    if context_object.get("conversation_status") == PROCESSING_REPLY and not _lease_expired(
-        context_object.get("processing_started_at"), lock_timeout_seconds
+    if context_object.get("conversation_status") == PROCESSING_REPLY and (
+        lock_timeout_seconds is None or is_locked(context_object, clock.now(), lock_timeout_seconds)
     ):
         return fail("CONVERSATION_LOCKED", "a reply to this conversation is being prepared")
     return ok(context_object)
-
-
-def _lease_expired(started_at: Any, lock_timeout_seconds: float | None) -> bool:
-    if lock_timeout_seconds is None or not isinstance(started_at, str):
-        return False
-    try:
-        return clock.now() - clock.parse_iso(started_at) > lock_timeout_seconds
-    except ValueError:
-        return False

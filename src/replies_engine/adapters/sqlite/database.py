@@ -16,7 +16,7 @@ from ...channels import GSIS
 from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
 _INDEXED_ATTRS = sorted(
@@ -53,6 +53,11 @@ _SCHEMA = "\n".join(
         );
         CREATE INDEX IF NOT EXISTS queue_visible ON queue_messages (queue, visible_at);
         CREATE TABLE IF NOT EXISTS engine_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS outbox (
+          seq INTEGER PRIMARY KEY AUTOINCREMENT,
+          message_id TEXT NOT NULL UNIQUE,
+          entry TEXT NOT NULL
+        );
         """,
         f"PRAGMA user_version = {SCHEMA_VERSION};",
     ]

@@ -1,16 +1,28 @@
-"""ConversationStore on SQLite: each record is one JSON document, its GSI keys generated columns."""
+"""ConversationStore on SQLite: each record is one JSON document, its GSI keys generated columns.
+
+Every conditional write is a read-check-write inside one `BEGIN IMMEDIATE` transaction (`_update`),
+which is what DynamoDB's ConditionExpression gives the AWS backend.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
+from ... import clock
 from ...channels import Gsi
-from ...ports import Record, StoreError, TransientStoreError
+from ...conversation import PROCESSING_ERROR, PROCESSING_REPLY, PROCESSING_TIMEOUT, is_locked
+from ...ports import LockOutcome, Record, StoreError, TransientStoreError
 from .database import Database, translated_errors
 
 
 def _errors():
     return translated_errors(StoreError, TransientStoreError)
+
+
+def _holds_lock(record: Record, batch_id: str) -> bool:
+    return record.get("conversation_status") == PROCESSING_REPLY and record.get("lock_owner") == batch_id
 
 
 class SqliteConversationStore:
@@ -23,18 +35,11 @@ class SqliteConversationStore:
             f"SELECT record FROM conversations INDEXED BY [{gsi.name}]"
             f" WHERE {gsi.company_attr} = ? AND {gsi.recipient_attr} = ? AND task_complete = 0"
         )
-        with _errors():
-            rows = self._db.connection().execute(sql, (company, recipient)).fetchall()
-        return [json.loads(row["record"]) for row in rows]
+        return self._select(sql, (company, recipient))
 
     def get(self, conversation_id: str) -> Record | None:
-        with _errors():
-            row = (
-                self._db.connection()
-                .execute("SELECT record FROM conversations WHERE conversation_id = ?", (conversation_id,))
-                .fetchone()
-            )
-        return json.loads(row["record"]) if row else None
+        found = self._select("SELECT record FROM conversations WHERE conversation_id = ?", (conversation_id,))
+        return found[0] if found else None
 
     def put(self, record: Record) -> None:
         with _errors(), self._db.transaction() as conn:
@@ -44,27 +49,127 @@ class SqliteConversationStore:
             )
 
     def list(self, status: str | None = None) -> list[Record]:
-        sql, args = "SELECT record FROM conversations", ()
-        if status is not None:
-            sql, args = sql + " WHERE conversation_status = ?", (status,)
-        with _errors():
-            rows = self._db.connection().execute(sql + " ORDER BY conversation_id", args).fetchall()
-        return [json.loads(row["record"]) for row in rows]
+        if status is None:
+            return self._select("SELECT record FROM conversations ORDER BY conversation_id")
+        return self._select(
+            "SELECT record FROM conversations WHERE conversation_status = ? ORDER BY conversation_id",
+            (status,),
+        )
+
+    def list_locked(self) -> list[Record]:
+        return self._select(
+            "SELECT record FROM conversations INDEXED BY [gsi-locked]"
+            f" WHERE conversation_status = '{PROCESSING_REPLY}' ORDER BY processing_started_at"
+        )
 
     def record_refused_message(self, conversation_id: str, message: Record) -> bool:
+        def refuse(record: Record) -> bool:
+            refused = record.setdefault("refused_messages", [])
+            if any(m.get("message_id") == message["message_id"] for m in refused):
+                return False
+            refused.append(message)
+            return True
+
+        result = self._update(conversation_id, refuse)
+        if result is None:
+            raise StoreError(f"conversation {conversation_id} does not exist")
+        return result
+
+    def lock_and_append(
+        self,
+        conversation_id: str,
+        batch_id: str,
+        messages: list[Record],
+        *,
+        now: float,
+        lock_timeout_seconds: float,
+    ) -> LockOutcome:
+        def lock(record: Record) -> LockOutcome:
+            present = {m.get("message_id") for m in record.get("messages", [])}
+            fresh, duplicates = [], []
+            for message in messages:
+                if message["message_id"] in present:
+                    duplicates.append(message["message_id"])
+                else:
+                    present.add(message["message_id"])
+                    fresh.append(message)
+            if not fresh:
+                return LockOutcome("duplicates", duplicates=duplicates)
+            if is_locked(record, now, lock_timeout_seconds):
+                return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
+            stamp = clock.iso(now)
+            record.update(
+                conversation_status=PROCESSING_REPLY,
+                lock_owner=batch_id,
+                processing_started_at=stamp,
+                messages=[*record.get("messages", []), *fresh],
+                last_user_message_at=max(m.get("timestamp") or stamp for m in fresh),
+                last_batch_id=batch_id,
+                updated_at=stamp,
+            )
+            return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
+
+        outcome = self._update(conversation_id, lock, write_if=lambda o: o.status == "acquired")
+        return outcome or LockOutcome("missing")
+
+    def release_lock(
+        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
+    ) -> bool:
+        def release(record: Record) -> bool:
+            if not _holds_lock(record, batch_id):
+                return False
+            record.pop("lock_owner", None)
+            record.update(
+                conversation_status=status, processing_completed_at=clock.iso(now), updated_at=clock.iso(now)
+            )
+            if reply is not None:
+                record["messages"] = [*record.get("messages", []), reply]
+            return True
+
+        return bool(self._update(conversation_id, release))
+
+    def emergency_unlock(self, conversation_id: str, batch_id: str, *, reason: str, now: float) -> bool:
+        def unlock(record: Record) -> bool:
+            if not _holds_lock(record, batch_id):
+                return False
+            record.pop("lock_owner", None)
+            record["messages"] = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
+            record.update(conversation_status=PROCESSING_ERROR, last_error=reason, updated_at=clock.iso(now))
+            return True
+
+        return bool(self._update(conversation_id, unlock))
+
+    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
+        def reset(record: Record) -> bool:
+            if not _holds_lock(record, batch_id):
+                return False
+            record.pop("lock_owner", None)
+            record.update(conversation_status=PROCESSING_TIMEOUT, updated_at=clock.iso(now))
+            return True
+
+        return bool(self._update(conversation_id, reset))
+
+    def _select(self, sql: str, args: tuple = ()) -> list[Record]:
+        with _errors():
+            rows = self._db.connection().execute(sql, args).fetchall()
+        return [json.loads(row["record"]) for row in rows]
+
+    def _update(
+        self, conversation_id: str, change: Callable[[Record], Any], write_if: Callable[[Any], bool] = bool
+    ) -> Any:
+        """Read the record, let `change` modify it, write it back if `write_if(result)`; all in one
+        transaction. Returns `change`'s result, or None when there is no such record."""
         with _errors(), self._db.transaction() as conn:
             row = conn.execute(
                 "SELECT record FROM conversations WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
             if row is None:
-                raise StoreError(f"conversation {conversation_id} does not exist")
+                return None
             record = json.loads(row["record"])
-            refused = record.setdefault("refused_messages", [])
-            if any(m.get("message_id") == message["message_id"] for m in refused):
-                return False
-            refused.append(message)
-            conn.execute(
-                "UPDATE conversations SET record = ? WHERE conversation_id = ?",
-                (json.dumps(record, ensure_ascii=False), conversation_id),
-            )
-            return True
+            result = change(record)
+            if write_if(result):
+                conn.execute(
+                    "UPDATE conversations SET record = ? WHERE conversation_id = ?",
+                    (json.dumps(record, ensure_ascii=False), conversation_id),
+                )
+            return result

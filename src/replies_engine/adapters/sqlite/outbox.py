@@ -1,0 +1,30 @@
+"""Outbox on SQLite: the replies the embedded engine would have sent, for `replies-engine outbox list`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from ... import clock
+from ...ports import Record, StoreError, TransientStoreError
+from .database import Database, translated_errors
+
+
+class SqliteOutbox:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def add(self, entry: Record) -> str:
+        message_id = f"outbox-{uuid.uuid4().hex}"
+        stored = {"message_id": message_id, "created_at": clock.iso(), **entry}
+        with translated_errors(StoreError, TransientStoreError), self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO outbox (message_id, entry) VALUES (?, ?)",
+                (message_id, json.dumps(stored, ensure_ascii=False)),
+            )
+        return message_id
+
+    def list(self) -> list[Record]:
+        with translated_errors(StoreError, TransientStoreError):
+            rows = self._db.connection().execute("SELECT entry FROM outbox ORDER BY seq").fetchall()
+        return [json.loads(row["entry"]) for row in rows]

@@ -1,0 +1,202 @@
+"""Stage 2, the batch processor (DESIGN.md §1, §4.5).
+
+Group an SQS batch by conversation, order each group, then one conditional write per group takes the
+lock and appends the messages not already there. The AI context goes to the AI queue. A conversation
+locked by another batch sends its records back to their queue with a growing delay, and to the DLQ
+past MAX_RETRY_ATTEMPTS. Failures are reported per record, so only they are retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from .. import clock
+from ..bootstrap import Runtime
+from ..channels import AI_QUEUE, CHANNELS
+from ..config import SQS_MAX_DELAY_SECONDS
+from ..conversation import HISTORY_FIELDS, message_key, user_message
+from ..ports import LockOutcome, OutgoingMessage
+
+logger = logging.getLogger(__name__)
+
+HISTORY_MESSAGES = 20  # how much of the conversation before this batch the AI stage sees
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One SQS record of a batch queue: the message it carries and where it came from."""
+
+    sqs_message_id: str
+    body: str
+    context_object: dict[str, Any]
+    retry_attempt: int
+
+    @property
+    def conversation_id(self) -> str:
+        return self.context_object["conversation_id"]
+
+    @property
+    def home_queue(self) -> str:
+        """The batch queue of its channel: where it goes back on contention."""
+        return CHANNELS[self.context_object["channel_type"]].queue
+
+    @classmethod
+    def from_sqs(cls, record: dict[str, Any]) -> BatchRecord:
+        """Parse a record; ValueError with the reason when it is not one stage 1 could have sent."""
+        body = record.get("body")
+        try:
+            context_object = json.loads(body)
+        except (TypeError, json.JSONDecodeError):
+            raise ValueError("the body is not JSON") from None
+        if not isinstance(context_object, dict):
+            raise ValueError("the body is not a JSON object")
+        missing = [f for f in ("conversation_id", "channel_type") if not context_object.get(f)]
+        if missing or not message_key(context_object):
+            raise ValueError(f"the body lacks {', '.join(missing) or 'a message id'}")
+        if context_object["channel_type"] not in CHANNELS:
+            raise ValueError(f"unknown channel_type {context_object['channel_type']!r}")
+        attribute = (record.get("messageAttributes") or {}).get("RetryAttempt") or {}
+        try:
+            retry_attempt = int(attribute.get("stringValue") or 0)
+        except ValueError:
+            raise ValueError(f"RetryAttempt {attribute.get('stringValue')!r} is not a number") from None
+        return cls(record["messageId"], body, context_object, retry_attempt)
+
+
+def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    """An SQS event from a batch queue → `{"batchItemFailures": [...]}`."""
+    failed: list[str] = []
+    groups: dict[str, list[BatchRecord]] = defaultdict(list)
+    for raw in event.get("Records") or []:
+        try:
+            record = BatchRecord.from_sqs(raw)
+        except ValueError as exc:
+            # Retried until the queue's redrive policy dead-letters it: kept, never dropped.
+            logger.error(
+                "unreadable batch record", extra={"sqs_message_id": raw.get("messageId"), "reason": str(exc)}
+            )
+            failed.append(raw.get("messageId"))
+            continue
+        groups[record.conversation_id].append(record)
+    for conversation_id, records in groups.items():
+        try:
+            done = _process_conversation(conversation_id, records, runtime)
+        except Exception:
+            logger.exception(
+                "batch failed; its records will be retried", extra={"conversation_id": conversation_id}
+            )
+            done = False
+        if not done:
+            failed.extend(r.sqs_message_id for r in records)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+def _process_conversation(conversation_id: str, records: list[BatchRecord], runtime: Runtime) -> bool:
+    records.sort(key=lambda r: (r.context_object.get("received_at") or "", message_key(r.context_object)))
+    batch_id = f"batch-{uuid.uuid4().hex}"
+    log = {"conversation_id": conversation_id, "batch_id": batch_id}
+    logger.info("batch started", extra={**log, "size": len(records)})
+    messages = [user_message(r.context_object, batch_id) for r in records]
+    outcome = runtime.store.lock_and_append(
+        conversation_id,
+        batch_id,
+        messages,
+        now=clock.now(),
+        lock_timeout_seconds=runtime.settings.lock_timeout_seconds,
+    )
+    for duplicate in outcome.duplicates:
+        logger.warning("duplicate message skipped", extra={**log, "message_sid": duplicate})
+        runtime.metrics.add("DuplicateMessageDetected")
+
+    if outcome.status == "duplicates":
+        logger.info("batch had only messages already appended: acknowledged", extra=log)
+        return True
+    if outcome.status == "missing":
+        return _dead_letter(records, "the conversation does not exist", runtime)
+    if outcome.status == "locked":
+        runtime.metrics.add("LockContention")
+        logger.info("conversation locked by another batch", extra={**log, "lock_owner": outcome.lock_owner})
+        return _requeue(records, runtime)
+
+    runtime.metrics.add("BatchSize", len(outcome.appended))
+    try:
+        runtime.queue.send(AI_QUEUE, json.dumps(ai_context(outcome, records, batch_id), ensure_ascii=False))
+    except Exception as exc:
+        logger.exception("AI hand-off failed after the lock was taken: emergency unlock", extra=log)
+        try:
+            runtime.store.emergency_unlock(conversation_id, batch_id, reason=str(exc), now=clock.now())
+        except Exception:
+            logger.exception("emergency unlock failed; the lease will expire", extra=log)
+        return False
+    logger.info("batch handed to the AI stage", extra={**log, "appended": len(outcome.appended)})
+    return True
+
+
+def ai_context(outcome: LockOutcome, records: list[BatchRecord], batch_id: str) -> dict[str, Any]:
+    """The AI queue's message (DESIGN.md §4.5): this batch, the conversation, the recent history."""
+    record = outcome.record or {}
+    earlier = record.get("messages", [])[: -len(outcome.appended)]
+    latest = records[-1].context_object
+    return {
+        "conversation_id": record["conversation_id"],
+        "batch_id": batch_id,
+        "channel_type": latest["channel_type"],
+        "messages": outcome.appended,
+        "conversation": {k: v for k, v in record.items() if k not in HISTORY_FIELDS},
+        "history": earlier[-HISTORY_MESSAGES:],
+        # the reply goes back the way the last message came
+        "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
+        "first_received_at": min(r.context_object.get("received_at") or "" for r in records) or None,
+    }
+
+
+def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:
+    """Each record back to its queue with RetryAttempt + 1 and a growing delay; past the limit, to the DLQ."""
+    settings = runtime.settings
+    outgoing: dict[str, list[OutgoingMessage]] = defaultdict(list)
+    for record in records:
+        attributes = {"conversation_id": record.conversation_id, "RetryAttempt": record.retry_attempt + 1}
+        if record.retry_attempt + 1 > settings.max_retry_attempts:
+            reason = f"lock contention after {record.retry_attempt} retries"
+            outgoing[f"{record.home_queue}-dlq"].append(
+                OutgoingMessage(record.body, 0, {**attributes, "DeadLetterReason": reason})
+            )
+            runtime.metrics.add("DeadLettered")
+            logger.warning(
+                "dead-lettered",
+                extra={"conversation_id": record.conversation_id, "reason": reason, **_sid(record)},
+            )
+        else:
+            delay = min(
+                SQS_MAX_DELAY_SECONDS,
+                settings.batch_delay_seconds + settings.requeue_delay_seconds * 2**record.retry_attempt,
+            )
+            outgoing[record.home_queue].append(OutgoingMessage(record.body, delay, attributes))
+            runtime.metrics.add("Requeued")
+    for queue, messages in outgoing.items():
+        runtime.queue.send_batch(queue, messages)
+    return True
+
+
+def _dead_letter(records: list[BatchRecord], reason: str, runtime: Runtime) -> bool:
+    for record in records:
+        runtime.queue.send(
+            f"{record.home_queue}-dlq",
+            record.body,
+            attributes={"conversation_id": record.conversation_id, "DeadLetterReason": reason},
+        )
+        runtime.metrics.add("DeadLettered")
+        logger.error(
+            "dead-lettered",
+            extra={"conversation_id": record.conversation_id, "reason": reason, **_sid(record)},
+        )
+    return True
+
+
+def _sid(record: BatchRecord) -> dict[str, Any]:
+    return {"message_sid": message_key(record.context_object)}

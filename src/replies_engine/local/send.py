@@ -1,0 +1,66 @@
+"""`replies-engine send`: an inbound message as the provider would post it, signed, to a running engine."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from twilio.request_validator import RequestValidator
+
+from ..bootstrap import Runtime
+from ..channels import CHANNELS
+
+
+def post_inbound(
+    runtime: Runtime,
+    channel: str,
+    sender: str,
+    recipient: str,
+    text: str,
+    base_url: str,
+    message_id: str | None,
+) -> dict[str, Any]:
+    """POST one message to `base_url`/`channel`; returns `{"status", "body", "message_id"}`."""
+    url = f"{base_url.rstrip('/')}/{channel}"
+    settings = runtime.settings
+    if CHANNELS[channel].twilio:
+        message_id = message_id or f"SM{uuid.uuid4().hex}"
+        prefix = "whatsapp:" if channel == "whatsapp" else ""
+        params = {
+            "MessageSid": message_id,
+            "SmsMessageSid": message_id,
+            "SmsSid": message_id,
+            "AccountSid": settings.twilio_account_sid or "AC" + "0" * 32,
+            "From": prefix + sender,
+            "To": prefix + recipient,
+            "Body": text,
+            "NumMedia": "0",
+            "NumSegments": "1",
+            "SmsStatus": "received",
+            "ApiVersion": "2010-04-01",
+        }
+        data = urlencode(params).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        token = runtime.twilio_auth_token()
+        if token:
+            headers["X-Twilio-Signature"] = RequestValidator(token).compute_signature(url, params)
+    else:
+        message_id = message_id or f"<{uuid.uuid4().hex}@replies-engine.local>"
+        message = {"from": sender, "to": recipient, "subject": "", "text": text, "message_id": message_id}
+        data = json.dumps(message).encode()
+        headers = {"Content-Type": "application/json"}
+        if settings.email_webhook_token:
+            headers["X-Webhook-Token"] = settings.email_webhook_token
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, body = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read().decode()
+    except urllib.error.URLError as exc:
+        return {"status": 599, "body": f"cannot reach {url}: {exc.reason}", "message_id": message_id}
+    return {"status": status, "body": body, "message_id": message_id}

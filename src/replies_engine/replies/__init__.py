@@ -1,0 +1,1 @@
+"""Stage 3, the reference final stage: responders, senders, the fenced unlock."""

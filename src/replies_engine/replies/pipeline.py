@@ -1,0 +1,89 @@
+"""Stage 3, the reference reply stage: produce the reply, send it, release the lock (only its holder).
+
+For each AI-queue record: if the batch no longer holds the lock (its lease expired and another batch
+took it), the stale reply is not sent. A responder failure is retried (the record is reported
+failed); a send failure unlocks to `processing_error` and is not retried, so a person never gets the
+same reply twice from our retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from .. import clock
+from ..bootstrap import Runtime
+from ..conversation import AI_RESPONSE_SENT, PROCESSING_ERROR, PROCESSING_REPLY
+
+logger = logging.getLogger(__name__)
+
+
+def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    """An SQS event from the AI queue → `{"batchItemFailures": [...]}`."""
+    failed = []
+    for record in event.get("Records") or []:
+        try:
+            context = json.loads(record["body"])
+            done = _reply(context, runtime)
+        except Exception:
+            logger.exception(
+                "reply failed; it will be retried", extra={"sqs_message_id": record.get("messageId")}
+            )
+            done = False
+        if not done:
+            failed.append({"itemIdentifier": record.get("messageId")})
+    return {"batchItemFailures": failed}
+
+
+def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
+    conversation_id, batch_id = context["conversation_id"], context["batch_id"]
+    log = {"conversation_id": conversation_id, "batch_id": batch_id}
+    record = runtime.store.get(conversation_id)
+    if (
+        record is None
+        or record.get("conversation_status") != PROCESSING_REPLY
+        or record.get("lock_owner") != batch_id
+    ):
+        logger.warning("batch no longer holds the lock: its reply is not sent", extra=log)
+        return True
+
+    text = runtime.responder.respond(context)
+    channel_type = context["channel_type"]
+    address = context.get("reply_address") or {}
+    try:
+        provider_id = runtime.senders[channel_type].send(
+            channel_type, address.get("to"), address.get("from"), text, context
+        )
+    except Exception as exc:
+        logger.exception("sending the reply failed", extra=log)
+        _unlock(runtime, log, status=PROCESSING_ERROR, reply=None, error=str(exc))
+        return True
+
+    reply = {
+        "message_id": provider_id,
+        "role": "assistant",
+        "content": text,
+        "timestamp": clock.iso(),
+        "channel_type": channel_type,
+        "batch_id": batch_id,
+    }
+    _unlock(runtime, log, status=AI_RESPONSE_SENT, reply=reply)
+    if context.get("first_received_at"):
+        runtime.metrics.add("EndToEndSeconds", clock.now() - clock.parse_iso(context["first_received_at"]))
+    logger.info("reply sent", extra={**log, "provider_message_id": provider_id})
+    return True
+
+
+def _unlock(
+    runtime: Runtime, log: dict, *, status: str, reply: dict | None, error: str | None = None
+) -> None:
+    released = runtime.store.release_lock(
+        log["conversation_id"], log["batch_id"], status=status, now=clock.now(), reply=reply
+    )
+    if not released:
+        logger.warning("unlock refused: this batch no longer holds the lock", extra={**log, "status": status})
+    elif error:
+        logger.error(
+            "conversation unlocked after a failed send", extra={**log, "status": status, "error": error}
+        )

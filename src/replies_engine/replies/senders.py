@@ -1,0 +1,46 @@
+"""Senders: how a reply reaches the person."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..ports import Outbox
+
+
+class OutboxSender:
+    """Keeps the reply in the outbox (the embedded engine; email until a mail adapter exists)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
+        return self.outbox.add(
+            {
+                "channel_type": channel_type,
+                "to": to,
+                "from": from_,
+                "body": body,
+                "conversation_id": ai_context.get("conversation_id"),
+                "batch_id": ai_context.get("batch_id"),
+            }
+        )
+
+
+class TwilioSender:
+    """WhatsApp and SMS through Twilio's REST API (twilio's Client, imported only here: ~140 ms)."""
+
+    def __init__(
+        self, account_sid: str, auth_token: Callable[[], str | None], http_client: Any = None
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.http_client = http_client
+        self._client = None
+
+    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
+        if self._client is None:
+            from twilio.rest import Client
+
+            self._client = Client(self.account_sid, self.auth_token(), http_client=self.http_client)
+        return self._client.messages.create(to=to, from_=from_, body=body).sid
