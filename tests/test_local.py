@@ -4,12 +4,7 @@ and the operators' commands."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
-import sys
-import time
 from urllib.parse import urlencode
 
 import httpx2 as httpx
@@ -20,21 +15,7 @@ from replies_engine.local.server import create_app
 
 from .conftest import conversation
 from .payloads import TOKEN, sign, whatsapp_text
-
-EXE = shutil.which("replies-engine", path=os.path.dirname(sys.executable)) or "replies-engine"
-
-
-def cli(env, *args, stdin=None, check=True):
-    result = subprocess.run([EXE, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .processes import EXE, cli, free_port, serving
 
 
 @pytest.fixture
@@ -46,29 +27,9 @@ def imported(engine_env):
 @pytest.fixture
 def served(imported):
     """A running `replies-engine serve` on loopback; yields (base URL, env, process)."""
-    port = free_port()
     env = {**imported, "PUBLIC_BASE_URL": ""}
-    process = subprocess.Popen(
-        [EXE, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert process.poll() is None, process.stderr.read()
-            time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("serve did not start within 20 s")
-    yield f"http://127.0.0.1:{port}", env, process
-    process.terminate()
-    process.wait(timeout=10)
+    with serving(env) as (url, process):
+        yield url, env, process
 
 
 def test_serve_answers_a_signed_twilio_post_and_the_message_shows_in_peek(served):

@@ -1,0 +1,62 @@
+"""Running the `replies-engine` command and a live `serve` as a person would, in subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+EXE = shutil.which("replies-engine", path=os.path.dirname(sys.executable)) or "replies-engine"
+
+
+def cli(
+    env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    result = subprocess.run([EXE, *args], capture_output=True, text=True, env=env, input=stdin, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def cli_json(env: dict[str, str], *args: str):
+    return json.loads(cli(env, *args).stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`replies-engine serve` on a free loopback port; yields (base URL, process); stops it after."""
+    port = free_port()
+    process = subprocess.Popen(
+        [EXE, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None, process.stderr.read()
+                assert time.monotonic() < deadline, "serve did not start within 20 s"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
