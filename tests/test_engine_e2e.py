@@ -85,6 +85,17 @@ def test_replies_engine_send_posts_a_signed_message_by_hand(env):
     )
 
 
+def test_send_posts_a_burst_that_gets_one_reply(env):
+    with serving(env) as (url, _):
+        sent = cli_json(
+            env, "send", "--url", url, "--from", PERSON, "--to", COMPANY, "hi", "one question", "thanks"
+        )
+        replies = wait_for(lambda: cli_json(env, "outbox", "list"), BATCH_DELAY + 2)
+
+    assert [s["status"] for s in sent] == [200, 200, 200]
+    assert [r["body"] for r in replies] == ["Thanks, we received your 3 messages."]
+
+
 def test_send_reports_a_refusal(env):
     with serving(env) as (url, _):
         result = cli(

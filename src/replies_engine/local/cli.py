@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.set_defaults(command=lambda args: stalled_sweeper({"source": "cli"}, None))
 
     send = commands.add_parser("send", help="post a signed inbound message to a running engine")
-    send.add_argument("text")
+    send.add_argument("texts", nargs="+", metavar="TEXT", help="one message each, posted one after another")
     send.add_argument("--channel", choices=sorted(CHANNELS), default="whatsapp")
     send.add_argument("--from", dest="sender", required=True, help="the person: +49…, or an email address")
     send.add_argument("--to", dest="recipient", required=True, help="the company: +1…, or an email address")
@@ -156,16 +156,20 @@ def _dlq_redrive(args: argparse.Namespace) -> dict[str, Any]:
     return {"queue": name, "redriven": get_runtime().queue.redrive(name)}
 
 
-def _send(args: argparse.Namespace) -> dict[str, Any]:
+def _send(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
     from .send import post_inbound
 
-    response = post_inbound(
-        get_runtime(), args.channel, args.sender, args.recipient, args.text, args.url, args.message_id
-    )
-    if response["status"] >= 400:
-        print(json.dumps(response, indent=2, ensure_ascii=False))
+    if args.message_id and len(args.texts) > 1:
+        raise UsageError("--message-id names one message; give one TEXT with it")
+    runtime = get_runtime()
+    responses = [
+        post_inbound(runtime, args.channel, args.sender, args.recipient, text, args.url, args.message_id)
+        for text in args.texts
+    ]
+    if any(r["status"] >= 400 for r in responses):
+        print(json.dumps(responses, indent=2, ensure_ascii=False))
         raise SystemExit(1)
-    return response
+    return responses[0] if len(responses) == 1 else responses
 
 
 def queued_message_json(message: QueuedMessage) -> dict[str, Any]:
