@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx2 as httpx  # noqa: E402
-
 from tests.payloads import BASE, TOKEN, sign, whatsapp_text  # noqa: E402
 from tests.processes import serving  # noqa: E402
 
@@ -56,9 +55,10 @@ def environment(db: str, public_base_url: str = BASE) -> dict[str, str]:
 
 
 def bench_direct(requests: int) -> list[float]:
+    from tests.payloads import twilio_event
+
     from replies_engine.bootstrap import get_runtime, reset_runtime
     from replies_engine.handlers import webhook_handler
-    from tests.payloads import twilio_event
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(environment(f"{tmp}/direct.db"))
