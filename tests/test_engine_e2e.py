@@ -77,7 +77,7 @@ def test_replies_engine_send_posts_a_signed_message_by_hand(env):
         sent = cli_json(env, "send", "--url", url, "--from", PERSON, "--to", COMPANY, "Hello from the shell")
         replies = wait_for(lambda: cli_json(env, "outbox", "list"), BATCH_DELAY + 2)
 
-    assert sent["status"] == 200 and sent["body"].endswith("<Response />")
+    assert sent["status"] == 200 and sent["body"].endswith("<Response/>")
     assert [r["body"] for r in replies] == ["Thanks, we received your 1 message."]
     messages = cli_json(env, "conversations", "show", "c1")["messages"]
     assert (

@@ -47,7 +47,7 @@ def test_serve_answers_a_signed_twilio_post_and_the_message_shows_in_peek(served
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
-    assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response />'
+    assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
     [queued] = json.loads(cli(env, "queues", "peek", "whatsapp", "--json").stdout)
     assert queued["body"]["message_sid"] == params["MessageSid"] and queued["body"]["body"] == "Hallo 👋"
     assert queued["attributes"] == {"conversation_id": "c1", "RetryAttempt": 0}
@@ -119,7 +119,7 @@ def test_binary_body_reaches_the_handler_base64_encoded_and_is_refused(engine):
 
     response = client.post("/whatsapp", content=b"\xff\xfe\x00garbage")
 
-    assert response.status_code == 200 and response.text.endswith("<Response />")
+    assert response.status_code == 200 and response.text.endswith("<Response/>")
     assert engine.all_queued() == 0
 
 

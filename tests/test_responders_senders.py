@@ -127,7 +127,7 @@ class RecordingHttpClient(HttpClient):
 
 def test_twilio_sender_creates_a_message_with_twilios_client():
     http = RecordingHttpClient()
-    sender = TwilioSender("AC" + "1" * 32, lambda: "token", http_client=http)
+    sender = TwilioSender(lambda: "AC" + "1" * 32, lambda: "token", http_client=http)
 
     sid = sender.send(
         "whatsapp", "whatsapp:+4915112345678", "whatsapp:+14155238886", "Sure, which day?", AI_CONTEXT

@@ -24,7 +24,7 @@ from .payloads import (
     whatsapp_text,
 )
 
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 def test_whatsapp_text_is_answered_with_empty_twiml_and_queued_with_the_batch_delay(engine):

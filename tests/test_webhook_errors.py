@@ -17,7 +17,7 @@ from replies_engine.webhook.routing import determine_target_queue
 from .conftest import conversation
 from .payloads import api_event, email_event, email_json, sms_text, twilio_event, whatsapp_text
 
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
 def assert_empty_twiml(response):

@@ -22,7 +22,7 @@ class Runtime:
     store: ConversationStore
     queue: MessageQueue
     metrics: Metrics
-    auth_token_source: Callable[[], str | None]
+    credentials: Callable[[], dict[str, str]]  # the backend's Twilio credentials (local token, secret)
     outbox: Outbox
     responder: Responder = field(init=False)
     senders: dict[str, Sender] = field(init=False)  # by channel_type
@@ -49,7 +49,10 @@ class Runtime:
 
     def twilio_auth_token(self) -> str | None:
         """The token Twilio signs with: TWILIO_AUTH_TOKEN, else the backend's own source."""
-        return self.settings.twilio_auth_token or self.auth_token_source()
+        return self.settings.twilio_auth_token or self.credentials().get("auth_token")
+
+    def twilio_account_sid(self) -> str | None:
+        return self.settings.twilio_account_sid or self.credentials().get("account_sid")
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -62,11 +65,25 @@ def build_runtime(settings: Settings) -> Runtime:
             store=SqliteConversationStore(database),
             queue=SqliteMessageQueue(database),
             metrics=Metrics(),
-            auth_token_source=cache(database.local_auth_token),
+            credentials=cache(lambda: {"auth_token": database.local_auth_token()}),
             outbox=SqliteOutbox(database),
             close=database.close,
         )
-    raise ConfigurationError(f"REPLIES_BACKEND={settings.backend} is not available in this version")
+    from .adapters.aws import DynamoConversationStore, SqsMessageQueue, twilio_credentials
+    from .adapters.aws.outbox import SqsOutbox
+
+    if not settings.conversations_table:
+        raise ConfigurationError("REPLIES_BACKEND=aws needs CONVERSATIONS_TABLE")
+    queue = SqsMessageQueue(settings.queue_urls)
+    secret = settings.twilio_secret_name
+    return Runtime(
+        settings=settings,
+        store=DynamoConversationStore(settings.conversations_table),
+        queue=queue,
+        metrics=Metrics(emf_namespace="RepliesEngine"),
+        credentials=(lambda: twilio_credentials(secret)) if secret else dict,
+        outbox=SqsOutbox(queue),
+    )
 
 
 _runtime: Runtime | None = None
@@ -83,6 +100,8 @@ def get_runtime() -> Runtime:
                 configure_logging(settings.log_level)
                 if settings.verify_signatures == "off":
                     logger.warning("VERIFY_SIGNATURES=off: webhook requests are accepted unsigned")
+                elif not settings.email_webhook_token:
+                    logger.warning("EMAIL_WEBHOOK_TOKEN is not set: /email accepts unauthenticated requests")
                 _runtime = build_runtime(settings)
     return _runtime
 

@@ -6,7 +6,7 @@ One table, used by stage 1 (lookup, routing), stage 2 (home queue) and both stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 
 HANDOFF_QUEUE = "handoff"
 AI_QUEUE = "ai"
@@ -32,6 +32,12 @@ class Channel:
     def normalize_address(self, address: str) -> str:
         """The form stored in the GSI keys: E.164 without prefix, or a bare lowercased email."""
         return normalize_phone(address) if self.twilio else normalize_email(address)
+
+    def addresses(self, field: str) -> list[str]:
+        """Every address in a `To` field, normalized: an email may be sent to several."""
+        if self.twilio:
+            return [number] if (number := normalize_phone(field)) else []
+        return [address.lower() for _, address in getaddresses([field]) if address]
 
 
 WHATSAPP_GSI = Gsi("gsi-company-whatsapp", "gsi_company_whatsapp_number", "gsi_recipient_tel")

@@ -34,6 +34,7 @@ class Settings:
     locked_policy: str = "reply"
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
+    batching_mode: str = "delay"
     twilio_account_sid: str | None = None
     responder: str = "local"
     local_responder_delay_seconds: float = 0.0
@@ -44,6 +45,10 @@ class Settings:
     visibility_timeout_seconds: int = 120
     batch_window_seconds: float = 0.5
     sweep_interval_seconds: int = 60
+
+    def __post_init__(self) -> None:
+        if self.batching_mode == "debounce":
+            raise ConfigurationError("BATCHING_MODE=debounce is not available in this version: use delay")
 
     @property
     def twilio_account_configured(self) -> bool:
@@ -61,8 +66,12 @@ class Settings:
             conversations_table=env.text("CONVERSATIONS_TABLE"),
             queue_urls={
                 name: url
-                for name in ("whatsapp", "sms", "email", "handoff", "ai")
-                if (url := env.text(f"{name.upper()}_QUEUE_URL"))
+                for queue in ("whatsapp", "sms", "email", "handoff", "ai", "outbox")
+                for name, variable in (
+                    (queue, f"{queue.upper()}_QUEUE_URL"),
+                    (f"{queue}-dlq", f"{queue.upper()}_DLQ_URL"),
+                )
+                if (url := env.text(variable))
             },
             batch_delay_seconds=env.integer("BATCH_DELAY_SECONDS", 10, 0, SQS_MAX_DELAY_SECONDS),
             requeue_delay_seconds=env.integer("REQUEUE_DELAY_SECONDS", 15, 0, SQS_MAX_DELAY_SECONDS),
@@ -77,6 +86,7 @@ class Settings:
             locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "delay"),
             twilio_account_sid=env.text("TWILIO_ACCOUNT_SID"),
             responder=env.choice("RESPONDER", ("local", "openai"), "local"),
             local_responder_delay_seconds=env.number("LOCAL_RESPONDER_DELAY_SECONDS", 0.0, 0, 600),

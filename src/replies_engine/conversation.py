@@ -13,6 +13,21 @@ PROCESSING_TIMEOUT = "processing_timeout"
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
+# A message's own fields: where the message and the record disagree, the record wins on all others.
+MESSAGE_FIELDS = frozenset(
+    {
+        "channel_type",
+        "from",
+        "to",
+        "body",
+        "subject",
+        "message_sid",
+        "message_id",
+        "account_sid",
+        "received_at",
+        "media",
+    }
+)
 
 
 def message_key(context_object: dict[str, Any]) -> str | None:
@@ -51,3 +66,31 @@ def is_locked(record: dict[str, Any], now: float, lock_timeout_seconds: float) -
         return False
     age = lock_age(record, now)
     return age is None or age <= lock_timeout_seconds
+
+
+def split_duplicates(
+    existing: list[dict[str, Any]], messages: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(messages whose `message_id` is neither in `existing` nor earlier in `messages`, the ids skipped)."""
+    present = {m.get("message_id") for m in existing}
+    fresh, duplicates = [], []
+    for message in messages:
+        if message["message_id"] in present:
+            duplicates.append(message["message_id"])
+        else:
+            present.add(message["message_id"])
+            fresh.append(message)
+    return fresh, duplicates
+
+
+def lock_fields(batch_id: str, fresh: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """What taking the lock sets on the record (besides appending `fresh` to `messages`)."""
+    stamp = clock.iso(now)
+    return {
+        "conversation_status": PROCESSING_REPLY,
+        "lock_owner": batch_id,
+        "processing_started_at": stamp,
+        "last_user_message_at": max(m.get("timestamp") or stamp for m in fresh),
+        "last_batch_id": batch_id,
+        "updated_at": stamp,
+    }

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -54,17 +55,40 @@ class _StderrHandler(logging.Handler):
 
 
 class Metrics:
-    """Counters by metric name, thread-safe; `snapshot()` for tests, the CLI and benchmarks."""
+    """Counters by metric name, thread-safe; `snapshot()` for tests, the CLI and benchmarks.
 
-    def __init__(self) -> None:
+    With `emf_namespace` (in Lambda), each value is also written to stdout as one CloudWatch Embedded
+    Metric Format line, which CloudWatch Logs turns into a metric without an API call.
+    """
+
+    def __init__(self, emf_namespace: str | None = None) -> None:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._log = logging.getLogger("replies_engine.metrics")
+        self.emf_namespace = emf_namespace
 
     def add(self, name: str, value: float = 1, **dimensions: str) -> None:
         with self._lock:
             self._counts[name] += value
         self._log.debug("metric", extra={"metric": name, "value": value, **dimensions})
+        if self.emf_namespace:
+            unit = "Seconds" if name.endswith("Seconds") else "Count"
+            emf = {
+                "_aws": {
+                    "Timestamp": int(time.time() * 1000),
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": self.emf_namespace,
+                            "Dimensions": [["Service"]],
+                            "Metrics": [{"Name": name, "Unit": unit}],
+                        }
+                    ],
+                },
+                "Service": "replies-engine",
+                name: value,
+                **dimensions,
+            }
+            sys.stdout.write(json.dumps(emf) + "\n")
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:

@@ -159,39 +159,44 @@ def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:
     """Each record back to its queue with RetryAttempt + 1 and a growing delay; past the limit, to the DLQ."""
     settings = runtime.settings
     outgoing: dict[str, list[OutgoingMessage]] = defaultdict(list)
+    exhausted = []
     for record in records:
-        attributes = {"conversation_id": record.conversation_id, "RetryAttempt": record.retry_attempt + 1}
         if record.retry_attempt + 1 > settings.max_retry_attempts:
-            reason = f"lock contention after {record.retry_attempt} retries"
-            outgoing[f"{record.home_queue}-dlq"].append(
-                OutgoingMessage(record.body, 0, {**attributes, "DeadLetterReason": reason})
-            )
-            runtime.metrics.add("DeadLettered")
-            logger.warning(
-                "dead-lettered",
-                extra={"conversation_id": record.conversation_id, "reason": reason, **_sid(record)},
-            )
-        else:
-            delay = min(
-                SQS_MAX_DELAY_SECONDS,
-                settings.batch_delay_seconds + settings.requeue_delay_seconds * 2**record.retry_attempt,
-            )
-            outgoing[record.home_queue].append(OutgoingMessage(record.body, delay, attributes))
-            runtime.metrics.add("Requeued")
+            exhausted.append(record)
+            continue
+        delay = min(
+            SQS_MAX_DELAY_SECONDS,
+            settings.batch_delay_seconds + settings.requeue_delay_seconds * 2**record.retry_attempt,
+        )
+        attributes = {"conversation_id": record.conversation_id, "RetryAttempt": record.retry_attempt + 1}
+        outgoing[record.home_queue].append(OutgoingMessage(record.body, delay, attributes))
     for queue, messages in outgoing.items():
         runtime.queue.send_batch(queue, messages)
+        runtime.metrics.add("Requeued", len(messages))
+    if exhausted:
+        reason = f"lock contention after {exhausted[0].retry_attempt} retries"
+        return _dead_letter(exhausted, reason, runtime, logging.WARNING)
     return True
 
 
-def _dead_letter(records: list[BatchRecord], reason: str, runtime: Runtime) -> bool:
+def _dead_letter(
+    records: list[BatchRecord], reason: str, runtime: Runtime, level: int = logging.ERROR
+) -> bool:
+    """To each record's DLQ, with the reason: kept for an operator (`replies-engine dlq list`)."""
+    outgoing: dict[str, list[OutgoingMessage]] = defaultdict(list)
     for record in records:
-        runtime.queue.send(
-            f"{record.home_queue}-dlq",
-            record.body,
-            attributes={"conversation_id": record.conversation_id, "DeadLetterReason": reason},
-        )
-        runtime.metrics.add("DeadLettered")
-        logger.error(
+        attributes = {
+            "conversation_id": record.conversation_id,
+            "RetryAttempt": record.retry_attempt,
+            "DeadLetterReason": reason,
+        }
+        outgoing[f"{record.home_queue}-dlq"].append(OutgoingMessage(record.body, 0, attributes))
+    for queue, messages in outgoing.items():
+        runtime.queue.send_batch(queue, messages)
+        runtime.metrics.add("DeadLettered", len(messages))
+    for record in records:
+        logger.log(
+            level,
             "dead-lettered",
             extra={"conversation_id": record.conversation_id, "reason": reason, **_sid(record)},
         )

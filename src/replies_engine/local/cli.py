@@ -27,6 +27,8 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command is not _serve:  # start-up warnings are for the serving process, not each command
+        logging.getLogger("replies_engine.bootstrap").setLevel(logging.ERROR)
     try:
         result = args.command(args)
     except UsageError as exc:
@@ -41,56 +43,61 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="replies-engine", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print JSON (the default; kept for scripts)")
+    # `--json` is accepted everywhere, before or after the command: output is always JSON.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (always)")
+    parser = argparse.ArgumentParser(prog="replies-engine", description=__doc__, parents=[common])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the whole engine on this machine")
+    def add_parser(subparsers, name, **kwargs):
+        return subparsers.add_parser(name, parents=[common], **kwargs)
+
+    serve = add_parser(commands, "serve", help="run the whole engine on this machine")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.set_defaults(command=_serve)
 
-    conversations = commands.add_parser("conversations", help="ConversationsTable records").add_subparsers(
+    conversations = add_parser(commands, "conversations", help="ConversationsTable records").add_subparsers(
         required=True, metavar="ACTION"
     )
-    imp = conversations.add_parser("import", help="import records: a JSON array or JSON lines; - for stdin")
+    imp = add_parser(conversations, "import", help="import records: a JSON array or JSON lines; - for stdin")
     imp.add_argument("file")
     imp.set_defaults(command=_import)
-    show = conversations.add_parser("show", help="print one record")
+    show = add_parser(conversations, "show", help="print one record")
     show.add_argument("conversation_id")
     show.set_defaults(command=_show)
-    lst = conversations.add_parser("list", help="print records, optionally by conversation_status")
+    lst = add_parser(conversations, "list", help="print records, optionally by conversation_status")
     lst.add_argument("--status")
     lst.set_defaults(command=_list)
 
-    queues = commands.add_parser("queues", help="look into the queues").add_subparsers(
+    queues = add_parser(commands, "queues", help="look into the queues").add_subparsers(
         required=True, metavar="ACTION"
     )
-    peek = queues.add_parser("peek", help="the messages of a queue, without consuming them")
+    peek = add_parser(queues, "peek", help="the messages of a queue, without consuming them")
     peek.add_argument("name", help="whatsapp, sms, email, handoff, ai, or NAME-dlq")
     peek.set_defaults(command=_peek)
-    queues.add_parser("stats", help="message counts per queue").set_defaults(command=_stats)
+    add_parser(queues, "stats", help="message counts per queue").set_defaults(command=_stats)
 
-    dlq = commands.add_parser("dlq", help="dead-letter queues").add_subparsers(
+    dlq = add_parser(commands, "dlq", help="dead-letter queues").add_subparsers(
         required=True, metavar="ACTION"
     )
-    dlq_list = dlq.add_parser("list", help="the messages of NAME-dlq")
+    dlq_list = add_parser(dlq, "list", help="the messages of NAME-dlq")
     dlq_list.add_argument("name", help="whatsapp, sms, email, handoff or ai")
     dlq_list.set_defaults(command=_dlq_list)
-    redrive = dlq.add_parser("redrive", help="move the messages of NAME-dlq back to NAME")
+    redrive = add_parser(dlq, "redrive", help="move the messages of NAME-dlq back to NAME")
     redrive.add_argument("name")
     redrive.set_defaults(command=_dlq_redrive)
 
-    outbox = commands.add_parser("outbox", help="replies kept by the engine").add_subparsers(
+    outbox = add_parser(commands, "outbox", help="replies kept by the engine").add_subparsers(
         required=True, metavar="ACTION"
     )
-    outbox_list = outbox.add_parser("list", help="every reply in the outbox")
+    outbox_list = add_parser(outbox, "list", help="every reply in the outbox")
     outbox_list.set_defaults(command=lambda args: get_runtime().outbox.list())
 
-    sweep = commands.add_parser("sweep", help="reset stalled locks now")
+    sweep = add_parser(commands, "sweep", help="reset stalled locks now")
     sweep.set_defaults(command=lambda args: stalled_sweeper({"source": "cli"}, None))
 
-    send = commands.add_parser("send", help="post a signed inbound message to a running engine")
+    send = add_parser(commands, "send", help="post a signed inbound message to a running engine")
     send.add_argument("texts", nargs="+", metavar="TEXT", help="one message each, posted one after another")
     send.add_argument("--channel", choices=sorted(CHANNELS), default="whatsapp")
     send.add_argument("--from", dest="sender", required=True, help="the person: +49…, or an email address")
@@ -99,8 +106,6 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--message-id", help="the provider's message id (default: a new one)")
     send.set_defaults(command=_send)
 
-    for sub in (imp, show, lst, peek, serve, dlq_list, redrive, outbox_list, sweep, send):
-        sub.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 

@@ -1,22 +1,28 @@
 """Stage 3, the reference reply stage: produce the reply, send it, release the lock (only its holder).
 
 For each AI-queue record: if the batch no longer holds the lock (its lease expired and another batch
-took it), the stale reply is not sent. A responder failure is retried (the record is reported
-failed); a send failure unlocks to `processing_error` and is not retried, so a person never gets the
-same reply twice from our retries.
+took it), before or after the responder worked, the stale reply is not sent. A responder failure, or
+a send that failed for now, is retried with the lock kept (the record is reported failed); any other
+send failure unlocks to `processing_error`. Once a reply is sent the record is acknowledged, whatever
+the unlock does, so that a person never gets the same reply twice from our retries.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from .. import clock
 from ..bootstrap import Runtime
 from ..conversation import AI_RESPONSE_SENT, PROCESSING_ERROR, PROCESSING_REPLY
+from ..ports import TransientBackendError
+from .senders import TransientSendError
 
 logger = logging.getLogger(__name__)
+
+_UNLOCK_ATTEMPTS = 3
 
 
 def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
@@ -39,27 +45,31 @@ def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
-    record = runtime.store.get(conversation_id)
-    if (
-        record is None
-        or record.get("conversation_status") != PROCESSING_REPLY
-        or record.get("lock_owner") != batch_id
-    ):
-        logger.warning("batch no longer holds the lock: its reply is not sent", extra=log)
+    if not _holds_lock(runtime, conversation_id, batch_id):
+        logger.warning("batch no longer holds the lock: its reply is not made", extra=log)
         return True
 
     text = runtime.responder.respond(context)
+    if not _holds_lock(runtime, conversation_id, batch_id):  # the lease may have run out while it thought
+        logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
+        return True
     channel_type = context["channel_type"]
     address = context.get("reply_address") or {}
     try:
         provider_id = runtime.senders[channel_type].send(
             channel_type, address.get("to"), address.get("from"), text, context
         )
+    except (TransientSendError, TransientBackendError):
+        logger.warning(
+            "sending failed for now: the reply will be retried, the lock kept", extra=log, exc_info=True
+        )
+        return False
     except Exception as exc:
         logger.exception("sending the reply failed", extra=log)
         _unlock(runtime, log, status=PROCESSING_ERROR, reply=None, error=str(exc))
         return True
 
+    # Sent: from here on the record is never reported failed, or the person would get it twice.
     reply = {
         "message_id": provider_id,
         "role": "assistant",
@@ -75,12 +85,33 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     return True
 
 
+def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> bool:
+    record = runtime.store.get(conversation_id)
+    return (
+        bool(record)
+        and record.get("conversation_status") == PROCESSING_REPLY
+        and record.get("lock_owner") == batch_id
+    )
+
+
 def _unlock(
     runtime: Runtime, log: dict, *, status: str, reply: dict | None, error: str | None = None
 ) -> None:
-    released = runtime.store.release_lock(
-        log["conversation_id"], log["batch_id"], status=status, now=clock.now(), reply=reply
-    )
+    """Release the lock; never raises. If it cannot, the lease expires and the sweeper frees it."""
+    for attempt in range(_UNLOCK_ATTEMPTS):
+        try:
+            released = runtime.store.release_lock(
+                log["conversation_id"], log["batch_id"], status=status, now=clock.now(), reply=reply
+            )
+            break
+        except TransientBackendError:
+            time.sleep(0.2 * (attempt + 1))
+        except Exception:
+            logger.exception("unlock failed: the lease will expire", extra=log)
+            return
+    else:
+        logger.error("unlock kept failing: the lease will expire", extra={**log, "status": status})
+        return
     if not released:
         logger.warning("unlock refused: this batch no longer holds the lock", extra={**log, "status": status})
     elif error:

@@ -8,6 +8,10 @@ from typing import Any
 from ..ports import Outbox
 
 
+class TransientSendError(RuntimeError):
+    """The provider refused for now (throttled, unavailable, unreachable): nothing was sent, retry."""
+
+
 class OutboxSender:
     """Keeps the reply in the outbox (the embedded engine; email until a mail adapter exists)."""
 
@@ -39,8 +43,17 @@ class TwilioSender:
         self._client = None
 
     def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
+        from twilio.base.exceptions import TwilioRestException
+
         if self._client is None:
             from twilio.rest import Client
 
-            self._client = Client(self.account_sid, self.auth_token(), http_client=self.http_client)
-        return self._client.messages.create(to=to, from_=from_, body=body).sid
+            self._client = Client(self.account_sid(), self.auth_token(), http_client=self.http_client)
+        try:
+            return self._client.messages.create(to=to, from_=from_, body=body).sid
+        except TwilioRestException as exc:
+            if exc.status == 429 or exc.status >= 500:
+                raise TransientSendError(f"Twilio answered {exc.status}: {exc.msg}") from exc
+            raise
+        except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+            raise TransientSendError(f"Twilio unreachable: {exc}") from exc

@@ -38,15 +38,18 @@ class InboundRequest:
 
 def channel_from_event(event: dict[str, Any]) -> Channel | None:
     """The channel named by the path's last segment: `/whatsapp`, `/prod/sms`, `/email/`."""
-    path = event.get("path") or (event.get("requestContext") or {}).get("path") or ""
-    return CHANNELS.get(str(path).rstrip("/").rpartition("/")[2]) if isinstance(path, str) else None
+    request_context = event.get("requestContext")
+    path = event.get("path") or (request_context.get("path") if isinstance(request_context, dict) else None)
+    return CHANNELS.get(path.rstrip("/").rpartition("/")[2]) if isinstance(path, str) else None
 
 
 def parse_event(event: dict[str, Any]) -> InboundRequest:
     """Read the request; raise ParsingError with a clear reason when it is not a webhook."""
     if not isinstance(event, dict):
         raise ParsingError("the event is not an API Gateway proxy event")
-    request_context = event.get("requestContext") or {}
+    request_context = event.get("requestContext")
+    if not isinstance(request_context, dict):
+        request_context = {}
     method = event.get("httpMethod") or request_context.get("httpMethod")
     if method != "POST":
         raise ParsingError(f"method {method} is not allowed: webhooks are POSTed")
@@ -78,7 +81,10 @@ def build_context_object(request: InboundRequest, received_at: str | None = None
         if media:
             context["media"] = [media[i] for i in sorted(media)]
     else:
-        context.update((snake_case(k), v) for k, v in request.params.items() if k != "text")
+        # Only the email's own fields: anything else in the JSON could pose as a record field.
+        context.update(
+            (k, request.params[k]) for k in ("from", "to", "subject", "message_id") if k in request.params
+        )
         context["body"] = request.params.get("text") or ""
     context["received_at"] = received_at or clock.iso()
     return context
@@ -145,6 +151,11 @@ def _email_json(text: str) -> dict[str, Any]:
     wrong = [f for f in EMAIL_FIELDS if params.get(f) is not None and not isinstance(params[f], str)]
     if wrong:
         raise ParsingError(f"these email fields must be strings: {', '.join(wrong)}")
+    for name in EMAIL_FIELDS:
+        try:
+            (params.get(name) or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise ParsingError(f"the email field {name!r} is not valid Unicode (a lone surrogate)") from None
     return params
 
 

@@ -31,7 +31,7 @@ ERROR_STATUS: dict[str, int] = {
 }
 TRANSIENT_ERROR_CODES = frozenset({"DB_TRANSIENT_ERROR", "QUEUE_TRANSIENT_ERROR"})
 
-EMPTY_TWIML = str(MessagingResponse())
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'  # DESIGN.md §4.4, to the letter
 
 
 class TransientWebhookError(RuntimeError):

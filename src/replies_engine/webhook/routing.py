@@ -23,6 +23,8 @@ def determine_target_queue(
     if _flag(context_object.get("auto_queue_reply_message")):
         return HANDOFF_QUEUE
     listed = context_object.get(channel.handoff_list_attr) or []
+    if isinstance(listed, str | int):  # one address written without its list
+        listed = [listed]
     sender = channel.normalize_address(context_object.get("from") or "")
     if sender and sender in {channel.normalize_address(str(a)) for a in listed}:
         return HANDOFF_QUEUE

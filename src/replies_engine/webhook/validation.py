@@ -12,7 +12,7 @@ from typing import Any
 from .. import clock
 from ..channels import CHANNELS
 from ..config import ConfigurationError
-from ..conversation import HISTORY_FIELDS, PROCESSING_REPLY, is_locked, message_key
+from ..conversation import HISTORY_FIELDS, MESSAGE_FIELDS, PROCESSING_REPLY, is_locked, message_key
 from ..ports import ConversationStore, StoreError, TransientStoreError
 
 logger = logging.getLogger(__name__)
@@ -38,18 +38,21 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
         return fail(
             "CONFIGURATION_ERROR", f"no GSI configured for channel {context_object.get('channel_type')!r}"
         )
-    company = channel.normalize_address(context_object.get("to") or "")
+    companies = channel.addresses(context_object.get("to") or "")
     recipient = channel.normalize_address(context_object.get("from") or "")
     id_field = "message_sid" if channel.twilio else "message_id"
     missing = [
         name
-        for name, value in (("from", recipient), ("to", company), (id_field, message_key(context_object)))
+        for name, value in (("from", recipient), ("to", companies), (id_field, message_key(context_object)))
         if not value
     ]
     if missing:
         return fail("MISSING_REQUIRED_FIELD", f"missing required field(s): {', '.join(missing)}")
     try:
-        records = store.find_active(channel.gsi, company, recipient)
+        records = []
+        for company in companies:  # the first address with an active conversation
+            if records := store.find_active(channel.gsi, company, recipient):
+                break
     except ConfigurationError as exc:
         return fail("CONFIGURATION_ERROR", str(exc))
     except TransientStoreError as exc:
@@ -59,7 +62,7 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
     if not records:
         return fail(
             "CONVERSATION_NOT_FOUND",
-            f"no active {channel.name} conversation between {company} and {recipient}",
+            f"no active {channel.name} conversation between {', '.join(companies)} and {recipient}",
         )
     records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
     if len(records) > 1:
@@ -72,7 +75,8 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
             },
         )
     record = {k: v for k, v in records[0].items() if k not in HISTORY_FIELDS}
-    return ok({**record, **context_object})
+    own = {k: v for k, v in context_object.items() if k in MESSAGE_FIELDS}
+    return ok({**context_object, **record, **own})
 
 
 def validate_conversation_rules(

@@ -128,14 +128,15 @@ class Database:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # also when COMMIT itself failed (busy): never leave it open
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def local_auth_token(self) -> str:
         """The engine's own Twilio auth token, made on first use, for signing requests by hand."""
-        with self.transaction() as conn:
+        with translated_errors(BackendError, TransientBackendError), self.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO engine_settings (name, value) VALUES ('twilio_auth_token', ?)",
                 (secrets.token_hex(16),),

@@ -12,17 +12,20 @@ from typing import Any
 
 from ... import clock
 from ...channels import Gsi
-from ...conversation import PROCESSING_ERROR, PROCESSING_REPLY, PROCESSING_TIMEOUT, is_locked
+from ...conversation import (
+    PROCESSING_ERROR,
+    PROCESSING_REPLY,
+    PROCESSING_TIMEOUT,
+    is_locked,
+    lock_fields,
+    split_duplicates,
+)
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
 from .database import Database, translated_errors
 
 
 def _errors():
     return translated_errors(StoreError, TransientStoreError)
-
-
-def _holds_lock(record: Record, batch_id: str) -> bool:
-    return record.get("conversation_status") == PROCESSING_REPLY and record.get("lock_owner") == batch_id
 
 
 class SqliteConversationStore:
@@ -85,28 +88,12 @@ class SqliteConversationStore:
         lock_timeout_seconds: float,
     ) -> LockOutcome:
         def lock(record: Record) -> LockOutcome:
-            present = {m.get("message_id") for m in record.get("messages", [])}
-            fresh, duplicates = [], []
-            for message in messages:
-                if message["message_id"] in present:
-                    duplicates.append(message["message_id"])
-                else:
-                    present.add(message["message_id"])
-                    fresh.append(message)
+            fresh, duplicates = split_duplicates(record.get("messages", []), messages)
             if not fresh:
                 return LockOutcome("duplicates", duplicates=duplicates)
             if is_locked(record, now, lock_timeout_seconds):
                 return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
-            stamp = clock.iso(now)
-            record.update(
-                conversation_status=PROCESSING_REPLY,
-                lock_owner=batch_id,
-                processing_started_at=stamp,
-                messages=[*record.get("messages", []), *fresh],
-                last_user_message_at=max(m.get("timestamp") or stamp for m in fresh),
-                last_batch_id=batch_id,
-                updated_at=stamp,
-            )
+            record.update(lock_fields(batch_id, fresh, now), messages=[*record.get("messages", []), *fresh])
             return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
 
         outcome = self._update(conversation_id, lock, write_if=lambda o: o.status == "acquired")
@@ -115,39 +102,39 @@ class SqliteConversationStore:
     def release_lock(
         self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
     ) -> bool:
-        def release(record: Record) -> bool:
-            if not _holds_lock(record, batch_id):
-                return False
-            record.pop("lock_owner", None)
-            record.update(
-                conversation_status=status, processing_completed_at=clock.iso(now), updated_at=clock.iso(now)
-            )
+        def release(record: Record) -> None:
+            record.update(conversation_status=status, processing_completed_at=clock.iso(now))
             if reply is not None:
                 record["messages"] = [*record.get("messages", []), reply]
-            return True
 
-        return bool(self._update(conversation_id, release))
+        return self._fenced(conversation_id, batch_id, now, release)
 
     def emergency_unlock(self, conversation_id: str, batch_id: str, *, reason: str, now: float) -> bool:
+        def unlock(record: Record) -> None:
+            record["messages"] = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
+            record.update(conversation_status=PROCESSING_ERROR, last_error=reason)
+
+        return self._fenced(conversation_id, batch_id, now, unlock)
+
+    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
+        return self._fenced(
+            conversation_id, batch_id, now, lambda r: r.update(conversation_status=PROCESSING_TIMEOUT)
+        )
+
+    def _fenced(
+        self, conversation_id: str, batch_id: str | None, now: float, change: Callable[[Record], Any]
+    ) -> bool:
+        """Unlock with `change`, only if `batch_id` holds the lock; False otherwise."""
+
         def unlock(record: Record) -> bool:
-            if not _holds_lock(record, batch_id):
+            if record.get("conversation_status") != PROCESSING_REPLY or record.get("lock_owner") != batch_id:
                 return False
             record.pop("lock_owner", None)
-            record["messages"] = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
-            record.update(conversation_status=PROCESSING_ERROR, last_error=reason, updated_at=clock.iso(now))
+            change(record)
+            record["updated_at"] = clock.iso(now)
             return True
 
         return bool(self._update(conversation_id, unlock))
-
-    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
-        def reset(record: Record) -> bool:
-            if not _holds_lock(record, batch_id):
-                return False
-            record.pop("lock_owner", None)
-            record.update(conversation_status=PROCESSING_TIMEOUT, updated_at=clock.iso(now))
-            return True
-
-        return bool(self._update(conversation_id, reset))
 
     def _select(self, sql: str, args: tuple = ()) -> list[Record]:
         with _errors():
