@@ -11,6 +11,7 @@ from replies_engine.bootstrap import Runtime, get_runtime, reset_runtime
 from replies_engine.handlers import batch_processor, reply_sender, webhook_handler
 from replies_engine.local.workers import QueueWorker
 
+from .aws import Stack, start_moto
 from .payloads import BASE, COMPANY, EMAIL_TOKEN, PERSON, TOKEN
 
 # Variables a developer's shell may hold that would change what the tests see.
@@ -48,11 +49,14 @@ def conversation(conversation_id: str = "c1", **fields: Any) -> dict[str, Any]:
 
 
 class Engine:
-    """The embedded engine in a temporary directory, driven through the public entry points."""
+    """The engine on one backend (the embedded one in a temporary directory, or AWS on moto), driven
+    through the public entry points."""
 
-    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch, stack: Stack | None = None) -> None:
         self.path = path
         self.monkeypatch = monkeypatch
+        self.stack = stack
+        self.backend = "aws" if stack else "sqlite"
 
     def env(self, **values: str) -> None:
         """Change the environment and rebuild the runtime from it, as a new Lambda container would."""
@@ -72,14 +76,16 @@ class Engine:
         return self.runtime.store.get(conversation_id)
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
-        """The messages in `queue`, bodies parsed."""
+        """The messages in `queue`, delayed and in flight included, bodies parsed."""
+        if self.stack:
+            return self.stack.peek(queue)
         return [
             {"body": json.loads(m.body), "attributes": m.attributes, "delay": round(m.visible_at - m.sent_at)}
             for m in self.runtime.queue.peek(queue)
         ]
 
     def all_queued(self) -> int:
-        return sum(len(self.runtime.queue.peek(q)) for q in ("whatsapp", "sms", "email", "handoff", "ai"))
+        return sum(len(self.queued(q)) for q in ("whatsapp", "sms", "email", "handoff", "ai"))
 
     def handle(self, event: dict[str, Any]) -> dict[str, Any]:
         return webhook_handler(event, None)
@@ -95,6 +101,8 @@ class Engine:
         return self.worker(queue).poll_once(wait_seconds=wait_seconds)
 
     def outbox(self) -> list[dict[str, Any]]:
+        if self.stack:
+            return [m["body"] for m in self.stack.peek("outbox")]
         return self.runtime.outbox.list()
 
     def metric(self, name: str) -> float:
@@ -118,15 +126,39 @@ def engine_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that drives the engine runs on both backends, unless it is marked sqlite_only."""
+    if "backend" in metafunc.fixturenames:
+        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("backend", ["sqlite"] if only_sqlite else ["sqlite", "aws"], indirect=True)
+
+
 @pytest.fixture
-def engine(engine_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto server for the session (starting one costs ~0.5 s)."""
+    server, endpoint = start_moto()
+    yield endpoint
+    server.shutdown()
+
+
+@pytest.fixture
+def engine(
+    backend: str, engine_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request
+):
     for name in os.environ:
         if name.startswith(_FOREIGN):
             monkeypatch.delenv(name)
-    for name, value in engine_env.items():
+    stack = Stack(request.getfixturevalue("moto_endpoint")) if backend == "aws" else None
+    environment = {**stack.environment(), **engine_env, "REPLIES_BACKEND": "aws"} if stack else engine_env
+    for name, value in environment.items():
         monkeypatch.setenv(name, value)
     reset_runtime()
-    engine = Engine(tmp_path, monkeypatch)
+    engine = Engine(tmp_path, monkeypatch, stack)
     engine.put(conversation())
     yield engine
     reset_runtime()

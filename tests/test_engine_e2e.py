@@ -17,6 +17,8 @@ from .processes import cli, cli_json, serving
 
 BATCH_DELAY = 1
 
+pytestmark = pytest.mark.sqlite_only  # the one-machine engine
+
 
 @pytest.fixture
 def env(engine_env):

@@ -17,6 +17,8 @@ from .conftest import conversation
 from .payloads import TOKEN, sign, whatsapp_text
 from .processes import EXE, cli, free_port, serving
 
+pytestmark = pytest.mark.sqlite_only  # the one-machine engine
+
 
 @pytest.fixture
 def imported(engine_env):

@@ -70,6 +70,7 @@ def test_a_handoff_number_written_without_its_list_still_hands_off(engine):
     assert len(engine.queued("handoff")) == 1
 
 
+@pytest.mark.sqlite_only
 def test_a_busy_database_while_reading_the_local_token_makes_twilio_retry(engine):
     engine.env(TWILIO_AUTH_TOKEN="")
     engine.runtime.store.get("c1")

@@ -229,6 +229,7 @@ def test_the_event_need_not_even_be_a_dict(engine):
 # --- configuration and backend faults ---------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_unopenable_database_is_a_configuration_error(engine):
     engine.env(REPLIES_SQLITE_PATH=str(engine.path / "missing-dir" / "engine.db"))
 
@@ -254,6 +255,7 @@ def other_connection(engine):
     conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_database_held_exclusively_elsewhere_is_transient_and_twilio_retries(engine, other_connection):
     engine.env()  # a new container, whose first connection meets the lock
     other_connection.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -269,6 +271,7 @@ def test_database_held_exclusively_elsewhere_is_transient_and_twilio_retries(eng
     assert_empty_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
 
 
+@pytest.mark.sqlite_only
 def test_queue_write_blocked_by_another_writer_is_transient_and_nothing_is_lost(engine, other_connection):
     params = whatsapp_text()
     other_connection.execute("BEGIN IMMEDIATE")
@@ -285,6 +288,7 @@ def test_queue_write_blocked_by_another_writer_is_transient_and_nothing_is_lost(
     assert [q["body"]["message_sid"] for q in engine.queued("whatsapp")] == [params["MessageSid"]]
 
 
+@pytest.mark.sqlite_only
 def test_broken_queue_storage_is_a_queue_error(engine, other_connection):
     other_connection.execute("DROP TABLE queue_messages")
 
@@ -292,6 +296,7 @@ def test_broken_queue_storage_is_a_queue_error(engine, other_connection):
     assert_json_error(engine.handle(email_event(email_json())), 500, "QUEUE_ERROR")
 
 
+@pytest.mark.sqlite_only
 def test_broken_index_is_a_db_query_error(engine, other_connection):
     other_connection.execute('DROP INDEX "gsi-company-whatsapp"')
 

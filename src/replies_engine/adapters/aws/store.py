@@ -231,11 +231,13 @@ class DynamoConversationStore:
 
         with _errors():
             try:
-                response = client("dynamodb").update_item(
+                response = client(
+                    "dynamodb"
+                ).update_item(
                     TableName=self.table,
                     Key=self._key(conversation_id),
                     UpdateExpression=expression,
-                    ConditionExpression=f"attribute_exists(conversation_id) AND ({condition})",
+                    ConditionExpression=f"attribute_exists(conversation_id) AND {condition}",  # no redundant parentheses: DynamoDB refuses them
                     ExpressionAttributeValues=self._values(values),
                     ReturnValues="ALL_NEW",
                 )

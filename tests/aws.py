@@ -1,0 +1,157 @@
+"""The AWS backend under test: moto in server mode (real boto3 over HTTP on loopback), with the table,
+the queues and the functions' environment built from template.yaml itself."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags: `!Ref X` → {"Ref": "X"}, `!GetAtt A.B` → {"Fn::GetAtt": …}."""
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+def template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def start_moto() -> tuple[Any, str]:
+    """moto's server on a loopback port, DynamoDB requests made atomic.
+
+    DynamoDB applies each conditional write atomically; moto's threaded server does not (measured:
+    two threads both won one conditional UpdateItem in 7 of 40 races). So DynamoDB requests pass one
+    at a time, as on the real service for one item; SQS stays concurrent, its long polls must not
+    block each other.
+    """
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    dynamodb = threading.Lock()
+
+    def atomic_dynamodb(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+            with dynamodb:
+                return list(app(environ, start_response))
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, atomic_dynamodb, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class Stack:
+    """One test's resources, named uniquely: the template's table and queues on the moto server."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.prefix = f"t{uuid.uuid4().hex[:10]}"
+        self.resources = template()["Resources"]
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        self.dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+        self.sqs = session.client("sqs", endpoint_url=endpoint)
+        self.secrets = session.client("secretsmanager", endpoint_url=endpoint)
+        self.refs: dict[str, str] = {}  # logical id → what !Ref gives (table name, queue URL)
+        self.queue_names: dict[str, str] = {}  # logical id → queue name
+        self._create()
+
+    def _create(self) -> None:
+        table = self.resources["ConversationsTable"]["Properties"]
+        name = f"{self.prefix}-conversations"
+        self.dynamodb.create_table(
+            TableName=name,
+            BillingMode=table["BillingMode"],
+            AttributeDefinitions=table["AttributeDefinitions"],
+            KeySchema=table["KeySchema"],
+            GlobalSecondaryIndexes=table["GlobalSecondaryIndexes"],
+        )
+        self.refs["ConversationsTable"] = name
+        queues = {k: v for k, v in self.resources.items() if v["Type"] == "AWS::SQS::Queue"}
+        # dead-letter queues first: the others name them in their redrive policy
+        for logical_id in sorted(queues, key=lambda k: "RedrivePolicy" in queues[k].get("Properties", {})):
+            properties = dict(queues[logical_id].get("Properties", {}))
+            attributes = {
+                k: str(v)
+                for k, v in properties.items()
+                if k in ("VisibilityTimeout", "MessageRetentionPeriod")
+            }
+            if "RedrivePolicy" in properties:
+                policy = properties["RedrivePolicy"]
+                dlq = policy["deadLetterTargetArn"]["Fn::GetAtt"].split(".")[0]
+                arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{self.queue_names[dlq]}"
+                attributes["RedrivePolicy"] = json.dumps(
+                    {"deadLetterTargetArn": arn, "maxReceiveCount": policy["maxReceiveCount"]}
+                )
+            self.queue_names[logical_id] = f"{self.prefix}-{logical_id}"
+            self.refs[logical_id] = self.sqs.create_queue(
+                QueueName=self.queue_names[logical_id], Attributes=attributes
+            )["QueueUrl"]
+
+    def environment(self) -> dict[str, str]:
+        """The functions' environment as template.yaml's Globals write it, refs resolved to this stack."""
+        variables = template()["Globals"]["Function"]["Environment"]["Variables"]
+        env = {}
+        for name, value in variables.items():
+            if isinstance(value, dict) and "Ref" in value:
+                env[name] = self.refs.get(value["Ref"], "")
+            elif isinstance(value, str):
+                env[name] = value
+        env.pop("TWILIO_SECRET_NAME", None)  # tests give TWILIO_AUTH_TOKEN, or create the secret
+        env["AWS_ENDPOINT_URL"] = self.endpoint
+        return {**CREDENTIALS, **env}
+
+    def queue_url(self, name: str) -> str:
+        """`whatsapp` → the URL of WhatsappQueue; `whatsapp-dlq` → WhatsappDLQ's."""
+        base = name.removesuffix("-dlq")
+        return self.refs[base.capitalize() + ("DLQ" if name.endswith("-dlq") else "Queue")]
+
+    def messages(self, name: str) -> list[Any]:
+        """The messages moto holds in a queue, delayed and in flight included (SQS cannot show them)."""
+        from moto.sqs.models import sqs_backends
+
+        queue_name = self.queue_url(name).rsplit("/", 1)[1]
+        return list(sqs_backends[ACCOUNT][REGION].queues[queue_name]._messages)
+
+    def peek(self, name: str) -> list[dict[str, Any]]:
+        peeked = []
+        for message in self.messages(name):
+            attributes = {}
+            for key, attribute in message.message_attributes.items():
+                value = attribute.get("string_value", attribute.get("StringValue"))
+                data_type = attribute.get("data_type", attribute.get("DataType", "String"))
+                attributes[key] = int(value) if data_type.startswith("Number") else value
+            sent_ms = int(message.sent_timestamp or time.time() * 1000)
+            delay = max(0.0, (message.delayed_until - sent_ms) / 1000) if message.delayed_until else 0.0
+            peeked.append({"body": json.loads(message.body), "attributes": attributes, "delay": round(delay)})
+        return peeked
