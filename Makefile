@@ -20,7 +20,8 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.local-installed  ## install and start the local engine on http://127.0.0.1:8080
 	$(BIN)/replies-engine serve $(ARGS)
 
-test: $(VENV)/.test-installed  ## install the test dependencies and run the whole suite
+test: $(VENV)/.test-installed  ## install the test dependencies, lint the SAM template, run the whole suite
+	$(BIN)/cfn-lint template.yaml
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(VENV)/.test-installed

@@ -129,8 +129,12 @@ def engine_env(tmp_path: Path) -> dict[str, str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that drives the engine runs on both backends, unless it is marked sqlite_only."""
     if "backend" in metafunc.fixturenames:
-        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
-        metafunc.parametrize("backend", ["sqlite"] if only_sqlite else ["sqlite", "aws"], indirect=True)
+        backends = ["sqlite", "aws"]
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            backends = ["sqlite"]
+        elif metafunc.definition.get_closest_marker("aws_only"):
+            backends = ["aws"]
+        metafunc.parametrize("backend", backends, indirect=True)
 
 
 @pytest.fixture

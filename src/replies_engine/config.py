@@ -53,7 +53,7 @@ class Settings:
     @property
     def twilio_account_configured(self) -> bool:
         """A real Twilio account: replies go through its REST API instead of the outbox."""
-        return bool(self.twilio_account_sid and (self.twilio_auth_token or self.twilio_secret_name))
+        return bool(self.twilio_secret_name or (self.twilio_account_sid and self.twilio_auth_token))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,138 @@
+"""template.yaml: lints clean (as SAM and as the CloudFormation SAM turns it into), every handler it
+names imports, and every variable the code reads is set in it."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replies_engine.config import Settings
+
+from .aws import TEMPLATE, template
+
+CFN_LINT = Path(sys.executable).with_name("cfn-lint")
+
+# Variables the code reads that the Lambda functions must not get: the embedded engine's own, and
+# TWILIO_AUTH_TOKEN, which in AWS comes from Secrets Manager (TWILIO_SECRET_NAME) instead.
+LOCAL_ONLY = {
+    "REPLIES_SQLITE_PATH",
+    "REPLIES_SQLITE_BUSY_TIMEOUT_MS",
+    "REPLIES_VISIBILITY_TIMEOUT_SECONDS",
+    "SWEEP_INTERVAL_SECONDS",
+    "BATCH_WINDOW_SECONDS",
+    "TWILIO_AUTH_TOKEN",
+}
+
+
+def lint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CFN_LINT, str(path)], capture_output=True, text=True, timeout=120)
+
+
+def translate(document: dict) -> dict:
+    """What `sam deploy` hands CloudFormation (samtranslator, offline; code as `sam package` leaves it)."""
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self) -> dict:
+            return {}
+
+    document = copy.deepcopy(document)
+    document["Globals"]["Function"]["CodeUri"] = "s3://bucket/replies-engine.zip"
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return transform(document, {}, NoManagedPolicies())
+
+
+def test_the_template_lints_clean():
+    result = lint(TEMPLATE)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cloudformation_it_becomes_lints_clean(tmp_path):
+    translated = tmp_path / "translated.json"
+    translated.write_text(json.dumps(translate(template())))
+
+    result = lint(translated)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t["Resources"]["BatchProcessorLambda"]["Properties"]["Events"]["Sms"].update(Type="SQSS"),
+        lambda t: t["Resources"]["BatchProcessorLambda"]["Properties"]["Events"]["Sms"]["Properties"].update(
+            BatchSize=100000
+        ),
+        lambda t: t["Globals"]["Function"].update(Runtime="python2.1"),
+        lambda t: t["Resources"]["ConversationsTable"]["Properties"]["GlobalSecondaryIndexes"][0][
+            "KeySchema"
+        ][0].update(AttributeName="not_defined"),
+    ],
+    ids=["event type typo", "batch size", "runtime", "undefined index key"],
+)
+def test_the_lint_catches_a_broken_template(tmp_path, mutate):
+    broken = template()
+    mutate(broken)
+    try:
+        translated = translate(broken)
+    except Exception:
+        return  # SAM itself refused it
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(translated))
+
+    assert lint(path).returncode != 0
+
+
+def functions() -> dict:
+    return {k: v for k, v in template()["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def test_the_four_functions_of_the_design_are_there():
+    assert set(functions()) == {
+        "IncomingWebhookHandler",
+        "BatchProcessorLambda",
+        "ReplySenderLambda",
+        "StalledConversationSweeper",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(functions()))
+def test_every_handler_imports(name):
+    module, _, function = functions()[name]["Properties"]["Handler"].rpartition(".")
+
+    assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_every_variable_the_code_reads_is_set_in_the_template():
+    read = []
+
+    class Recording(dict):
+        def get(self, key, default=None):
+            read.append(key)
+            return default
+
+    Settings.from_env(Recording())
+    variables = template()["Globals"]["Function"]["Environment"]["Variables"]
+
+    missing = sorted(set(read) - set(variables) - LOCAL_ONLY)
+    assert missing == []
+    assert "CONVERSATIONS_TABLE" in read and len(read) > 20  # the recording saw the reads
+
+
+def test_queues_outlive_their_consumers():
+    """A visibility timeout shorter than the consumer's timeout makes SQS hand a batch out twice."""
+    resources = template()["Resources"]
+    for function in functions().values():
+        timeout = function["Properties"].get("Timeout", 3)
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "SQS":
+                queue = event["Properties"]["Queue"]["Fn::GetAtt"].split(".")[0]
+                assert resources[queue]["Properties"]["VisibilityTimeout"] >= 6 * timeout, queue
