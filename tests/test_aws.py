@@ -4,6 +4,7 @@ under a race, Secrets Manager, and the number of AWS requests a message costs.""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -207,3 +208,67 @@ def test_aws_requests_of_one_message_end_to_end(engine):
         "dynamodb.UpdateItem",  # the reply (to the outbox: no Twilio account here), unlock
     ]
     assert engine.get()["conversation_status"] == "ai_response_sent"
+
+
+def test_aws_calls_become_xray_subsegments_under_the_lambda_segment(engine, monkeypatch):
+    daemon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon.bind(("127.0.0.1", 0))
+    daemon.settimeout(5)
+    monkeypatch.setenv("AWS_XRAY_DAEMON_ADDRESS", f"127.0.0.1:{daemon.getsockname()[1]}")
+    monkeypatch.setenv(
+        "_X_AMZN_TRACE_ID", "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    )
+    client.cache_clear()  # a new container: its clients are made under X-Ray
+    try:
+        engine.handle(twilio_event("whatsapp", whatsapp_text()))
+        documents = []
+        for _ in range(2):
+            header, _, body = daemon.recv(65536).partition(b"\n")
+            assert json.loads(header) == {"format": "json", "version": 1}
+            documents.append(json.loads(body))
+    finally:
+        client.cache_clear()
+        daemon.close()
+
+    assert [(d["name"], d["aws"]["operation"]) for d in documents] == [
+        ("DynamoDB", "Query"),
+        ("SQS", "SendMessage"),
+    ]
+    for document in documents:
+        assert document["trace_id"] == "1-5759e988-bd862e3fe1be46a994272793"
+        assert document["parent_id"] == "53995c3f42cd8ad8" and document["type"] == "subsegment"
+        assert document["end_time"] >= document["start_time"] and document["fault"] is False
+    assert documents[0]["aws"]["table_name"] == engine.stack.refs["ConversationsTable"]
+    assert documents[1]["aws"]["queue_url"] == engine.stack.queue_url("whatsapp")
+
+
+def test_a_long_conversation_stays_under_dynamodbs_item_limit_without_losing_a_message(engine, monkeypatch):
+    from replies_engine.adapters.aws import store as dynamo
+
+    monkeypatch.setattr(dynamo, "ITEM_BUDGET", 6_000)  # 400 KB in miniature
+    store = engine.runtime.store
+    sent = []
+    for n in range(40):
+        message = {"message_id": f"SM{n:04d}", "role": "user", "content": f"message {n} " + "x" * 200}
+        sent.append(message["message_id"])
+        assert (
+            store.lock_and_append("c1", f"b{n}", [message], now=time.time(), lock_timeout_seconds=300).status
+            == "acquired"
+        )
+        assert store.release_lock("c1", f"b{n}", status="ai_response_sent", now=time.time())
+
+    record = engine.get()
+    assert len(json.dumps(record)) <= 6_000
+    archives = [
+        item
+        for item in engine.stack.dynamodb.scan(TableName=engine.stack.refs["ConversationsTable"])["Items"]
+        if item.get("archive_of", {}).get("S") == "c1"
+    ]
+    archived = [
+        m["M"]["message_id"]["S"]
+        for a in sorted(archives, key=lambda a: a["conversation_id"]["S"])
+        for m in a["messages"]["L"]
+    ]
+    kept = [m["message_id"] for m in record["messages"]]
+    assert archived + kept == ["SMold", *sent]  # every message once, in order
+    assert [r["conversation_id"] for r in store.list()] == ["c1"]  # archives are not conversations

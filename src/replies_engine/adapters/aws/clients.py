@@ -41,9 +41,13 @@ def client(service: str) -> Any:
     import boto3
     from botocore.config import Config
 
+    from .tracing import trace
+
     config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-    with _lock:  # boto3's default session is not thread-safe; its clients are
-        return boto3.session.Session().client(service, config=config)
+    with _lock:  # boto3's sessions are not thread-safe; their clients are
+        made = boto3.session.Session().client(service, config=config)
+    trace(made)
+    return made
 
 
 def error_code(exc: BaseException) -> str | None:

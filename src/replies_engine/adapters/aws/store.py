@@ -11,6 +11,7 @@ the sweeper queries that index, never scans the table.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +28,7 @@ from ...conversation import (
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
 from .clients import client, error_code, translated_errors
 
+ITEM_BUDGET = 350_000  # bytes of JSON; DynamoDB refuses items over 400 KB (409,600 bytes)
 LOCKED_INDEX = "gsi-locked"
 LOCKED = "locked"
 _ATTEMPTS = 5  # conditional writes lost to concurrent ones before giving up (transient)
@@ -70,11 +72,14 @@ class DynamoConversationStore:
         return self._record(item) if item else None
 
     def list(self, status: str | None = None) -> list[Record]:
-        """Tooling only: a paginated Scan."""
-        kwargs: dict[str, Any] = {"TableName": self.table}
+        """Tooling only: a paginated Scan (the archives of old messages left out)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "FilterExpression": "attribute_not_exists(archive_of)",
+        }
         if status is not None:
             kwargs.update(
-                FilterExpression="conversation_status = :s",
+                FilterExpression="attribute_not_exists(archive_of) AND conversation_status = :s",
                 ExpressionAttributeValues=self._values({":s": status}),
             )
         records = self._paginate("scan", kwargs)
@@ -139,6 +144,12 @@ class DynamoConversationStore:
                 return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
             fields = {**lock_fields(batch_id, fresh, now), "gsi_locked": LOCKED}
             unchanged, length = self._same_length("messages", len(existing))
+            kept = self._make_room(record, fresh)
+            append = (
+                "messages = list_append(if_not_exists(messages, :empty), :fresh)"
+                if kept is None
+                else "messages = :all"
+            )
             condition = (
                 "(attribute_not_exists(conversation_status) OR conversation_status <> :locked_status"
                 f" OR processing_started_at < :expiry) AND {unchanged}"
@@ -146,12 +157,10 @@ class DynamoConversationStore:
             try:
                 updated = self._update(
                     conversation_id,
-                    "SET messages = list_append(if_not_exists(messages, :empty), :fresh), "
-                    + ", ".join(f"{name} = :{name}" for name in fields),
+                    f"SET {append}, " + ", ".join(f"{name} = :{name}" for name in fields),
                     condition,
                     {
-                        ":fresh": fresh,
-                        ":empty": [],
+                        **({":fresh": fresh, ":empty": []} if kept is None else {":all": kept + fresh}),
                         ":locked_status": PROCESSING_REPLY,
                         ":expiry": clock.iso(now - lock_timeout_seconds),
                         **length,
@@ -195,6 +204,36 @@ class DynamoConversationStore:
         )
 
     # --- helpers ---------------------------------------------------------------------------------
+
+    def _make_room(self, record: Record, fresh: list[Record]) -> list[Record] | None:
+        """None when `fresh` fits; else the recent messages to keep, the older ones written first to an
+        archive item (`{conversation_id}#archive#…`, `archive_of` naming the conversation), so that the
+        item stays under DynamoDB's limit and no message is lost. Dedupe sees only what is kept: an
+        SQS redelivery comes minutes later, an archive holds messages far older than that."""
+        if _size(record) + _size(fresh) <= ITEM_BUDGET:
+            return None
+        existing = record.get("messages", [])
+        kept: list[Record] = []
+        room = ITEM_BUDGET // 2 - _size({k: v for k, v in record.items() if k != "messages"}) - _size(fresh)
+        for message in reversed(existing):
+            room -= _size(message)
+            if room < 0:
+                break
+            kept.insert(0, message)
+        archived = existing[: len(existing) - len(kept)]
+        archive_id = f"{record['conversation_id']}#archive#{clock.iso()}"
+        with _errors():
+            client("dynamodb").put_item(
+                TableName=self.table,
+                Item=self._item(
+                    {
+                        "conversation_id": archive_id,
+                        "archive_of": record["conversation_id"],
+                        "messages": archived,
+                    }
+                ),
+            )
+        return kept
 
     def _fenced(
         self, conversation_id: str, batch_id: str | None, expression: str, values: dict[str, Any]
@@ -270,6 +309,11 @@ class DynamoConversationStore:
         record = {name: _from_dynamo(self._deserialize(value)) for name, value in item.items()}
         record.pop("gsi_locked", None)  # an index key, not part of the conversation
         return record
+
+
+def _size(value: Any) -> int:
+    """Bytes as JSON: a little over what DynamoDB counts for the same data, so a safe estimate."""
+    return len(json.dumps(value, default=str, ensure_ascii=False).encode())
 
 
 def _to_dynamo(value: Any) -> Any:
