@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-from twilio.twiml.messaging_response import MessagingResponse
-
 from ..channels import Channel
 
 ERROR_STATUS: dict[str, int] = {
@@ -51,6 +49,8 @@ def twiml_response(text: str | None = None) -> dict:
     """200 TwiML: empty, or with one `<Message>` back to the sender."""
     body = EMPTY_TWIML
     if text:
+        from twilio.twiml.messaging_response import MessagingResponse  # only here: it costs the cold start
+
         reply = MessagingResponse()
         reply.message(text)
         body = str(reply)
