@@ -1,11 +1,11 @@
 """Lambda cold start, measured side by side in one run, each number the best of N fresh interpreters.
 
-  import     `import <module>` of each entry point's stage, next to `import boto3` (python -X importtime)
-  1st call   that entry point's first invocation on the AWS backend (moto on loopback): what a cold
-             container pays after the import: settings, boto3, clients, the first requests
-  2nd call   the next invocation in the same container
+import     `import <module>` of each entry point's stage, next to `import boto3` (python -X importtime)
+1st call   that entry point's first invocation on the AWS backend (moto on loopback): what a cold
+           container pays after the import: settings, boto3, clients, the first requests
+2nd call   the next invocation in the same container
 
-    .venv/bin/python bench/cold_start.py [--runs 5]
+  .venv/bin/python bench/cold_start.py [--runs 5]
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ print(json.dumps({"first": first - imported, "second": second - first}))
 
 def import_ms(module: str) -> float:
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, check=True
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return int(result.stderr.strip().splitlines()[-1].split("|")[1]) / 1000
 
@@ -65,14 +68,21 @@ def events() -> dict[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
     server, endpoint = start_moto()
     stack = Stack(endpoint)
-    env = {**os.environ, **stack.environment(), "TWILIO_AUTH_TOKEN": "0123456789abcdef0123456789abcdef",
-           "PUBLIC_BASE_URL": "https://hooks.example.com/prod", "LOG_LEVEL": "ERROR"}
+    env = {
+        **os.environ,
+        **stack.environment(),
+        "TWILIO_AUTH_TOKEN": "0123456789abcdef0123456789abcdef",
+        "PUBLIC_BASE_URL": "https://hooks.example.com/prod",
+        "LOG_LEVEL": "ERROR",
+    }
     os.environ.update(env)
     from replies_engine.adapters.aws import DynamoConversationStore
 
@@ -85,8 +95,13 @@ def main() -> None:
         imported = min(import_ms(module) for _ in range(args.runs))
         calls = []
         for _ in range(args.runs):
-            out = subprocess.run([sys.executable, "-c", CHILD, name, json.dumps(events()[name])], env=env,
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, name, json.dumps(events()[name])],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             calls.append(json.loads(out.stdout.strip().splitlines()[-1]))
         first = min(c["first"] for c in calls) * 1000
         second = min(c["second"] for c in calls) * 1000

@@ -27,20 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx2 as httpx  # noqa: E402
+from tests.conftest import conversation  # noqa: E402
 from tests.payloads import BASE, TOKEN, sign, whatsapp_text  # noqa: E402
 from tests.processes import serving  # noqa: E402
 
-CONVERSATION = {
-    "conversation_id": "bench",
-    "created_at": "2026-01-01T00:00:00.000000Z",
-    "gsi_company_whatsapp_number": "+14155238886",
-    "gsi_recipient_tel": "+4915112345678",
-    "task_complete": 0,
-    "project_status": "active",
-    "allowed_channels": ["whatsapp"],
-    "conversation_status": "initial_message_sent",
-    "messages": [],
-}
+CONVERSATION = conversation("bench")
 
 
 def environment(db: str, public_base_url: str = BASE) -> dict[str, str]:

@@ -60,3 +60,21 @@ def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
         if process.poll() is None:
             process.terminate()
         process.wait(timeout=30)
+
+
+def post_signed(url: str, params: dict[str, str], channel: str = "whatsapp", signature: str | None = None):
+    """POST a Twilio webhook to a running engine, signed for the URL it is posted to."""
+    from urllib.parse import urlencode
+
+    import httpx2 as httpx
+
+    from .payloads import sign
+
+    return httpx.post(
+        f"{url}/{channel}",
+        content=urlencode(params),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": signature or sign(f"{url}/{channel}", params),
+        },
+    )

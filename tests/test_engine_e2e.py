@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import time
-from urllib.parse import urlencode
 
-import httpx2 as httpx
 import pytest
 
 from .conftest import conversation
-from .payloads import COMPANY, PERSON, sign, whatsapp_text
-from .processes import cli, cli_json, serving
+from .payloads import COMPANY, PERSON, whatsapp_text
+from .processes import cli, cli_json, post_signed, serving
 
 BATCH_DELAY = 1
 
@@ -33,16 +31,9 @@ def env(engine_env):
     return env
 
 
-def post_signed(url, text):
+def post_text(url, text):
     params = whatsapp_text(text)
-    response = httpx.post(
-        f"{url}/whatsapp",
-        content=urlencode(params),
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Twilio-Signature": sign(f"{url}/whatsapp", params),
-        },
-    )
+    response = post_signed(url, params)
     assert response.status_code == 200, response.text
     return params["MessageSid"]
 
@@ -58,7 +49,7 @@ def wait_for(predicate, seconds):
 
 def test_a_burst_gets_one_reply_within_the_batch_delay_plus_two_seconds(env):
     with serving(env) as (url, _):
-        sids = [post_signed(url, text) for text in ("hi", "I wanted to ask", "can I move my appointment?")]
+        sids = [post_text(url, text) for text in ("hi", "I wanted to ask", "can I move my appointment?")]
         sent = time.monotonic()
 
         replies = wait_for(lambda: cli_json(env, "outbox", "list"), BATCH_DELAY + 2)
@@ -112,7 +103,7 @@ def test_send_reports_a_refusal(env):
 def test_ctrl_c_finishes_the_batch_in_hand_and_keeps_what_is_queued(env):
     env = {**env, "BATCH_DELAY_SECONDS": "0", "LOCAL_RESPONDER_DELAY_SECONDS": "1.5"}
     with serving(env) as (url, process):
-        post_signed(url, "one")
+        post_text(url, "one")
         assert wait_for(lambda: cli_json(env, "queues", "stats")["ai"]["in_flight"] == 1, 5)
         process.send_signal(signal.SIGINT)  # while the responder is thinking
         assert process.wait(timeout=30) == 0
@@ -123,7 +114,7 @@ def test_ctrl_c_finishes_the_batch_in_hand_and_keeps_what_is_queued(env):
 
     env = {**env, "BATCH_DELAY_SECONDS": "30"}
     with serving(env) as (url, process):
-        sid = post_signed(url, "two")
+        sid = post_text(url, "two")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
     [kept] = cli_json(env, "queues", "peek", "whatsapp")

@@ -15,7 +15,7 @@ from replies_engine.local.server import create_app
 
 from .conftest import conversation
 from .payloads import TOKEN, sign, whatsapp_text
-from .processes import EXE, cli, free_port, serving
+from .processes import EXE, cli, free_port, post_signed, serving
 
 pytestmark = pytest.mark.sqlite_only  # the one-machine engine
 
@@ -38,14 +38,7 @@ def test_serve_answers_a_signed_twilio_post_and_the_message_shows_in_peek(served
     url, env, _ = served
     params = whatsapp_text("Hallo 👋")
 
-    response = httpx.post(
-        f"{url}/whatsapp",
-        content=urlencode(params),
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Twilio-Signature": sign(f"{url}/whatsapp", params),
-        },
-    )
+    response = post_signed(url, params)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
@@ -211,14 +204,7 @@ def test_bad_configuration_is_a_clear_error(engine_env):
 def test_queue_stats_count_delayed_messages(served):
     url, env, _ = served
     params = whatsapp_text()
-    httpx.post(
-        f"{url}/whatsapp",
-        content=urlencode(params),
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Twilio-Signature": sign(f"{url}/whatsapp", params),
-        },
-    )
+    assert post_signed(url, params).status_code == 200
 
     stats = json.loads(cli(env, "queues", "stats").stdout)
     assert stats["whatsapp"] == {"available": 0, "delayed": 1, "in_flight": 0}
