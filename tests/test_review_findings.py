@@ -98,13 +98,16 @@ def test_queues_stats_accepts_json(engine_env):
     assert cli(engine_env, "--json", "outbox", "list").returncode == 0
 
 
-def test_debounce_mode_is_refused_clearly_until_it_exists(engine):
-    engine.env(BATCHING_MODE="debounce")
+@pytest.mark.parametrize(
+    ("variable", "value"), [("BATCHING_MODE", "later"), ("SUPERSEDE", "maybe"), ("QUIET_SECONDS", "-1")]
+)
+def test_a_bad_batching_setting_is_refused_clearly(engine, variable, value):
+    engine.env(**{variable: value})
 
     response = engine.handle(email_event(email_json()))
 
     assert json.loads(response["body"])["error_code"] == "CONFIGURATION_ERROR"
-    assert "BATCHING_MODE=debounce" in json.loads(response["body"])["message"]
+    assert variable in json.loads(response["body"])["message"]
 
 
 # --- the reply stage --------------------------------------------------------------------------------------

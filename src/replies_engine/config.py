@@ -35,6 +35,10 @@ class Settings:
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
     batching_mode: str = "delay"
+    quiet_seconds: int = 3
+    max_wait_seconds: int = 30
+    max_batch_messages: int = 20
+    supersede: str = "regenerate"
     twilio_account_sid: str | None = None
     responder: str = "local"
     local_responder_delay_seconds: float = 0.0
@@ -45,10 +49,6 @@ class Settings:
     visibility_timeout_seconds: int = 120
     batch_window_seconds: float = 0.5
     sweep_interval_seconds: int = 60
-
-    def __post_init__(self) -> None:
-        if self.batching_mode == "debounce":
-            raise ConfigurationError("BATCHING_MODE=debounce is not available in this version: use delay")
 
     @property
     def twilio_account_configured(self) -> bool:
@@ -87,6 +87,10 @@ class Settings:
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
             batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "delay"),
+            quiet_seconds=env.integer("QUIET_SECONDS", 3, 0, SQS_MAX_DELAY_SECONDS),
+            max_wait_seconds=env.integer("MAX_WAIT_SECONDS", 30, 0, 86_400),
+            max_batch_messages=env.integer("MAX_BATCH_MESSAGES", 20, 1, 10_000),
+            supersede=env.choice("SUPERSEDE", ("regenerate", "drop"), "regenerate"),
             twilio_account_sid=env.text("TWILIO_ACCOUNT_SID"),
             responder=env.choice("RESPONDER", ("local", "openai"), "local"),
             local_responder_delay_seconds=env.number("LOCAL_RESPONDER_DELAY_SECONDS", 0.0, 0, 600),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import clock
@@ -10,6 +11,7 @@ PROCESSING_REPLY = "processing_reply"  # locked
 AI_RESPONSE_SENT = "ai_response_sent"
 PROCESSING_ERROR = "processing_error"
 PROCESSING_TIMEOUT = "processing_timeout"
+REPLY_SUPERSEDED = "reply_superseded"  # debounce, SUPERSEDE=drop: unlocked, the next batch answers
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
@@ -44,6 +46,9 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
         "timestamp": context_object.get("received_at"),
         "channel_type": context_object.get("channel_type"),
         "batch_id": batch_id,
+        # where it came from, so that a reply to it can go back the same way
+        "from": context_object.get("from"),
+        "to": context_object.get("to"),
     }
     if context_object.get("media"):
         entry["media"] = context_object["media"]
@@ -94,3 +99,27 @@ def lock_fields(batch_id: str, fresh: list[dict[str, Any]], now: float) -> dict[
         "last_batch_id": batch_id,
         "updated_at": stamp,
     }
+
+
+def flush_due(
+    pending: list[dict[str, Any]], now: float, quiet: float, max_wait: float, max_batch: int
+) -> bool:
+    """Debounce (DESIGN.md §4.6): answer now? When the newest pending message is `quiet` old, or the
+    oldest `max_wait` old, or `max_batch` are pending."""
+    if not pending:
+        return False
+    received = [clock.parse_iso(m["timestamp"]) for m in pending if m.get("timestamp")] or [now]
+    slack = 0.05  # clocks and SQS's whole-second delays
+    return (
+        len(pending) >= max_batch
+        or now - max(received) + slack >= quiet
+        or now - min(received) + slack >= max_wait
+    )
+
+
+def flush_delay(pending: list[dict[str, Any]], now: float, quiet: int, max_wait: int, max_batch: int) -> int:
+    """When to look again after a message was added: at the quiet time, or earlier for the caps."""
+    if len(pending) >= max_batch:
+        return 0
+    oldest = min((clock.parse_iso(m["timestamp"]) for m in pending if m.get("timestamp")), default=now)
+    return max(0, min(quiet, math.ceil(max_wait - (now - oldest))))

@@ -69,7 +69,8 @@ class LockOutcome:
 
     `acquired`: the lock is ours and `appended` are in `messages`; `locked`: someone else (`lock_owner`)
     holds it, nothing written; `duplicates`: every message was already there, nothing written;
-    `missing`: no such conversation.
+    `missing`: no such conversation. Debounce mode adds `added` (`appended` are now pending; `record`
+    is the record after) and `changed` (the pending messages changed since they were read).
     """
 
     status: str
@@ -114,23 +115,46 @@ class ConversationStore(Protocol):
         conversation is not locked (or its lease expired), take the lock for `batch_id` and append them."""
         ...
 
-    def release_lock(
-        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
-    ) -> bool:
-        """Unlock to `status`, appending `reply`, only if `batch_id` still holds the lock (fencing)."""
+    def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
+        """Debounce: append to `pending_messages` the messages in neither `messages` nor
+        `pending_messages`, bumping `pending_version`; no lock needed (DESIGN.md §4.6)."""
         ...
 
-    def emergency_unlock(self, conversation_id: str, batch_id: str, *, reason: str, now: float) -> bool:
-        """`processing_error`, only if `batch_id` holds the lock; its messages are taken out again, since
-        their queue records are reported failed and will be appended again on redelivery."""
+    def flush_pending(
+        self,
+        conversation_id: str,
+        batch_id: str,
+        *,
+        pending_version: int,
+        now: float,
+        lock_timeout_seconds: float,
+        held: bool = False,
+    ) -> LockOutcome:
+        """Debounce: ONE conditional write that takes the lock (or, `held`, keeps `batch_id`'s) and moves
+        `pending_messages` into `messages`, only if `pending_version` is still the one read."""
+        ...
+
+    def release_lock(
+        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
+    ) -> Record | None:
+        """Unlock to `status`, appending `reply`, only if `batch_id` still holds the lock (fencing).
+        Returns the record after, or None when `batch_id` did not hold the lock."""
+        ...
+
+    def emergency_unlock(
+        self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
+    ) -> Record | None:
+        """`processing_error`, only if `batch_id` holds the lock. Its messages are taken out again: their
+        queue records are reported failed and appended again on redelivery; with `to_pending`
+        (debounce) they go back to `pending_messages` for the next flush."""
         ...
 
     def list_locked(self) -> list[Record]:
         """Conversations in `processing_reply`, from the sparse lock index (never a full scan)."""
         ...
 
-    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
-        """`processing_timeout`, only if `batch_id` still holds the lock."""
+    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> Record | None:
+        """`processing_timeout`, only if `batch_id` still holds the lock; the record after, or None."""
         ...
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from . import clock
+from .batching.processor import flush_if_pending
 from .bootstrap import Runtime
 from .conversation import lock_age
 
@@ -28,8 +29,10 @@ def sweep(runtime: Runtime) -> dict[str, int]:
             "batch_id": record.get("lock_owner"),
             "lock_age": age,
         }
-        if runtime.store.reset_stalled(record["conversation_id"], record.get("lock_owner"), now=now):
+        after = runtime.store.reset_stalled(record["conversation_id"], record.get("lock_owner"), now=now)
+        if after:
             reset += 1
+            flush_if_pending(runtime, after)
             runtime.metrics.add("LockTimeoutReset")
             logger.warning("stalled lock reset to processing_timeout", extra=log)
     return {"checked": len(locked), "reset": reset}

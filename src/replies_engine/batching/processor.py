@@ -19,12 +19,13 @@ from .. import clock
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE, CHANNELS
 from ..config import SQS_MAX_DELAY_SECONDS
-from ..conversation import HISTORY_FIELDS, message_key, user_message
+from ..conversation import HISTORY_FIELDS, flush_delay, flush_due, is_locked, message_key, user_message
 from ..ports import LockOutcome, OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
 HISTORY_MESSAGES = 20  # how much of the conversation before this batch the AI stage sees
+FLUSH = "flush"  # debounce mode's token: "look at this conversation's pending messages now"
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,12 @@ class BatchRecord:
 
     sqs_message_id: str
     body: str
-    context_object: dict[str, Any]
+    context_object: dict[str, Any]  # for a flush token: {"kind": "flush", "conversation_id", "channel_type"}
     retry_attempt: int
+
+    @property
+    def is_flush(self) -> bool:
+        return self.context_object.get("kind") == FLUSH
 
     @property
     def conversation_id(self) -> str:
@@ -56,7 +61,7 @@ class BatchRecord:
         if not isinstance(context_object, dict):
             raise ValueError("the body is not a JSON object")
         missing = [f for f in ("conversation_id", "channel_type") if not context_object.get(f)]
-        if missing or not message_key(context_object):
+        if missing or not (message_key(context_object) or context_object.get("kind") == FLUSH):
             raise ValueError(f"the body lacks {', '.join(missing) or 'a message id'}")
         if context_object["channel_type"] not in CHANNELS:
             raise ValueError(f"unknown channel_type {context_object['channel_type']!r}")
@@ -85,7 +90,10 @@ def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
         groups[record.conversation_id].append(record)
     for conversation_id, records in groups.items():
         try:
-            done = _process_conversation(conversation_id, records, runtime)
+            if runtime.settings.batching_mode == "debounce":
+                done = _debounce_conversation(conversation_id, records, runtime)
+            else:
+                done = _process_conversation(conversation_id, [r for r in records if not r.is_flush], runtime)
         except Exception:
             logger.exception(
                 "batch failed; its records will be retried", extra={"conversation_id": conversation_id}
@@ -97,7 +105,7 @@ def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 
 
 def _process_conversation(conversation_id: str, records: list[BatchRecord], runtime: Runtime) -> bool:
-    records.sort(key=lambda r: (r.context_object.get("received_at") or "", message_key(r.context_object)))
+    records.sort(key=_arrival)
     batch_id = f"batch-{uuid.uuid4().hex}"
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
     logger.info("batch started", extra={**log, "size": len(records)})
@@ -123,13 +131,22 @@ def _process_conversation(conversation_id: str, records: list[BatchRecord], runt
         logger.info("conversation locked by another batch", extra={**log, "lock_owner": outcome.lock_owner})
         return _requeue(records, runtime)
 
+    return _hand_to_ai(outcome, batch_id, runtime)
+
+
+def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pending: bool = False) -> bool:
+    """The locked batch's context to the AI queue; if that fails, the emergency unlock."""
+    conversation_id = outcome.record["conversation_id"]
+    log = {"conversation_id": conversation_id, "batch_id": batch_id}
     runtime.metrics.add("BatchSize", len(outcome.appended))
     try:
-        runtime.queue.send(AI_QUEUE, json.dumps(ai_context(outcome, records, batch_id), ensure_ascii=False))
+        runtime.queue.send(AI_QUEUE, json.dumps(ai_context(outcome, batch_id), ensure_ascii=False))
     except Exception as exc:
         logger.exception("AI hand-off failed after the lock was taken: emergency unlock", extra=log)
         try:
-            runtime.store.emergency_unlock(conversation_id, batch_id, reason=str(exc), now=clock.now())
+            runtime.store.emergency_unlock(
+                conversation_id, batch_id, reason=str(exc), now=clock.now(), to_pending=to_pending
+            )
         except Exception:
             logger.exception("emergency unlock failed; the lease will expire", extra=log)
         return False
@@ -137,11 +154,11 @@ def _process_conversation(conversation_id: str, records: list[BatchRecord], runt
     return True
 
 
-def ai_context(outcome: LockOutcome, records: list[BatchRecord], batch_id: str) -> dict[str, Any]:
+def ai_context(outcome: LockOutcome, batch_id: str) -> dict[str, Any]:
     """The AI queue's message (DESIGN.md §4.5): this batch, the conversation, the recent history."""
     record = outcome.record or {}
     earlier = record.get("messages", [])[: -len(outcome.appended)]
-    latest = records[-1].context_object
+    latest = outcome.appended[-1]
     return {
         "conversation_id": record["conversation_id"],
         "batch_id": batch_id,
@@ -151,8 +168,93 @@ def ai_context(outcome: LockOutcome, records: list[BatchRecord], batch_id: str) 
         "history": earlier[-HISTORY_MESSAGES:],
         # the reply goes back the way the last message came
         "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
-        "first_received_at": min(r.context_object.get("received_at") or "" for r in records) or None,
+        "first_received_at": min((m.get("timestamp") or "" for m in outcome.appended), default="") or None,
     }
+
+
+# --- debounce mode (DESIGN.md §4.6) ------------------------------------------------------------------
+
+
+def _debounce_conversation(conversation_id: str, records: list[BatchRecord], runtime: Runtime) -> bool:
+    """Messages join `pending_messages` at once and schedule a flush token; tokens run the flush."""
+    settings = runtime.settings
+    messages = sorted((r for r in records if not r.is_flush), key=_arrival)
+    if messages:
+        now = clock.now()
+        outcome = runtime.store.add_pending(
+            conversation_id, [user_message(r.context_object) for r in messages], now=now
+        )
+        if outcome.status == "missing":
+            return _dead_letter(messages, "the conversation does not exist", runtime)
+        for duplicate in outcome.duplicates:
+            logger.warning(
+                "duplicate message skipped",
+                extra={"conversation_id": conversation_id, "message_sid": duplicate},
+            )
+            runtime.metrics.add("DuplicateMessageDetected")
+        pending = outcome.record.get("pending_messages", [])
+        if pending:  # also when all were duplicates: the token that followed them may have been lost
+            delay = flush_delay(
+                pending, now, settings.quiet_seconds, settings.max_wait_seconds, settings.max_batch_messages
+            )
+            send_flush_token(runtime, conversation_id, messages[-1].context_object["channel_type"], delay)
+    if any(r.is_flush for r in records):
+        return flush(conversation_id, runtime)
+    return True
+
+
+def flush(conversation_id: str, runtime: Runtime) -> bool:
+    """Run the batch if the flush rule says so: lock + move the pending messages in one write."""
+    settings = runtime.settings
+    for _ in range(5):
+        now = clock.now()
+        record = runtime.store.get(conversation_id)
+        pending = (record or {}).get("pending_messages") or []
+        due = flush_due(
+            pending, now, settings.quiet_seconds, settings.max_wait_seconds, settings.max_batch_messages
+        )
+        if not due or is_locked(record, now, settings.lock_timeout_seconds):
+            return True  # a later token exists, or the unlock will send one
+        batch_id = f"batch-{uuid.uuid4().hex}"
+        outcome = runtime.store.flush_pending(
+            conversation_id,
+            batch_id,
+            pending_version=record.get("pending_version", 0),
+            now=now,
+            lock_timeout_seconds=settings.lock_timeout_seconds,
+        )
+        if outcome.status == "changed":
+            continue  # a message arrived in between: decide again
+        if outcome.status != "acquired":
+            return True
+        logger.info(
+            "batch started",
+            extra={"conversation_id": conversation_id, "batch_id": batch_id, "size": len(outcome.appended)},
+        )
+        return _hand_to_ai(outcome, batch_id, runtime, to_pending=True)
+    return False  # contended: the token is retried
+
+
+def flush_if_pending(runtime: Runtime, record: dict[str, Any] | None) -> None:
+    """After an unlock: messages that waited for the lock get their batch (debounce mode)."""
+    if record and record.get("pending_messages") and runtime.settings.batching_mode == "debounce":
+        send_flush_token(runtime, record["conversation_id"], record["pending_messages"][-1]["channel_type"])
+
+
+def send_flush_token(
+    runtime: Runtime, conversation_id: str, channel_type: str, delay_seconds: int = 0
+) -> None:
+    token = {"kind": FLUSH, "conversation_id": conversation_id, "channel_type": channel_type}
+    runtime.queue.send(
+        CHANNELS[channel_type].queue,
+        json.dumps(token),
+        delay_seconds=delay_seconds,
+        attributes={"conversation_id": conversation_id, "RetryAttempt": 0},
+    )
+
+
+def _arrival(record: BatchRecord) -> tuple[str, str]:
+    return record.context_object.get("received_at") or "", message_key(record.context_object) or ""
 
 
 def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:

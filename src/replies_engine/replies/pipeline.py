@@ -15,14 +15,16 @@ import time
 from typing import Any
 
 from .. import clock
+from ..batching.processor import flush_if_pending
 from ..bootstrap import Runtime
-from ..conversation import AI_RESPONSE_SENT, PROCESSING_ERROR, PROCESSING_REPLY
+from ..conversation import AI_RESPONSE_SENT, PROCESSING_ERROR, PROCESSING_REPLY, REPLY_SUPERSEDED
 from ..ports import TransientBackendError
 from .senders import TransientSendError
 
 logger = logging.getLogger(__name__)
 
 _UNLOCK_ATTEMPTS = 3
+_SUPERSEDE_ROUNDS = 3  # answer again at most this often before the reply goes out
 
 
 def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
@@ -50,9 +52,39 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         return True
 
     text = runtime.responder.respond(context)
-    if not _holds_lock(runtime, conversation_id, batch_id):  # the lease may have run out while it thought
-        logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
-        return True
+    for _ in range(_SUPERSEDE_ROUNDS):
+        record = _holds_lock(runtime, conversation_id, batch_id)
+        if record is None:  # the lease may have run out while it thought
+            logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
+            return True
+        pending = record.get("pending_messages") or []
+        if not pending or runtime.settings.batching_mode != "debounce":
+            break
+        runtime.metrics.add("ReplySuperseded")
+        if runtime.settings.supersede == "drop":
+            logger.info("newer messages arrived: the reply is dropped, the next batch answers all", extra=log)
+            _unlock(runtime, log, status=REPLY_SUPERSEDED, reply=None)
+            return True
+        outcome = runtime.store.flush_pending(
+            conversation_id,
+            batch_id,
+            pending_version=record.get("pending_version", 0),
+            now=clock.now(),
+            lock_timeout_seconds=runtime.settings.lock_timeout_seconds,
+            held=True,
+        )
+        if outcome.status == "acquired":
+            latest = outcome.appended[-1]
+            context = {
+                **context,
+                "messages": [*context["messages"], *outcome.appended],
+                "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
+            }
+            logger.info(
+                "newer messages arrived: answering again with them",
+                extra={**log, "added": len(outcome.appended)},
+            )
+            text = runtime.responder.respond(context)
     channel_type = context["channel_type"]
     address = context.get("reply_address") or {}
     try:
@@ -85,13 +117,16 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     return True
 
 
-def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> bool:
+def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> dict | None:
+    """The record while `batch_id` holds its lock, else None."""
     record = runtime.store.get(conversation_id)
-    return (
-        bool(record)
+    if (
+        record
         and record.get("conversation_status") == PROCESSING_REPLY
         and record.get("lock_owner") == batch_id
-    )
+    ):
+        return record
+    return None
 
 
 def _unlock(
@@ -114,7 +149,9 @@ def _unlock(
         return
     if not released:
         logger.warning("unlock refused: this batch no longer holds the lock", extra={**log, "status": status})
-    elif error:
+        return
+    flush_if_pending(runtime, released)  # messages that waited for the lock get their batch
+    if error:
         logger.error(
             "conversation unlocked after a failed send", extra={**log, "status": status, "error": error}
         )

@@ -76,13 +76,16 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     context_object = found["data"]
     log["conversation_id"] = context_object.get("conversation_id")
 
+    debounce = settings.batching_mode == "debounce"
     rules = validate_conversation_rules(context_object, settings.lock_timeout_seconds)
     if not rules["valid"]:
         if rules["error_code"] != "CONVERSATION_LOCKED":
             return Outcome(rules["error_code"], rules["message"], log=log)
-        if settings.locked_policy == "reply":
+        if (
+            settings.locked_policy == "reply" and not debounce
+        ):  # debounce: a locked conversation keeps collecting
             return _record_refused(context_object, rules["message"], runtime, log)
-        logger.info("conversation locked: message deferred to the next batch", extra=log)
+        logger.info("conversation locked: message kept for the next batch", extra=log)
 
     queue = determine_target_queue(context_object, settings.honor_hand_off_to_human)
     if queue is None or not runtime.queue.has_queue(queue):
@@ -93,7 +96,7 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         queue_message_id = runtime.queue.send(
             queue,
             json.dumps(context_object, ensure_ascii=False),
-            delay_seconds=0 if queue == HANDOFF_QUEUE else settings.batch_delay_seconds,
+            delay_seconds=0 if queue == HANDOFF_QUEUE or debounce else settings.batch_delay_seconds,
             attributes={"conversation_id": context_object["conversation_id"], "RetryAttempt": 0},
         )
     except TransientQueueError as exc:

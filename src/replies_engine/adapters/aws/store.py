@@ -172,9 +172,83 @@ class DynamoConversationStore:
             return LockOutcome("acquired", record=updated, appended=fresh, duplicates=duplicates)
         raise TransientStoreError(f"conversation {conversation_id}: too many concurrent writes")
 
+    def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
+        for _ in range(_ATTEMPTS):
+            record = self.get(conversation_id)
+            if record is None:
+                return LockOutcome("missing")
+            pending = record.get("pending_messages", [])
+            fresh, duplicates = split_duplicates([*record.get("messages", []), *pending], messages)
+            if not fresh:
+                return LockOutcome("duplicates", record=record, duplicates=duplicates)
+            version = record.get("pending_version", 0)
+            unchanged, values = self._same_version(version)
+            try:
+                updated = self._update(
+                    conversation_id,
+                    "SET pending_messages = list_append(if_not_exists(pending_messages, :empty), :fresh),"
+                    " pending_version = :next, updated_at = :now",
+                    unchanged,
+                    {**values, ":fresh": fresh, ":empty": [], ":next": version + 1, ":now": clock.iso(now)},
+                )
+            except _ConditionFailed:
+                continue
+            return LockOutcome("added", record=updated, appended=fresh, duplicates=duplicates)
+        raise TransientStoreError(f"conversation {conversation_id}: too many concurrent writes")
+
+    def flush_pending(
+        self,
+        conversation_id: str,
+        batch_id: str,
+        *,
+        pending_version: int,
+        now: float,
+        lock_timeout_seconds: float,
+        held: bool = False,
+    ) -> LockOutcome:
+        record = self.get(conversation_id)
+        if record is None:
+            return LockOutcome("missing")
+        if record.get("pending_version", 0) != pending_version:
+            return LockOutcome("changed")
+        ours = record.get("conversation_status") == PROCESSING_REPLY and record.get("lock_owner") == batch_id
+        if (held and not ours) or (not held and is_locked(record, now, lock_timeout_seconds)):
+            return LockOutcome("locked", lock_owner=record.get("lock_owner"))
+        pending = [{**m, "batch_id": batch_id} for m in record.get("pending_messages", [])]
+        fresh, duplicates = split_duplicates(record.get("messages", []), pending)
+        unchanged, values = self._same_version(pending_version)
+        if held:
+            lock = "conversation_status = :locked_status AND lock_owner = :batch"
+        else:
+            lock = (
+                "(attribute_not_exists(conversation_status) OR conversation_status <> :locked_status"
+                " OR processing_started_at < :expiry)"
+            )
+        values.update({":locked_status": PROCESSING_REPLY, ":none": [], ":next": pending_version + 1})
+        values.update({":batch": batch_id} if held else {":expiry": clock.iso(now - lock_timeout_seconds)})
+        expression = "SET pending_messages = :none, pending_version = :next"
+        if fresh:
+            kept = self._make_room(record, fresh)
+            fields = {**lock_fields(batch_id, fresh, now), "gsi_locked": LOCKED}
+            expression += ", " + ", ".join(f"{name} = :{name}" for name in fields)
+            if kept is None:
+                expression += ", messages = list_append(if_not_exists(messages, :empty), :fresh)"
+                values.update({":fresh": fresh, ":empty": []})
+            else:
+                expression += ", messages = :all"
+                values[":all"] = kept + fresh
+            values.update({f":{name}": value for name, value in fields.items()})
+        try:
+            updated = self._update(conversation_id, expression, f"{unchanged} AND {lock}", values)
+        except _ConditionFailed:
+            return LockOutcome("changed")  # a message or a lock came in between: the caller decides again
+        if not fresh:
+            return LockOutcome("duplicates", duplicates=duplicates)
+        return LockOutcome("acquired", record=updated, appended=fresh, duplicates=duplicates)
+
     def release_lock(
         self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
-    ) -> bool:
+    ) -> Record | None:
         expression = "SET conversation_status = :status, processing_completed_at = :now, updated_at = :now"
         values: dict[str, Any] = {":status": status, ":now": clock.iso(now)}
         if reply is not None:
@@ -182,20 +256,44 @@ class DynamoConversationStore:
             values.update({":reply": [reply], ":empty": []})
         return self._fenced(conversation_id, batch_id, expression + " REMOVE lock_owner, gsi_locked", values)
 
-    def emergency_unlock(self, conversation_id: str, batch_id: str, *, reason: str, now: float) -> bool:
-        record = self.get(conversation_id)
-        if record is None or record.get("lock_owner") != batch_id:
-            return False
-        kept = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
-        return self._fenced(
-            conversation_id,
-            batch_id,
-            "SET messages = :kept, conversation_status = :status, last_error = :reason, updated_at = :now"
-            " REMOVE lock_owner, gsi_locked",
-            {":kept": kept, ":status": PROCESSING_ERROR, ":reason": reason, ":now": clock.iso(now)},
-        )
+    def emergency_unlock(
+        self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
+    ) -> Record | None:
+        for _ in range(_ATTEMPTS):
+            record = self.get(conversation_id)
+            if record is None or record.get("lock_owner") != batch_id:
+                return None
+            batch = [m for m in record.get("messages", []) if m.get("batch_id") == batch_id]
+            kept = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
+            expression = (
+                "SET messages = :kept, conversation_status = :status, last_error = :reason, updated_at = :now"
+            )
+            values: dict[str, Any] = {
+                ":kept": kept,
+                ":status": PROCESSING_ERROR,
+                ":reason": reason,
+                ":now": clock.iso(now),
+            }
+            condition = None
+            if to_pending:  # debounce: back where they waited, for the next flush
+                version = record.get("pending_version", 0)
+                condition, version_values = self._same_version(version)
+                restored = [{**m, "batch_id": None} for m in batch] + record.get("pending_messages", [])
+                expression += ", pending_messages = :restored, pending_version = :next"
+                values.update({**version_values, ":restored": restored, ":next": version + 1})
+            try:
+                return self._fenced(
+                    conversation_id,
+                    batch_id,
+                    expression + " REMOVE lock_owner, gsi_locked",
+                    values,
+                    condition,
+                )
+            except _ConditionFailed:
+                continue
+        raise TransientStoreError(f"conversation {conversation_id}: too many concurrent writes")
 
-    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
+    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> Record | None:
         return self._fenced(
             conversation_id,
             batch_id,
@@ -236,22 +334,45 @@ class DynamoConversationStore:
         return kept
 
     def _fenced(
-        self, conversation_id: str, batch_id: str | None, expression: str, values: dict[str, Any]
-    ) -> bool:
-        """An update that only the lock's holder may make; False when `batch_id` does not hold it."""
+        self,
+        conversation_id: str,
+        batch_id: str | None,
+        expression: str,
+        values: dict[str, Any],
+        condition: str | None = None,
+    ) -> Record | None:
+        """An update only the lock's holder may make: the record after, or None when `batch_id` does
+        not hold the lock. A failed extra `condition` raises _ConditionFailed (read again and retry)."""
         holder = "lock_owner = :holder" if batch_id is not None else "attribute_not_exists(lock_owner)"
         if batch_id is not None:
             values = {**values, ":holder": batch_id}
+        fence = f"conversation_status = :locked_status AND {holder}"
         try:
-            self._update(
+            return self._update(
                 conversation_id,
                 expression,
-                f"conversation_status = :locked_status AND {holder}",
+                f"{fence} AND {condition}" if condition else fence,
                 {**values, ":locked_status": PROCESSING_REPLY},
             )
         except _ConditionFailed:
-            return False
-        return True
+            if condition and self._holds(conversation_id, batch_id):
+                raise  # still ours: the extra condition failed
+            return None
+
+    def _holds(self, conversation_id: str, batch_id: str | None) -> bool:
+        record = self.get(conversation_id)
+        return (
+            bool(record)
+            and record.get("conversation_status") == PROCESSING_REPLY
+            and record.get("lock_owner") == batch_id
+        )
+
+    @staticmethod
+    def _same_version(version: int) -> tuple[str, dict[str, Any]]:
+        """A condition that `pending_version` is still `version` (every change to the pending messages bumps it)."""
+        if version == 0:
+            return "(attribute_not_exists(pending_version) OR pending_version = :version)", {":version": 0}
+        return "pending_version = :version", {":version": version}
 
     @staticmethod
     def _same_length(attribute: str, length: int) -> tuple[str, dict[str, Any]]:

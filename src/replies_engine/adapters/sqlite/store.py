@@ -99,9 +99,56 @@ class SqliteConversationStore:
         outcome = self._update(conversation_id, lock, write_if=lambda o: o.status == "acquired")
         return outcome or LockOutcome("missing")
 
+    def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
+        def add(record: Record) -> LockOutcome:
+            pending = record.get("pending_messages", [])
+            fresh, duplicates = split_duplicates([*record.get("messages", []), *pending], messages)
+            if not fresh:
+                return LockOutcome("duplicates", record=record, duplicates=duplicates)
+            record.update(
+                pending_messages=[*pending, *fresh],
+                pending_version=record.get("pending_version", 0) + 1,
+                updated_at=clock.iso(now),
+            )
+            return LockOutcome("added", record=record, appended=fresh, duplicates=duplicates)
+
+        outcome = self._update(conversation_id, add, write_if=lambda o: o.status == "added")
+        return outcome or LockOutcome("missing")
+
+    def flush_pending(
+        self,
+        conversation_id: str,
+        batch_id: str,
+        *,
+        pending_version: int,
+        now: float,
+        lock_timeout_seconds: float,
+        held: bool = False,
+    ) -> LockOutcome:
+        def flush(record: Record) -> LockOutcome:
+            if record.get("pending_version", 0) != pending_version:
+                return LockOutcome("changed")
+            ours = (
+                record.get("conversation_status") == PROCESSING_REPLY and record.get("lock_owner") == batch_id
+            )
+            if (held and not ours) or (not held and is_locked(record, now, lock_timeout_seconds)):
+                return LockOutcome("locked", lock_owner=record.get("lock_owner"))
+            pending = [{**m, "batch_id": batch_id} for m in record.get("pending_messages", [])]
+            fresh, duplicates = split_duplicates(record.get("messages", []), pending)
+            record.update(pending_messages=[], pending_version=pending_version + 1)
+            if not fresh:
+                return LockOutcome("duplicates", duplicates=duplicates)
+            record.update(lock_fields(batch_id, fresh, now), messages=[*record.get("messages", []), *fresh])
+            return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
+
+        outcome = self._update(
+            conversation_id, flush, write_if=lambda o: o.status in ("acquired", "duplicates")
+        )
+        return outcome or LockOutcome("missing")
+
     def release_lock(
         self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
-    ) -> bool:
+    ) -> Record | None:
         def release(record: Record) -> None:
             record.update(conversation_status=status, processing_completed_at=clock.iso(now))
             if reply is not None:
@@ -109,32 +156,41 @@ class SqliteConversationStore:
 
         return self._fenced(conversation_id, batch_id, now, release)
 
-    def emergency_unlock(self, conversation_id: str, batch_id: str, *, reason: str, now: float) -> bool:
+    def emergency_unlock(
+        self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
+    ) -> Record | None:
         def unlock(record: Record) -> None:
+            batch = [m for m in record.get("messages", []) if m.get("batch_id") == batch_id]
             record["messages"] = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
+            if to_pending:  # debounce: back where they waited, for the next flush
+                record["pending_messages"] = [
+                    *({**m, "batch_id": None} for m in batch),
+                    *record.get("pending_messages", []),
+                ]
+                record["pending_version"] = record.get("pending_version", 0) + 1
             record.update(conversation_status=PROCESSING_ERROR, last_error=reason)
 
         return self._fenced(conversation_id, batch_id, now, unlock)
 
-    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> bool:
+    def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> Record | None:
         return self._fenced(
             conversation_id, batch_id, now, lambda r: r.update(conversation_status=PROCESSING_TIMEOUT)
         )
 
     def _fenced(
         self, conversation_id: str, batch_id: str | None, now: float, change: Callable[[Record], Any]
-    ) -> bool:
-        """Unlock with `change`, only if `batch_id` holds the lock; False otherwise."""
+    ) -> Record | None:
+        """Unlock with `change`, only if `batch_id` holds the lock: the record after, or None."""
 
-        def unlock(record: Record) -> bool:
+        def unlock(record: Record) -> Record | None:
             if record.get("conversation_status") != PROCESSING_REPLY or record.get("lock_owner") != batch_id:
-                return False
+                return None
             record.pop("lock_owner", None)
             change(record)
             record["updated_at"] = clock.iso(now)
-            return True
+            return record
 
-        return bool(self._update(conversation_id, unlock))
+        return self._update(conversation_id, unlock)
 
     def _select(self, sql: str, args: tuple = ()) -> list[Record]:
         with _errors():
