@@ -41,6 +41,7 @@ def environment(db: str, public_base_url: str = BASE) -> dict[str, str]:
         "TWILIO_AUTH_TOKEN": TOKEN,
         "PUBLIC_BASE_URL": public_base_url,
         "LOG_LEVEL": "WARNING",
+        "BATCHING_MODE": "delay",
         "BATCH_DELAY_SECONDS": "900",  # the workers stay idle: this measures stage 1 alone
     }
 

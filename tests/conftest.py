@@ -122,6 +122,7 @@ def engine_env(tmp_path: Path) -> dict[str, str]:
         VERIFY_SIGNATURES="enforce",
         EMAIL_WEBHOOK_TOKEN=EMAIL_TOKEN,
         BATCH_DELAY_SECONDS="10",
+        BATCHING_MODE="delay",  # the original design; tests/test_debounce.py switches to debounce
     )
     return env
 

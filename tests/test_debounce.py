@@ -236,3 +236,67 @@ def test_flush_tokens_racing_in_separate_processes_make_exactly_one_batch(deboun
     [ai] = debounce.queued("ai")
     assert [m["content"] for m in ai["body"]["messages"]] == ["message 0", "message 1", "message 2"]
     assert debounce.get()["pending_messages"] == []
+
+
+class TwilioRecorder:
+    """Stands in for Twilio's REST API behind twilio's own Client (it has no counterpart here)."""
+
+    def __init__(self, typing_status=200):
+        import logging
+
+        from twilio.http import HttpClient
+
+        class Http(HttpClient):
+            def __init__(inner):
+                super().__init__(logging.getLogger("twilio-test"), False)
+
+            def request(
+                inner,
+                method,
+                uri,
+                params=None,
+                data=None,
+                headers=None,
+                auth=None,
+                timeout=None,
+                allow_redirects=False,
+            ):
+                from twilio.http.response import Response
+
+                self.requests.append({"uri": uri, "data": data})
+                if "Typing" in uri:
+                    return Response(typing_status, json.dumps({"success": typing_status == 200}))
+                return Response(201, json.dumps({"sid": "SM" + "f" * 32, "status": "queued"}))
+
+        self.requests = []
+        self.http = Http()
+
+
+@pytest.mark.parametrize("typing_status", [200, 503])
+def test_whatsapp_shows_typing_while_the_ai_works_and_a_failure_changes_nothing(debounce, typing_status):
+    debounce.env(TWILIO_ACCOUNT_SID="AC" + "1" * 32, QUIET_SECONDS="0")
+    twilio = TwilioRecorder(typing_status)
+    debounce.runtime.senders["whatsapp"].http_client = twilio.http
+    sid = post(debounce, "hello")
+
+    pump(debounce, 3, until=lambda: len(twilio.requests) >= 2)
+
+    typing, reply = twilio.requests
+    assert typing["uri"] == "https://messaging.twilio.com/v2/Indicators/Typing.json"
+    assert typing["data"] == {"messageId": sid, "channel": "whatsapp"}
+    assert (
+        reply["uri"].endswith("/Messages.json")
+        and reply["data"]["Body"] == "Thanks, we received your 1 message."
+    )
+    assert debounce.get()["conversation_status"] == "ai_response_sent"
+
+
+def test_a_conversation_handed_to_a_human_while_the_ai_works_gets_no_ai_reply(debounce):
+    post(debounce, "hello")
+    pump(debounce, 3, until=lambda: debounce.queued("ai"), queues=["whatsapp"])
+    debounce.put(dict(debounce.get(), auto_queue_reply_message=True))  # an agent took over
+
+    pump(debounce, 3, until=lambda: not debounce.queued("ai"), queues=["ai"])
+
+    assert debounce.outbox() == []
+    assert debounce.get()["conversation_status"] == "handed_off" and debounce.metric("ReplySuperseded") == 1

@@ -41,7 +41,7 @@ class Runtime:
             self.responder = LocalResponder(settings.local_responder_delay_seconds)
         outbox = OutboxSender(self.outbox)
         twilio = (
-            TwilioSender(settings.twilio_account_sid, self.twilio_auth_token)
+            TwilioSender(self.twilio_account_sid, self.twilio_auth_token)
             if settings.twilio_account_configured
             else outbox
         )

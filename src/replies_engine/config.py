@@ -34,7 +34,7 @@ class Settings:
     locked_policy: str = "reply"
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
-    batching_mode: str = "delay"
+    batching_mode: str = "debounce"
     quiet_seconds: int = 3
     max_wait_seconds: int = 30
     max_batch_messages: int = 20
@@ -86,7 +86,7 @@ class Settings:
             locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
-            batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "delay"),
+            batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "debounce"),
             quiet_seconds=env.integer("QUIET_SECONDS", 3, 0, SQS_MAX_DELAY_SECONDS),
             max_wait_seconds=env.integer("MAX_WAIT_SECONDS", 30, 0, 86_400),
             max_batch_messages=env.integer("MAX_BATCH_MESSAGES", 20, 1, 10_000),

@@ -12,6 +12,7 @@ AI_RESPONSE_SENT = "ai_response_sent"
 PROCESSING_ERROR = "processing_error"
 PROCESSING_TIMEOUT = "processing_timeout"
 REPLY_SUPERSEDED = "reply_superseded"  # debounce, SUPERSEDE=drop: unlocked, the next batch answers
+HANDED_OFF = "handed_off"  # handed to a human while the AI worked: unlocked, no AI reply sent
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})

@@ -151,7 +151,19 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
             logger.exception("emergency unlock failed; the lease will expire", extra=log)
         return False
     logger.info("batch handed to the AI stage", extra={**log, "appended": len(outcome.appended)})
+    _typing(runtime, outcome.appended[-1], log)
     return True
+
+
+def _typing(runtime: Runtime, latest: dict[str, Any], log: dict[str, Any]) -> None:
+    """Best-effort "typing…" on WhatsApp, after the hand-off so that it never delays or fails the batch."""
+    sender = runtime.senders.get(latest.get("channel_type"))
+    if latest.get("channel_type") != "whatsapp" or not hasattr(sender, "typing"):
+        return  # no Twilio account configured (the embedded engine), or not WhatsApp
+    try:
+        sender.typing(latest["message_id"])
+    except Exception as exc:
+        logger.warning("typing indicator failed (best-effort)", extra={**log, "error": str(exc)})
 
 
 def ai_context(outcome: LockOutcome, batch_id: str) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from typing import Any
 from .. import clock
 from ..batching.processor import flush_if_pending
 from ..bootstrap import Runtime
-from ..conversation import AI_RESPONSE_SENT, PROCESSING_ERROR, PROCESSING_REPLY, REPLY_SUPERSEDED
+from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, PROCESSING_ERROR, PROCESSING_REPLY, REPLY_SUPERSEDED
 from ..ports import TransientBackendError
+from ..webhook.routing import handed_off
 from .senders import TransientSendError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease may have run out while it thought
             logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
+            return True
+        if handed_off(record, runtime.settings.honor_hand_off_to_human):
+            runtime.metrics.add("ReplySuperseded")
+            logger.info("the conversation was handed to a human: the reply is not sent", extra=log)
+            _unlock(runtime, log, status=HANDED_OFF, reply=None)
             return True
         pending = record.get("pending_messages") or []
         if not pending or runtime.settings.batching_mode != "debounce":

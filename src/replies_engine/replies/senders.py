@@ -42,15 +42,31 @@ class TwilioSender:
         self.http_client = http_client
         self._client = None
 
-    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
-        from twilio.base.exceptions import TwilioRestException
+    TYPING_URL = "https://messaging.twilio.com/v2/Indicators/Typing.json"
 
+    def client(self) -> Any:
         if self._client is None:
             from twilio.rest import Client
 
             self._client = Client(self.account_sid(), self.auth_token(), http_client=self.http_client)
+        return self._client
+
+    def typing(self, message_id: str) -> None:
+        """WhatsApp's "typing…" (Twilio's typing indicator, public beta): the person sees we are on it;
+        it also marks their message read. Raises on failure: callers treat it as best-effort."""
+        response = self.client().request(
+            "POST", self.TYPING_URL, data={"messageId": message_id, "channel": "whatsapp"}, timeout=3
+        )
+        if not 200 <= response.status_code < 300:
+            raise RuntimeError(
+                f"typing indicator: Twilio answered {response.status_code}: {response.text[:200]}"
+            )
+
+    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
+        from twilio.base.exceptions import TwilioRestException
+
         try:
-            return self._client.messages.create(to=to, from_=from_, body=body).sid
+            return self.client().messages.create(to=to, from_=from_, body=body).sid
         except TwilioRestException as exc:
             if exc.status == 429 or exc.status >= 500:
                 raise TransientSendError(f"Twilio answered {exc.status}: {exc.msg}") from exc

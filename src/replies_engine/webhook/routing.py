@@ -18,9 +18,7 @@ def determine_target_queue(
     channel = CHANNELS.get(context_object.get("channel_type", ""))
     if channel is None:
         return None
-    if honor_hand_off_to_human and _flag(context_object.get("hand_off_to_human")):
-        return HANDOFF_QUEUE
-    if _flag(context_object.get("auto_queue_reply_message")):
+    if handed_off(context_object, honor_hand_off_to_human):
         return HANDOFF_QUEUE
     listed = context_object.get(channel.handoff_list_attr) or []
     if isinstance(listed, str | int):  # one address written without its list
@@ -29,6 +27,13 @@ def determine_target_queue(
     if sender and sender in {channel.normalize_address(str(a)) for a in listed}:
         return HANDOFF_QUEUE
     return channel.queue
+
+
+def handed_off(record: dict[str, Any], honor_hand_off_to_human: bool = False) -> bool:
+    """Humans answer this conversation (`auto_queue_reply_message`, or `hand_off_to_human` when honored)."""
+    return _flag(record.get("auto_queue_reply_message")) or (
+        honor_hand_off_to_human and _flag(record.get("hand_off_to_human"))
+    )
 
 
 def _flag(value: Any) -> bool:
