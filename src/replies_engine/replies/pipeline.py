@@ -17,6 +17,7 @@ from typing import Any
 from .. import clock
 from ..batching.processor import flush_if_pending
 from ..bootstrap import Runtime
+from ..channels import AI_QUEUE
 from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, PROCESSING_ERROR, PROCESSING_REPLY, REPLY_SUPERSEDED
 from ..ports import TransientBackendError
 from ..webhook.routing import handed_off
@@ -25,7 +26,8 @@ from .senders import TransientSendError
 logger = logging.getLogger(__name__)
 
 _UNLOCK_ATTEMPTS = 3
-_SUPERSEDE_ROUNDS = 3  # answer again at most this often before the reply goes out
+_ROUNDS = 3  # regenerate at most this often: someone who never stops typing still gets an answer
+_ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
 
 
 def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         return True
 
     text = runtime.responder.respond(context)
-    for _ in range(_SUPERSEDE_ROUNDS):
+    for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease may have run out while it thought
             logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
@@ -63,8 +65,12 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
             logger.info("the conversation was handed to a human: the reply is not sent", extra=log)
             _unlock(runtime, log, status=HANDED_OFF, reply=None)
             return True
-        pending = record.get("pending_messages") or []
-        if not pending or runtime.settings.batching_mode != "debounce":
+        rounds = context.get("regenerations", 0)
+        if (
+            not record.get("pending_messages")
+            or runtime.settings.batching_mode != "debounce"
+            or rounds >= _ROUNDS
+        ):
             break
         runtime.metrics.add("ReplySuperseded")
         if runtime.settings.supersede == "drop":
@@ -80,17 +86,21 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
             held=True,
         )
         if outcome.status == "acquired":
+            # The AI answers again, with everything, under the same lock (its lease renewed); this
+            # stale reply is not sent. Back through the AI queue: a full AI pass, checked again after.
             latest = outcome.appended[-1]
-            context = {
+            regenerate = {
                 **context,
                 "messages": [*context["messages"], *outcome.appended],
                 "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
+                "regenerations": rounds + 1,
             }
+            runtime.queue.send(AI_QUEUE, json.dumps(regenerate, ensure_ascii=False))
             logger.info(
                 "newer messages arrived: answering again with them",
                 extra={**log, "added": len(outcome.appended)},
             )
-            text = runtime.responder.respond(context)
+            return True
     channel_type = context["channel_type"]
     address = context.get("reply_address") or {}
     try:

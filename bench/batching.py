@@ -1,0 +1,214 @@
+"""How often a burst of messages gets exactly one reply, per batching mode (issue 5's table).
+
+A seeded trace of bursts (1-6 messages, gaps lognormal with median 2.5 s; many conversations at
+once) is replayed through the REAL stage 1, 2 and 3 code on the embedded engine, on a virtual clock:
+everything the engine times goes through `replies_engine.clock.now`, which the replay advances in
+steps of 0.1 s, so a 2,000-burst hour runs in seconds and each run is exact and repeatable. The AI
+takes AI_SECONDS: its queue holds each context that long before the reply stage runs.
+
+    .venv/bin/python bench/batching.py [--bursts 2000] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import conversation  # noqa: E402
+from tests.payloads import BASE, TOKEN, twilio_event, whatsapp_text  # noqa: E402
+
+from replies_engine import clock  # noqa: E402
+from replies_engine.bootstrap import get_runtime, reset_runtime  # noqa: E402
+from replies_engine.handlers import batch_processor, reply_sender, webhook_handler  # noqa: E402
+from replies_engine.local.workers import QueueWorker  # noqa: E402
+
+AI_SECONDS = 4
+STEP = 0.1
+EPOCH = 1_800_000_000.0  # the virtual clock starts here
+
+
+@dataclass(frozen=True)
+class Message:
+    at: float
+    conversation: int
+    sid: str
+
+
+def trace(bursts: int, seed: int, spread: float, sigma: float) -> list[Message]:
+    """Bursts of 1-6 messages, lognormal gaps (median 2.5 s, shape `sigma`), starting over `spread` s."""
+    rng = random.Random(seed)
+    messages = []
+    for n in range(bursts):
+        at = rng.uniform(0, spread)
+        for m in range(rng.randint(1, 6)):
+            if m:
+                at += rng.lognormvariate(0.916, sigma)  # e^0.916 ≈ 2.5 s
+            messages.append(Message(at, n, f"SM{n:06d}{m:02d}{'0' * 22}"))
+    return sorted(messages, key=lambda m: m.at)
+
+
+class Replay:
+    def __init__(self, name: str, env: dict[str, str], messages: list[Message], bursts: int) -> None:
+        self.name, self.messages, self.bursts = name, messages, bursts
+        self.now = EPOCH
+        self.tmp = tempfile.TemporaryDirectory()
+        os.environ.update(
+            REPLIES_BACKEND="sqlite",
+            REPLIES_SQLITE_PATH=f"{self.tmp.name}/bench.db",
+            TWILIO_AUTH_TOKEN=TOKEN,
+            PUBLIC_BASE_URL=BASE,
+            LOG_LEVEL="ERROR",
+            LOCK_TIMEOUT_SECONDS="300",
+            **env,
+        )
+        clock.now = lambda: self.now
+        reset_runtime()
+        self.runtime = get_runtime()
+        for n in range(bursts):
+            self.runtime.store.put(conversation(f"c{n}", gsi_recipient_tel=_phone(n)))
+        self._ai_delay()
+        self.refused = 0
+        self.ai_calls = 0
+        responder = self.runtime.responder.respond
+
+        def counted(context):
+            self.ai_calls += 1
+            return responder(context)
+
+        self.runtime.responder.respond = counted
+        self.batch = QueueWorker(self.runtime, "whatsapp", batch_processor)
+        self.ai = QueueWorker(self.runtime, "ai", reply_sender)
+
+    def _ai_delay(self) -> None:
+        """The AI's thinking time: a context waits AI_SECONDS in the AI queue."""
+        send = self.runtime.queue.send
+
+        def send_with_thinking(queue, body, **kwargs):
+            if queue == "ai":
+                kwargs["delay_seconds"] = AI_SECONDS
+            return send(queue, body, **kwargs)
+
+        self.runtime.queue.send = send_with_thinking
+
+    def run(self) -> dict[str, float]:
+        pending = list(self.messages)
+        end = self.messages[-1].at + 120
+        while self.now - EPOCH < end:
+            while pending and pending[0].at <= self.now - EPOCH:
+                self._post(pending.pop(0))
+            while self.batch.poll_once() or self.ai.poll_once():
+                pass
+            self.now += STEP
+        return self._results()
+
+    def _post(self, message: Message) -> None:
+        params = whatsapp_text(
+            f"m {message.sid}", MessageSid=message.sid, From=f"whatsapp:{_phone(message.conversation)}"
+        )
+        response = webhook_handler(twilio_event("whatsapp", params), None)
+        if "<Message>" in response["body"]:
+            self.refused += 1  # CONVERSATION_LOCKED: answered "we're working on it", not by the AI
+
+    def _results(self) -> dict[str, float]:
+        replies = defaultdict(list)
+        for entry in self.runtime.outbox.list():
+            replies[entry["conversation_id"]].append(clock.parse_iso(entry["created_at"]))
+        last_message = defaultdict(float)
+        for message in self.messages:
+            last_message[f"c{message.conversation}"] = EPOCH + message.at
+        waits = [max(times) - last_message[c] for c, times in replies.items()]
+        sent = sum(len(times) for times in replies.values())
+        lost = self._lost()
+        result = {
+            "one reply": 100 * sum(1 for c in last_message if len(replies.get(c, [])) == 1) / self.bursts,
+            "replies/burst": sent / self.bursts,
+            "refused": self.refused,
+            "p50 wait": statistics.median(waits),
+            "p95 wait": statistics.quantiles(waits, n=20)[18],
+            "AI calls": self.ai_calls,
+            "wasted": self.ai_calls - sent,
+            "lost": lost,
+        }
+        reset_runtime()
+        self.tmp.cleanup()
+        return result
+
+    def _lost(self) -> int:
+        """Messages neither in their conversation nor in a queue or DLQ (must be 0)."""
+        kept = set()
+        for record in self.runtime.store.list():
+            kept |= {
+                m["message_id"]
+                for key in ("messages", "pending_messages", "refused_messages")
+                for m in record.get(key, [])
+            }
+        for queue in ("whatsapp", "whatsapp-dlq"):
+            kept |= {json.loads(m.body).get("message_sid") for m in self.runtime.queue.peek(queue)}
+        return sum(1 for m in self.messages if m.sid not in kept)
+
+
+def _phone(n: int) -> str:
+    return f"+4915{n:09d}"
+
+
+CONFIGS = [
+    ("delay 10 s", {"BATCHING_MODE": "delay", "BATCH_DELAY_SECONDS": "10", "REQUEUE_DELAY_SECONDS": "15"}),
+    ("delay 20 s", {"BATCHING_MODE": "delay", "BATCH_DELAY_SECONDS": "20", "REQUEUE_DELAY_SECONDS": "15"}),
+    ("debounce quiet 2 s", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "2"}),
+    ("debounce quiet 3 s", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3"}),
+    ("debounce quiet 3 s, drop", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3", "SUPERSEDE": "drop"}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bursts", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--spread", type=float, default=3600, help="seconds over which bursts start")
+    parser.add_argument("--sigma", type=float, default=0.5, help="shape of the lognormal gaps")
+    args = parser.parse_args()
+    messages = trace(args.bursts, args.seed, args.spread, args.sigma)
+    by_conversation = defaultdict(list)
+    for message in messages:
+        by_conversation[message.conversation].append(message.at)
+    gaps = [b - a for times in by_conversation.values() for a, b in itertools.pairwise(times)]
+    print(
+        f"{args.bursts} bursts, {len(messages)} messages, gaps p50 {statistics.median(gaps):.1f} s, "
+        f"p95 {statistics.quantiles(gaps, n=20)[18]:.1f} s (sigma {args.sigma}), AI {AI_SECONDS} s, seed {args.seed}"
+    )
+    header = [
+        "mode",
+        "one reply %",
+        "replies/burst",
+        "refused",
+        "wait p50 s",
+        "wait p95 s",
+        "AI calls",
+        "wasted",
+        "lost",
+    ]
+    print(" | ".join(header))
+    for name, env in CONFIGS:
+        r = Replay(name, env, messages, args.bursts).run()
+        print(
+            f"{name} | {r['one reply']:.1f} | {r['replies/burst']:.2f} | {r['refused']} | {r['p50 wait']:.1f} | "
+            f"{r['p95 wait']:.1f} | {r['AI calls']} | {r['wasted']} | {r['lost']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
