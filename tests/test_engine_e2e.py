@@ -151,7 +151,9 @@ def test_the_default_debounce_mode_answers_a_burst_once_soon_after_the_pause(env
     env = {k: v for k, v in env.items() if k not in ("BATCHING_MODE", "BATCH_DELAY_SECONDS")}  # the defaults
     env["QUIET_SECONDS"] = "1"
     with serving(env) as (url, _):
-        sent = cli_json(env, "send", "--url", url, "--from", PERSON, "--to", COMPANY, "hi", "one question", "thanks")
+        sent = cli_json(
+            env, "send", "--url", url, "--from", PERSON, "--to", COMPANY, "hi", "one question", "thanks"
+        )
         after_last = time.monotonic()
         replies = wait_for(lambda: cli_json(env, "outbox", "list"), 1 + 2)
         waited = time.monotonic() - after_last
