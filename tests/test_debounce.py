@@ -14,6 +14,7 @@ from replies_engine import clock
 from replies_engine.handlers import batch_processor
 from replies_engine.local.workers import sqs_event
 
+from .fakes import TwilioApi
 from .payloads import twilio_event, whatsapp_text
 
 
@@ -238,45 +239,11 @@ def test_flush_tokens_racing_in_separate_processes_make_exactly_one_batch(deboun
     assert debounce.get()["pending_messages"] == []
 
 
-class TwilioRecorder:
-    """Stands in for Twilio's REST API behind twilio's own Client (it has no counterpart here)."""
-
-    def __init__(self, typing_status=200):
-        import logging
-
-        from twilio.http import HttpClient
-
-        class Http(HttpClient):
-            def __init__(inner):
-                super().__init__(logging.getLogger("twilio-test"), False)
-
-            def request(
-                inner,
-                method,
-                uri,
-                params=None,
-                data=None,
-                headers=None,
-                auth=None,
-                timeout=None,
-                allow_redirects=False,
-            ):
-                from twilio.http.response import Response
-
-                self.requests.append({"uri": uri, "data": data})
-                if "Typing" in uri:
-                    return Response(typing_status, json.dumps({"success": typing_status == 200}))
-                return Response(201, json.dumps({"sid": "SM" + "f" * 32, "status": "queued"}))
-
-        self.requests = []
-        self.http = Http()
-
-
 @pytest.mark.parametrize("typing_status", [200, 503])
 def test_whatsapp_shows_typing_while_the_ai_works_and_a_failure_changes_nothing(debounce, typing_status):
     debounce.env(TWILIO_ACCOUNT_SID="AC" + "1" * 32, QUIET_SECONDS="0")
-    twilio = TwilioRecorder(typing_status)
-    debounce.runtime.senders["whatsapp"].http_client = twilio.http
+    twilio = TwilioApi(typing_status)
+    debounce.runtime.senders["whatsapp"].http_client = twilio
     sid = post(debounce, "hello")
 
     pump(debounce, 3, until=lambda: len(twilio.requests) >= 2)

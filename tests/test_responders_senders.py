@@ -5,16 +5,15 @@ client)."""
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from twilio.http import HttpClient
-from twilio.http.response import Response
 
 from replies_engine.replies.responders import OpenAIResponder, ResponderError
 from replies_engine.replies.senders import TwilioSender
+
+from .fakes import TwilioApi
 
 AI_CONTEXT = {
     "conversation_id": "c1",
@@ -105,28 +104,8 @@ def test_openai_responder_unreachable_is_a_clear_error():
         OpenAIResponder("http://127.0.0.1:9/v1", None, "m", timeout_seconds=2).respond(AI_CONTEXT)
 
 
-class RecordingHttpClient(HttpClient):
-    def __init__(self):
-        super().__init__(logging.getLogger("twilio-test"), False)
-        self.requests = []
-
-    def request(
-        self,
-        method,
-        uri,
-        params=None,
-        data=None,
-        headers=None,
-        auth=None,
-        timeout=None,
-        allow_redirects=False,
-    ):
-        self.requests.append({"method": method, "uri": uri, "data": data, "auth": auth})
-        return Response(201, json.dumps({"sid": "SM" + "f" * 32, "status": "queued", "body": data["Body"]}))
-
-
 def test_twilio_sender_creates_a_message_with_twilios_client():
-    http = RecordingHttpClient()
+    http = TwilioApi()
     sender = TwilioSender(lambda: "AC" + "1" * 32, lambda: "token", http_client=http)
 
     sid = sender.send(
