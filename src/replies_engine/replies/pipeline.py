@@ -5,6 +5,10 @@ took it), before or after the responder worked, the stale reply is not sent. A r
 a send that failed for now, is retried with the lock kept (the record is reported failed); any other
 send failure unlocks to `processing_error`. Once a reply is sent the record is acknowledged, whatever
 the unlock does, so that a person never gets the same reply twice from our retries.
+
+Debounce mode (supersede): if newer messages are pending when the reply is ready, `regenerate` moves
+them in under the same lock and sends the extended context back through the AI queue; `drop`
+unlocks and lets the next batch answer. A conversation handed to a human meanwhile gets no AI reply.
 """
 
 from __future__ import annotations
