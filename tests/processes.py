@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -38,28 +39,26 @@ def free_port() -> int:
 def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
     """`replies-engine serve` on a free loopback port; yields (base URL, process); stops it after."""
     port = free_port()
-    process = subprocess.Popen(
-        [EXE, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read()
-                assert time.monotonic() < deadline, "serve did not start within 20 s"
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(timeout=30)
+    # a file, not a pipe: a busy engine's logs never fill it and block the engine
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            [EXE, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log, text=True
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert process.poll() is None, log.seek(0) or log.read()
+                    assert time.monotonic() < deadline, "serve did not start within 20 s"
+                    time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}", process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=30)
 
 
 def post_signed(url: str, params: dict[str, str], channel: str = "whatsapp", signature: str | None = None):

@@ -5,7 +5,10 @@ client)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -27,26 +30,48 @@ AI_CONTEXT = {
 }
 
 
+OK = (200, {"choices": [{"message": {"role": "assistant", "content": " Sure, which day? "}}]})
+
+
 @pytest.fixture
 def model_server():
-    """An OpenAI-compatible /chat/completions on loopback; set `.answer` to what it returns."""
+    """An OpenAI-compatible /chat/completions on loopback (HTTP/1.1, keep-alive). It answers with
+    `.answers` in order, repeating the last: `(status, payload)` or `(status, payload, headers)`, or
+    None to never answer. `.hold`, when set, is called before answering. `.requests` records each
+    request with the server's time of arrival and the client's port."""
     requests = []
+    lock = threading.Lock()
+    release = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse shows in the client ports
+
         def do_POST(self):
             length = int(self.headers["Content-Length"])
-            requests.append(
-                {
-                    "path": self.path,
-                    "headers": dict(self.headers),
-                    "json": json.loads(self.rfile.read(length)),
-                }
-            )
-            status, payload = server.answer
+            with lock:
+                requests.append(
+                    {
+                        "at": time.monotonic(),
+                        "port": self.client_address[1],
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "json": json.loads(self.rfile.read(length)),
+                    }
+                )
+                answer = server.answers.pop(0) if len(server.answers) > 1 else server.answers[0]
+            if server.hold:
+                server.hold()
+            if answer is None:
+                release.wait(5)  # until the test ends; the client has given up by then
+                self.close_connection = True
+                return
+            status, payload, headers = (*answer, {}) if len(answer) == 2 else answer
             body = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
@@ -54,16 +79,22 @@ def model_server():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.answer = (200, {"choices": [{"message": {"role": "assistant", "content": " Sure, which day? "}}]})
+    server.answers = [OK]
+    server.hold = None
     server.requests = requests
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server
+    release.set()
     server.shutdown()
+    server.server_close()
 
 
-def responder(server):
+def responder(server, **options):
     return OpenAIResponder(
-        f"http://127.0.0.1:{server.server_port}/v1", "sk-test", "test-model", timeout_seconds=5
+        f"http://127.0.0.1:{server.server_port}/v1",
+        "sk-test",
+        "test-model",
+        **{"timeout_seconds": 5, **options},
     )
 
 
@@ -73,6 +104,7 @@ def test_openai_responder_sends_the_conversation_and_returns_the_answer(model_se
     [request] = model_server.requests
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["Authorization"] == "Bearer sk-test"
+    assert request["headers"]["Content-Type"] == "application/json"
     body = request["json"]
     assert body["model"] == "test-model"
     assert [m["role"] for m in body["messages"]] == [
@@ -83,25 +115,122 @@ def test_openai_responder_sends_the_conversation_and_returns_the_answer(model_se
     assert body["messages"][-1]["content"] == "can I move my appointment?"
 
 
+def test_openai_responder_without_a_key_sends_no_authorization(model_server):
+    OpenAIResponder(f"http://127.0.0.1:{model_server.server_port}/v1", None, "m").respond(AI_CONTEXT)
+
+    assert "Authorization" not in model_server.requests[0]["headers"]
+
+
+def test_openai_responder_reuses_its_connection(model_server):
+    ai = responder(model_server)
+
+    assert ai.respond(AI_CONTEXT) == ai.respond(AI_CONTEXT) == "Sure, which day?"
+
+    first, second = model_server.requests
+    assert first["port"] == second["port"]
+
+
+def test_openai_responder_retries_a_server_error(model_server):
+    model_server.answers = [(503, {"error": "overloaded"}), OK]
+
+    assert responder(model_server).respond(AI_CONTEXT) == "Sure, which day?"
+
+    first, second = model_server.requests
+    assert first["json"] == second["json"]
+    assert second["headers"]["Authorization"] == "Bearer sk-test"
+
+
+@pytest.mark.parametrize(
+    "retry_after, seconds",
+    [
+        (lambda: "1", 1.0),
+        (lambda: formatdate(time.time() + 2, usegmt=True), 0.9),
+    ],  # a date drops the fraction
+    ids=["seconds", "http-date"],
+)
+def test_openai_responder_waits_as_long_as_a_429_asks(model_server, retry_after, seconds):
+    model_server.answers = [(429, {"error": "rate limited"}, {"Retry-After": retry_after()}), OK]
+
+    assert responder(model_server).respond(AI_CONTEXT) == "Sure, which day?"
+
+    first, second = model_server.requests
+    assert second["at"] - first["at"] >= seconds  # the jittered backoff alone would be at most 0.5 s
+
+
+def test_openai_responder_gives_up_after_its_attempts(model_server):
+    model_server.answers = [(500, {"error": "down"}, {"Retry-After": "0"})]
+
+    with pytest.raises(ResponderError, match=r"chat/completions: HTTP 500 .*down.* \(after 3 attempts\)"):
+        responder(model_server, attempts=3).respond(AI_CONTEXT)
+
+    assert len(model_server.requests) == 3
+
+
+def test_openai_responder_does_not_retry_a_client_error(model_server):
+    model_server.answers = [(400, {"error": "bad model"}), OK]
+
+    with pytest.raises(ResponderError, match=r"HTTP 400 .*bad model"):
+        responder(model_server).respond(AI_CONTEXT)
+
+    assert len(model_server.requests) == 1
+
+
+def test_openai_responder_retries_a_server_that_does_not_answer_in_time(model_server):
+    model_server.answers = [None]
+
+    with pytest.raises(ResponderError, match=r"ReadTimeout.*\(after 2 attempts\)"):
+        responder(model_server, timeout_seconds=0.3, attempts=2).respond(AI_CONTEXT)
+
+    assert len(model_server.requests) == 2
+
+
+def test_openai_responder_unreachable_is_a_clear_error():
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    with pytest.raises(ResponderError, match=rf"127\.0\.0\.1:{port}/.*ConnectError.*\(after 2 attempts\)"):
+        OpenAIResponder(f"http://127.0.0.1:{port}/v1", None, "m", attempts=2).respond(AI_CONTEXT)
+
+
 @pytest.mark.parametrize(
     "answer",
     [
-        (500, {"error": "overloaded"}),
         (200, {"choices": []}),
         (200, b"not json"),
         (200, {"choices": [{"message": {"content": "  "}}]}),
     ],
 )
-def test_openai_responder_failures_are_clear_errors(model_server, answer):
-    model_server.answer = answer
+def test_openai_responder_malformed_answers_are_clear_errors(model_server, answer):
+    model_server.answers = [answer, OK]
 
     with pytest.raises(ResponderError, match="chat/completions"):
         responder(model_server).respond(AI_CONTEXT)
 
+    assert len(model_server.requests) == 1
 
-def test_openai_responder_unreachable_is_a_clear_error():
-    with pytest.raises(ResponderError, match=r"127\.0\.0\.1:9/"):
-        OpenAIResponder("http://127.0.0.1:9/v1", None, "m", timeout_seconds=2).respond(AI_CONTEXT)
+
+def test_openai_responder_answers_threads_at_once(model_server):
+    # every request waits here until all 8 have arrived: they must be in flight together
+    model_server.hold = threading.Barrier(8, timeout=2).wait
+    ai = responder(model_server)
+    replies = []
+
+    threads = [threading.Thread(target=lambda: replies.append(ai.respond(AI_CONTEXT))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert replies == ["Sure, which day?"] * 8
+    assert len({request["port"] for request in model_server.requests}) == 8
+
+
+def test_openai_responder_time_budget():
+    ai = OpenAIResponder("http://127.0.0.1:9/v1", None, "m")
+
+    assert (ai.timeout_seconds, ai.connect_timeout_seconds, ai.attempts) == (30, 5, 3)
+    assert ai.max_seconds == 3 * (5 + 30) + 2 * 20  # attempts, and the longest waits between them
 
 
 def test_twilio_sender_creates_a_message_with_twilios_client():

@@ -27,6 +27,8 @@ LOCAL_ONLY = {
     "REPLIES_VISIBILITY_TIMEOUT_SECONDS",
     "SWEEP_INTERVAL_SECONDS",
     "BATCH_WINDOW_SECONDS",
+    "BATCH_CONCURRENCY",  # Lambda's concurrency is the event source mapping's
+    "REPLY_CONCURRENCY",
     "TWILIO_AUTH_TOKEN",
 }
 
@@ -136,3 +138,25 @@ def test_queues_outlive_their_consumers():
             if event["Type"] == "SQS":
                 queue = event["Properties"]["Queue"]["Fn::GetAtt"].split(".")[0]
                 assert resources[queue]["Properties"]["VisibilityTimeout"] >= 6 * timeout, queue
+
+
+def test_timeouts_hold_end_to_end():
+    """The responder's worst case (every attempt and backoff) fits the reply function, which fits the
+    lock's lease; and one AI context per invocation, so nobody waits for another person's AI call."""
+    from replies_engine.replies.responders import OpenAIResponder
+
+    variables = template()["Globals"]["Function"]["Environment"]["Variables"]
+    settings = Settings.from_env({k: v for k, v in variables.items() if isinstance(v, str)})
+    responder = OpenAIResponder(
+        "https://model.example/v1",
+        None,
+        "m",
+        timeout_seconds=settings.responder_timeout_seconds,
+        attempts=settings.responder_attempts,
+    )
+    reply = functions()["ReplySenderLambda"]["Properties"]
+
+    assert responder.max_seconds + 15 <= reply["Timeout"] < settings.lock_timeout_seconds
+    trigger = reply["Events"]["Ai"]["Properties"]
+    assert trigger["BatchSize"] == 1
+    assert trigger["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "ReplyConcurrency"}

@@ -35,7 +35,11 @@ class Runtime:
         settings = self.settings
         if settings.responder == "openai":
             self.responder = OpenAIResponder(
-                settings.openai_base_url, settings.openai_api_key, settings.openai_model
+                settings.openai_base_url,
+                settings.openai_api_key,
+                settings.openai_model,
+                timeout_seconds=settings.responder_timeout_seconds,
+                attempts=settings.responder_attempts,
             )
         else:
             self.responder = LocalResponder(settings.local_responder_delay_seconds)

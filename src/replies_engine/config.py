@@ -45,10 +45,14 @@ class Settings:
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str | None = None
     openai_model: str = "gpt-4o-mini"
+    responder_timeout_seconds: float = 15.0  # per attempt; attempts × this stays below the function timeout
+    responder_attempts: int = 3
     # the local engine's workers
     visibility_timeout_seconds: int = 120
     batch_window_seconds: float = 0.5
     sweep_interval_seconds: int = 60
+    batch_concurrency: int = 4  # per batch queue: stage 2 is short database work
+    reply_concurrency: int = 64  # AI calls in flight: they wait seconds on a remote model, not the CPU
 
     @property
     def twilio_account_configured(self) -> bool:
@@ -97,9 +101,13 @@ class Settings:
             openai_base_url=(env.text("OPENAI_BASE_URL") or cls.openai_base_url).rstrip("/"),
             openai_api_key=env.text("OPENAI_API_KEY"),
             openai_model=env.text("OPENAI_MODEL") or cls.openai_model,
+            responder_timeout_seconds=env.number("RESPONDER_TIMEOUT_SECONDS", 15.0, 1, 300),
+            responder_attempts=env.integer("RESPONDER_ATTEMPTS", 3, 1, 10),
             visibility_timeout_seconds=env.integer("REPLIES_VISIBILITY_TIMEOUT_SECONDS", 120, 1, 43_200),
             batch_window_seconds=env.number("BATCH_WINDOW_SECONDS", 0.5, 0, 300),
             sweep_interval_seconds=env.integer("SWEEP_INTERVAL_SECONDS", 60, 1, 86_400),
+            batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
+            reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
 
 

@@ -1,8 +1,9 @@
 """The local engine's workers: what Lambda's SQS event source mapping and EventBridge do in AWS.
 
-A worker long-polls one queue, hands up to 10 messages to its handler as an SQS event, deletes those
-the handler did not report as failed, and leaves the failed ones to come back after their visibility
-timeout. Stopping hands messages it received but did not process back to the queue at once.
+A worker long-polls one queue and hands its messages to the handler as SQS events, several at once
+(a pool, as Lambda runs concurrent invocations); it deletes those the handler did not report as
+failed and leaves the failed ones to come back after their visibility timeout. Stopping lets the
+batches in hand finish and hands messages received but not yet processed back to the queue at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import handlers
@@ -47,13 +49,25 @@ def sqs_record(queue: str, message: QueuedMessage) -> dict[str, Any]:
 
 
 class QueueWorker:
-    """Feeds one queue to one handler."""
+    """Feeds one queue to one handler, like one SQS event source mapping: up to `concurrency`
+    invocations at once, each with a batch of at most `batch_size` messages."""
 
-    def __init__(self, runtime: Runtime, queue: str, handler: Handler, batch_window: float = 0) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        queue: str,
+        handler: Handler,
+        batch_window: float = 0,
+        *,
+        batch_size: int = 10,
+        concurrency: int = 1,
+    ) -> None:
         self.runtime = runtime
         self.queue = queue
         self.handler = handler
         self.batch_window = batch_window  # like Lambda's MaximumBatchingWindowInSeconds
+        self.batch_size = batch_size
+        self.concurrency = concurrency
 
     def _receive(self, wait_seconds: float) -> list[QueuedMessage]:
         def receive(max_messages: int, wait: float) -> list[QueuedMessage]:
@@ -64,21 +78,23 @@ class QueueWorker:
                 visibility_timeout=self.runtime.settings.visibility_timeout_seconds,
             )
 
-        messages = receive(10, wait_seconds)
+        messages = receive(self.batch_size, wait_seconds)
         deadline = time.monotonic() + self.batch_window
-        while messages and len(messages) < 10 and (left := deadline - time.monotonic()) > 0:
-            messages += receive(10 - len(messages), left)
+        while messages and len(messages) < self.batch_size and (left := deadline - time.monotonic()) > 0:
+            messages += receive(self.batch_size - len(messages), left)
         return messages
 
     def poll_once(self, wait_seconds: float = 0, stop: threading.Event | None = None) -> int:
-        """Receive one batch and process it; returns how many messages were received."""
+        """Receive one batch and process it here; returns how many messages were received."""
         messages = self._receive(wait_seconds)
-        if not messages:
-            return 0
-        if stop is not None and stop.is_set():
-            for message in messages:  # not processed: visible again at once
-                self.runtime.queue.change_visibility(self.queue, message.receipt_handle, 0)
-            return len(messages)
+        if messages and stop is not None and stop.is_set():
+            self._hand_back(messages)
+        elif messages:
+            self._process(messages)
+        return len(messages)
+
+    def _process(self, messages: list[QueuedMessage]) -> None:
+        """One invocation: delete what the handler did not report failed; the rest comes back later."""
         try:
             result = self.handler(sqs_event(self.queue, messages), None)
             failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
@@ -88,28 +104,70 @@ class QueueWorker:
         for message in messages:
             if message.message_id not in failed:
                 self.runtime.queue.delete(self.queue, message.receipt_handle)
-        return len(messages)
+
+    def _hand_back(self, messages: list[QueuedMessage]) -> None:
+        """Received but not processed: visible again at once, for the next engine."""
+        for message in messages:
+            self.runtime.queue.change_visibility(self.queue, message.receipt_handle, 0)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.poll_once(wait_seconds=1, stop=stop)
-            except TransientBackendError as exc:
-                logger.warning("queue busy, retrying", extra={"queue": self.queue, "error": str(exc)})
-                stop.wait(0.5)
-            except Exception:
-                logger.exception("worker error", extra={"queue": self.queue})
-                stop.wait(1)
+        """Receive while a slot is free and process each batch in the pool, until `stop`; then let the
+        batches in hand finish (the stages are safe to run in parallel: the lock is per conversation)."""
+        slots = threading.BoundedSemaphore(self.concurrency)
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"worker-{self.queue}") as pool:
+            while not stop.is_set():
+                if not slots.acquire(timeout=0.5):
+                    continue  # every slot busy: receive nothing, so no message waits in our hands
+                try:
+                    messages = self._receive(wait_seconds=1)
+                    if messages and stop.is_set():
+                        self._hand_back(messages)
+                        messages = []
+                except TransientBackendError as exc:
+                    logger.warning("queue busy, retrying", extra={"queue": self.queue, "error": str(exc)})
+                    messages = []
+                    stop.wait(0.5)
+                except Exception:
+                    logger.exception("worker error", extra={"queue": self.queue})
+                    messages = []
+                    stop.wait(1)
+                if not messages:
+                    slots.release()
+                    continue
+                pool.submit(self._run_batch, messages, slots)
+
+    def _run_batch(self, messages: list[QueuedMessage], slots: threading.BoundedSemaphore) -> None:
+        try:
+            self._process(messages)
+        except Exception:  # a delete failed: the message comes back after its visibility timeout
+            logger.exception("worker error", extra={"queue": self.queue})
+        finally:
+            slots.release()
 
 
 class LocalEngine:
-    """Workers for the batch queues and the AI queue, and the sweeper on a timer."""
+    """A pool of workers per queue (batch queues, the AI queue), and the sweeper on a timer."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        window = runtime.settings.batch_window_seconds
-        self.workers = [QueueWorker(runtime, q, handlers.batch_processor, window) for q in BATCH_QUEUES]
-        self.workers.append(QueueWorker(runtime, AI_QUEUE, handlers.reply_sender))
+        settings = runtime.settings
+        self.workers = [
+            QueueWorker(
+                runtime,
+                queue,
+                handlers.batch_processor,
+                settings.batch_window_seconds,
+                concurrency=settings.batch_concurrency,
+            )
+            for queue in BATCH_QUEUES
+        ]
+        # One AI context per invocation, like the AI queue's BatchSize: 1 in AWS: nobody waits for
+        # another person's AI call.
+        self.workers.append(
+            QueueWorker(
+                runtime, AI_QUEUE, handlers.reply_sender, batch_size=1, concurrency=settings.reply_concurrency
+            )
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -122,11 +180,13 @@ class LocalEngine:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, timeout: float = 30) -> None:
-        """Let each worker finish the batch in its hands, then return."""
+    def stop(self, timeout: float = 60) -> None:
+        """Stop receiving and let the batches in hand finish, for at most `timeout` seconds in all.
+        What is still unfinished then comes back after its visibility timeout (never lost)."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _sweep(self) -> None:
         while not self._stop.wait(self.runtime.settings.sweep_interval_seconds):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import random
+import threading
 import time
-import urllib.error
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx2
 
 SYSTEM_PROMPT = (
     "You answer people who replied to a company's message on WhatsApp, SMS or email. "
     "Answer their latest messages together, briefly and kindly, in their language."
 )
+BACKOFF_SECONDS = 0.5  # before the 2nd attempt; doubled before each next one, with jitter
+MAX_BACKOFF_SECONDS = 20.0  # cap on any wait between attempts, a server's Retry-After included
 
 
 class ResponderError(RuntimeError):
@@ -32,31 +36,106 @@ class LocalResponder:
 
 
 class OpenAIResponder:
-    """An OpenAI-compatible chat completions endpoint (OpenAI, or any server that speaks its API)."""
+    """An OpenAI-compatible chat completions endpoint (OpenAI, or any server that speaks its API).
 
-    def __init__(self, base_url: str, api_key: str | None, model: str, timeout_seconds: float = 30) -> None:
+    One httpx2 client per instance (connections reused, safe to share between threads). An attempt
+    that fails on a connection error, a timeout, 429 or 5xx is retried after a backoff (the server's
+    Retry-After when it sends one), up to `attempts` in all; other errors are not retried.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        timeout_seconds: float = 30,
+        attempts: int = 3,
+        connect_timeout_seconds: float = 5,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         self.url = f"{base_url}/chat/completions"
         self.api_key = api_key
         self.model = model
         self.timeout_seconds = timeout_seconds
+        self.attempts = attempts
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self._http: httpx2.Client | None = None  # made on first use: importing httpx2 slows a cold start
+        self._lock = threading.Lock()
+
+    @property
+    def max_seconds(self) -> float:
+        """Worst-case duration of `respond`: every attempt connecting and waiting for the answer up to
+        its timeouts, and the longest wait between attempts (with at most 64 calls at once on this
+        instance: more would also wait for a free connection)."""
+        attempt = self.connect_timeout_seconds + self.timeout_seconds
+        return self.attempts * attempt + (self.attempts - 1) * MAX_BACKOFF_SECONDS
 
     def respond(self, ai_context: dict[str, Any]) -> str:
+        """The model's reply to the batch's messages, given the conversation's history."""
+        import httpx2
+
         chat = [{"role": "system", "content": SYSTEM_PROMPT}]
         for message in [*ai_context.get("history", []), *ai_context["messages"]]:
             if message.get("content") and message.get("role") in ("user", "assistant"):
                 chat.append({"role": message["role"], "content": message["content"]})
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            self.url, data=json.dumps({"model": self.model, "messages": chat}).encode(), headers=headers
-        )
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {"model": self.model, "messages": chat}
+        for attempt in range(1, self.attempts + 1):
+            retry_after = None
+            try:
+                response = self._client().post(self.url, json=body, headers=headers)
+            except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            except httpx2.HTTPError as exc:
+                raise ResponderError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+            else:
+                if response.is_success:
+                    return self._text(response)
+                failure = f"HTTP {response.status_code} {response.text[:200]!r}"
+                if response.status_code != 429 and response.status_code < 500:
+                    raise ResponderError(f"{self.url}: {failure}")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+            if attempt == self.attempts:
+                break
+            if retry_after is None:
+                retry_after = BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1)
+            time.sleep(min(retry_after, MAX_BACKOFF_SECONDS))
+        raise ResponderError(f"{self.url}: {failure} (after {self.attempts} attempts)")
+
+    def _client(self) -> httpx2.Client:
+        with self._lock:
+            if self._http is None:
+                import httpx2
+
+                self._http = httpx2.Client(
+                    timeout=httpx2.Timeout(self.timeout_seconds, connect=self.connect_timeout_seconds),
+                    # the local engine answers tens of batches at once through this one client
+                    limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64),
+                )
+            return self._http
+
+    def _text(self, response: httpx2.Response) -> str:
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
-                answer = json.load(response)
-            text = answer["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ResponderError(f"{self.url}: {exc}") from exc
+            text = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ResponderError(f"{self.url}: malformed answer: {exc!r}") from exc
         if not isinstance(text, str) or not text.strip():
             raise ResponderError(f"{self.url}: the reply is empty")
         return text.strip()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """The seconds a Retry-After header asks to wait (a number or an HTTP date); None if absent or bad."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,160 @@
+"""Many people at once, on the wall clock, through a live `replies-engine serve` on loopback.
+
+N conversations each post a burst of 1 to 3 signed WhatsApp messages at the same moment; the engine runs
+its defaults (debounce, QUIET_SECONDS=3) with the simulated AI taking --ai seconds. For each N it
+prints the time from a person's last message to their reply (p50, max) against the ideal of
+quiet + AI, replies per burst, and messages lost or appended twice. The last row runs the old shape,
+one reply at a time (REPLY_CONCURRENCY=1), side by side in the same run.
+
+    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--baseline 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx2 as httpx  # noqa: E402
+from tests.conftest import conversation  # noqa: E402
+from tests.payloads import TOKEN, sign, whatsapp_text  # noqa: E402
+from tests.processes import serving  # noqa: E402
+
+from replies_engine import clock  # noqa: E402
+from replies_engine.adapters.sqlite import Database, SqliteConversationStore, SqliteOutbox  # noqa: E402
+
+QUIET = 3
+
+
+def person(n: int) -> str:
+    return f"+4915100{n:05d}"
+
+
+def environment(db: str, ai_seconds: float, reply_concurrency: int | None) -> dict[str, str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("REPLIES_", "TWILIO_"))},
+        "REPLIES_SQLITE_PATH": db,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "LOG_LEVEL": "WARNING",
+        "QUIET_SECONDS": str(QUIET),
+        "LOCAL_RESPONDER_DELAY_SECONDS": str(ai_seconds),
+    }
+    if reply_concurrency:
+        env["REPLY_CONCURRENCY"] = str(reply_concurrency)
+    return env
+
+
+def run(people: int, ai_seconds: float, reply_concurrency: int | None, seed: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = environment(f"{tmp}/bench.db", ai_seconds, reply_concurrency)
+        records = [conversation(f"p{n}", gsi_recipient_tel=person(n)) for n in range(people)]
+        subprocess.run(
+            [Path(sys.executable).parent / "replies-engine", "conversations", "import", "-"],
+            input=json.dumps(records),
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        bursts = {
+            n: [
+                whatsapp_text(f"message {i} from {n}", From=f"whatsapp:{person(n)}", WaId=person(n)[1:])
+                for i in range(rng.randint(1, 3))
+            ]
+            for n in range(people)
+        }
+        with serving(env) as (url, _), httpx.Client(limits=httpx.Limits(max_connections=32)) as http:
+
+            def post_burst(n: int) -> tuple[int, float, int]:
+                accepted = 0
+                for params in bursts[n]:
+                    response = http.post(
+                        f"{url}/whatsapp",
+                        content=urlencode(params),
+                        headers={
+                            "Content-Type": "application/x-www-form-urlencoded",
+                            "X-Twilio-Signature": sign(f"{url}/whatsapp", params),
+                        },
+                    )
+                    accepted += response.status_code == 200
+                return n, clock.now(), accepted
+
+            with ThreadPoolExecutor(32) as pool:
+                posted = {n: (last, accepted) for n, last, accepted in pool.map(post_burst, range(people))}
+            outbox = SqliteOutbox(Database(env["REPLIES_SQLITE_PATH"]))
+            deadline = time.monotonic() + 60 + people * ai_seconds / (reply_concurrency or 64) * 3
+            while len({r["conversation_id"] for r in outbox.list()}) < people and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)  # a second reply, were there one, would show now
+            replies = outbox.list()
+        store = SqliteConversationStore(Database(env["REPLIES_SQLITE_PATH"]))
+        waits, lost, twice = [], 0, 0
+        for n in range(people):
+            record = store.get(f"p{n}")
+            kept = [m["message_id"] for m in [*record["messages"], *record.get("pending_messages", [])]]
+            sids = [p["MessageSid"] for p in bursts[n]]
+            lost += sum(sid not in kept for sid in sids)
+            twice += sum(kept.count(sid) > 1 for sid in sids)
+            mine = [r for r in replies if r["conversation_id"] == f"p{n}"]
+            if mine:
+                waits.append(clock.parse_iso(mine[0]["created_at"]) - posted[n][0])
+    ideal = QUIET + ai_seconds
+    return {
+        "people": people,
+        "messages": sum(len(b) for b in bursts.values()),
+        "accepted": sum(a for _, a in posted.values()),
+        "answered": len(waits),
+        "p50_s": statistics.median(waits) if waits else float("nan"),
+        "max_s": max(waits) if waits else float("nan"),
+        "x_ideal": (max(waits) / ideal) if waits else float("nan"),
+        "replies_per_burst": len(replies) / people,
+        "lost": lost,
+        "duplicated": twice,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--people", type=int, nargs="+", default=[1, 10, 50, 200])
+    parser.add_argument("--ai", type=float, default=2.0, help="the simulated AI's seconds per reply")
+    parser.add_argument("--baseline", type=int, default=10, help="people for the one-at-a-time row (0: none)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    rows = [("default", run(n, args.ai, None, args.seed)) for n in args.people]
+    if args.baseline:
+        rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed)))
+    if args.json:
+        print(json.dumps([{"engine": name, **row} for name, row in rows], indent=2))
+        return
+    print(f"ideal = quiet {QUIET} s + AI {args.ai:g} s = {QUIET + args.ai:g} s")
+    print(
+        f"{'engine':<20} {'people':>6} {'msgs':>5} {'answered':>8} {'p50 s':>6} {'max s':>6} "
+        f"{'× ideal':>7} {'replies/burst':>13} {'lost':>4} {'twice':>5}"
+    )
+    for name, r in rows:
+        print(
+            f"{name:<20} {r['people']:>6} {r['messages']:>5} {r['answered']:>8} {r['p50_s']:>6.1f} "
+            f"{r['max_s']:>6.1f} {r['x_ideal']:>7.2f} {r['replies_per_burst']:>13.2f} {r['lost']:>4} "
+            f"{r['duplicated']:>5}"
+        )
+
+
+if __name__ == "__main__":
+    main()
