@@ -73,7 +73,11 @@ class Engine:
             self.runtime.store.put(record)
 
     def get(self, conversation_id: str = "c1") -> dict[str, Any] | None:
-        return self.runtime.store.get(conversation_id)
+        """The record with its messages, as `replies-engine conversations show` prints it."""
+        record = self.runtime.store.get(conversation_id)
+        if record is not None:
+            record["messages"] = self.runtime.store.messages(conversation_id)
+        return record
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
         """The messages in `queue`, delayed and in flight included, bodies parsed."""

@@ -76,13 +76,13 @@ def build_runtime(settings: Settings) -> Runtime:
     from .adapters.aws import DynamoConversationStore, SqsMessageQueue, twilio_credentials
     from .adapters.aws.outbox import SqsOutbox
 
-    if not settings.conversations_table:
-        raise ConfigurationError("REPLIES_BACKEND=aws needs CONVERSATIONS_TABLE")
+    if not (settings.conversations_table and settings.messages_table):
+        raise ConfigurationError("REPLIES_BACKEND=aws needs CONVERSATIONS_TABLE and MESSAGES_TABLE")
     queue = SqsMessageQueue(settings.queue_urls)
     secret = settings.twilio_secret_name
     return Runtime(
         settings=settings,
-        store=DynamoConversationStore(settings.conversations_table),
+        store=DynamoConversationStore(settings.conversations_table, settings.messages_table),
         queue=queue,
         metrics=Metrics(emf_namespace="RepliesEngine"),
         credentials=(lambda: twilio_credentials(secret)) if secret else dict,

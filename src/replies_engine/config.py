@@ -20,6 +20,7 @@ class Settings:
     sqlite_path: str = "./replies-engine.db"
     sqlite_busy_timeout_ms: int = 2000
     conversations_table: str | None = None
+    messages_table: str | None = None
     queue_urls: Mapping[str, str] = field(default_factory=dict)
     batch_delay_seconds: int = 10
     requeue_delay_seconds: int = 15
@@ -68,6 +69,7 @@ class Settings:
             sqlite_path=env.text("REPLIES_SQLITE_PATH") or "./replies-engine.db",
             sqlite_busy_timeout_ms=env.integer("REPLIES_SQLITE_BUSY_TIMEOUT_MS", 2000, 0, 600_000),
             conversations_table=env.text("CONVERSATIONS_TABLE"),
+            messages_table=env.text("MESSAGES_TABLE"),
             queue_urls={
                 name: url
                 for queue in ("whatsapp", "sms", "email", "handoff", "ai", "outbox")

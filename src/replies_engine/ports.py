@@ -81,19 +81,39 @@ class LockOutcome:
 
 
 class ConversationStore(Protocol):
-    """ConversationsTable (DESIGN.md §4.1)."""
+    """ConversationsTable (DESIGN.md §4.1).
+
+    A conversation's `messages` live apart from its record, one row (item) each, so that what every
+    stage reads and writes costs the same in a 3,000-message conversation as in a 10-message one:
+    records come back without `messages` (`messages()` reads them), and the writes below append rows,
+    never rewriting the history.
+    """
 
     def find_active(self, gsi: Gsi, company: str, recipient: str) -> list[Record]:
         """Records on `gsi` with these keys and `task_complete = 0`, in no particular order."""
         ...
 
-    def get(self, conversation_id: str) -> Record | None: ...
-
-    def put(self, record: Record) -> None:
-        """Create the record, or replace the one with its `conversation_id` (tooling and tests)."""
+    def get(self, conversation_id: str) -> Record | None:
+        """The record (its §4.1 fields and `pending_messages`), without `messages`."""
         ...
 
-    def list(self, status: str | None = None) -> list[Record]: ...
+    def messages(self, conversation_id: str, *, last: int | None = None) -> list[Record]:
+        """The conversation's messages, oldest first; with `last`, only the newest `last` of them."""
+        ...
+
+    def put(self, record: Record) -> None:
+        """Create the record, or replace the one with its `conversation_id`, its `messages` included:
+        those the record carries replace the stored ones (tooling and tests)."""
+        ...
+
+    def list(self, status: str | None = None) -> list[Record]:
+        """Records (without `messages`), by `conversation_id` (tooling)."""
+        ...
+
+    def migrate(self) -> dict[str, int]:
+        """Move the messages that records from before still hold into their own rows (items); safe to
+        run twice or after a crash. Returns `{"conversations": n, "messages": m}` moved."""
+        ...
 
     def record_refused_message(self, conversation_id: str, message: Record) -> bool:
         """Keep a message refused as CONVERSATION_LOCKED in `refused_messages`, once per message id.

@@ -140,7 +140,11 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
     runtime.metrics.add("BatchSize", len(outcome.appended))
     try:
-        runtime.queue.send(AI_QUEUE, json.dumps(ai_context(outcome, batch_id), ensure_ascii=False))
+        # the newest messages before this batch's: one bounded read, whatever the conversation's length
+        recent = runtime.store.messages(conversation_id, last=HISTORY_MESSAGES + len(outcome.appended))
+        history = [m for m in recent if m.get("batch_id") != batch_id][-HISTORY_MESSAGES:]
+        context = ai_context(outcome, batch_id, history)
+        runtime.queue.send(AI_QUEUE, json.dumps(context, ensure_ascii=False))
     except Exception as exc:
         logger.exception("AI hand-off failed after the lock was taken: emergency unlock", extra=log)
         try:
@@ -166,10 +170,9 @@ def _typing(runtime: Runtime, latest: dict[str, Any], log: dict[str, Any]) -> No
         logger.warning("typing indicator failed (best-effort)", extra={**log, "error": str(exc)})
 
 
-def ai_context(outcome: LockOutcome, batch_id: str) -> dict[str, Any]:
+def ai_context(outcome: LockOutcome, batch_id: str, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The AI queue's message (DESIGN.md §4.5): this batch, the conversation, the recent history."""
     record = outcome.record or {}
-    earlier = record.get("messages", [])[: -len(outcome.appended)]
     latest = outcome.appended[-1]
     return {
         "conversation_id": record["conversation_id"],
@@ -177,7 +180,7 @@ def ai_context(outcome: LockOutcome, batch_id: str) -> dict[str, Any]:
         "channel_type": latest["channel_type"],
         "messages": outcome.appended,
         "conversation": {k: v for k, v in record.items() if k not in HISTORY_FIELDS},
-        "history": earlier[-HISTORY_MESSAGES:],
+        "history": history,
         # the reply goes back the way the last message came
         "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
         "first_received_at": min((m.get("timestamp") or "" for m in outcome.appended), default="") or None,

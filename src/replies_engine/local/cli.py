@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     outbox_list = add_parser(outbox, "list", help="every reply in the outbox")
     outbox_list.set_defaults(command=lambda args: get_runtime().outbox.list())
 
+    migrate = add_parser(commands, "migrate", help="move messages out of records written before 0.2")
+    migrate.set_defaults(command=_migrate)
+
     sweep = add_parser(commands, "sweep", help="reset stalled locks now")
     sweep.set_defaults(command=lambda args: stalled_sweeper({"source": "cli"}, None))
 
@@ -124,10 +127,16 @@ def _import(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> dict[str, Any]:
-    record = get_runtime().store.get(args.conversation_id)
+    store = get_runtime().store
+    record = store.get(args.conversation_id)
     if record is None:
         raise UsageError(f"no conversation {args.conversation_id!r}")
-    return record
+    return {**record, "messages": store.messages(args.conversation_id)}
+
+
+def _migrate(args: argparse.Namespace) -> dict[str, Any]:
+    runtime = get_runtime()
+    return {"backend": runtime.settings.backend, **runtime.store.migrate()}
 
 
 def _list(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -219,6 +228,9 @@ def _read_records(text: str) -> list[dict[str, Any]]:
             raise UsageError(
                 f"record {number} is not an object with a string conversation_id; nothing imported"
             )
+        messages = record.get("messages", [])
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise UsageError(f"record {number}: messages must be a list of objects; nothing imported")
     return records
 
 

@@ -6,6 +6,7 @@ is the conditional write that DynamoDB's `ConditionExpression` gives the AWS bac
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -16,7 +17,7 @@ from ...channels import GSIS
 from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: messages in their own table
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
 _INDEXED_ATTRS = sorted(
@@ -40,6 +41,16 @@ _SCHEMA = "\n".join(
         "CREATE INDEX IF NOT EXISTS [gsi-locked] ON conversations (processing_started_at)"
         " WHERE conversation_status = 'processing_reply';",
         """
+        CREATE TABLE IF NOT EXISTS messages (
+          conversation_id TEXT NOT NULL,
+          seq INTEGER NOT NULL,
+          message_id TEXT,
+          batch_id TEXT,
+          message TEXT NOT NULL CHECK (json_valid(message)),
+          PRIMARY KEY (conversation_id, seq)
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (conversation_id, message_id);
+        CREATE INDEX IF NOT EXISTS messages_by_batch ON messages (conversation_id, batch_id);
         CREATE TABLE IF NOT EXISTS queue_messages (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
           message_id TEXT NOT NULL UNIQUE,
@@ -76,6 +87,41 @@ def translated_errors(error: type[BackendError], transient: type[TransientBacken
         if code == sqlite3.SQLITE_CANTOPEN:
             raise ConfigurationError(f"cannot open the SQLite database: {exc}") from exc
         raise (transient if code in _TRANSIENT_CODES else error)(f"sqlite: {exc}") from exc
+
+
+def move_messages_out_of_records(conn: sqlite3.Connection) -> dict[str, int]:
+    """Upgrade from schema 2, where each record held its `messages`: one row per message instead, in
+    order, the first of any repeated message id kept. Part of the schema's transaction: all or none.
+    Returns how many conversations and messages it moved."""
+    rows = conn.execute(
+        "SELECT conversation_id, json_extract(record, '$.messages') AS messages FROM conversations"
+        " WHERE json_type(record, '$.messages') IS NOT NULL"
+    ).fetchall()
+    moved = 0
+    for row in rows:
+        messages = [m for m in json.loads(row["messages"] or "[]") if isinstance(m, dict)]
+        insert_messages(conn, row["conversation_id"], messages)
+        moved += len(messages)
+        conn.execute(
+            "UPDATE conversations SET record = json_remove(record, '$.messages') WHERE conversation_id = ?",
+            (row["conversation_id"],),
+        )
+    return {"conversations": len(rows), "messages": moved}
+
+
+def insert_messages(conn: sqlite3.Connection, conversation_id: str, messages: list[dict]) -> None:
+    """Append `messages` after the conversation's newest; a message id already there is skipped."""
+    last = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (conversation_id,)
+    ).fetchone()[0]
+    conn.executemany(
+        "INSERT OR IGNORE INTO messages (conversation_id, seq, message_id, batch_id, message)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [
+            (conversation_id, seq, m.get("message_id"), m.get("batch_id"), json.dumps(m, ensure_ascii=False))
+            for seq, m in enumerate(messages, last + 1)
+        ],
+    )
 
 
 class Database:
@@ -115,6 +161,7 @@ class Database:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    move_messages_out_of_records(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")

@@ -1,4 +1,6 @@
-"""ConversationStore on SQLite: each record is one JSON document, its GSI keys generated columns.
+"""ConversationStore on SQLite: each record is one JSON document, its GSI keys generated columns;
+its messages are rows of their own (`messages`, keyed by conversation and order, unique by message
+id), so no write rewrites the history and no read loads it unless asked.
 
 Every conditional write is a read-check-write inside one `BEGIN IMMEDIATE` transaction (`_update`),
 which is what DynamoDB's ConditionExpression gives the AWS backend.
@@ -7,6 +9,7 @@ which is what DynamoDB's ConditionExpression gives the AWS backend.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +24,25 @@ from ...conversation import (
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
-from .database import Database, translated_errors
+from .database import Database, insert_messages, move_messages_out_of_records, translated_errors
+
+
+Change = Callable[[Record, sqlite3.Connection], Any]
 
 
 def _errors():
     return translated_errors(StoreError, TransientStoreError)
+
+
+def _present(conn: sqlite3.Connection, conversation_id: str, messages: list[Record]) -> list[Record]:
+    """Those of `messages`' ids already in the conversation (one indexed look-up each)."""
+    ids = [m["message_id"] for m in messages]
+    marks = ", ".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT message_id FROM messages WHERE conversation_id = ? AND message_id IN ({marks})",
+        (conversation_id, *ids),
+    ).fetchall()
+    return [{"message_id": row["message_id"]} for row in rows]
 
 
 class SqliteConversationStore:
@@ -44,12 +61,30 @@ class SqliteConversationStore:
         found = self._select("SELECT record FROM conversations WHERE conversation_id = ?", (conversation_id,))
         return found[0] if found else None
 
+    def messages(self, conversation_id: str, *, last: int | None = None) -> list[Record]:
+        sql = "SELECT message FROM messages WHERE conversation_id = ? ORDER BY seq DESC"
+        args: tuple = (conversation_id,)
+        if last is not None:
+            sql, args = f"{sql} LIMIT ?", (conversation_id, last)
+        with _errors():
+            rows = self._db.connection().execute(sql, args).fetchall()
+        return [json.loads(row["message"]) for row in reversed(rows)]
+
     def put(self, record: Record) -> None:
+        record = dict(record)
+        messages = record.pop("messages", [])
         with _errors(), self._db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO conversations (conversation_id, record) VALUES (?, ?)",
                 (record["conversation_id"], json.dumps(record, ensure_ascii=False)),
             )
+            conn.execute("DELETE FROM messages WHERE conversation_id = ?", (record["conversation_id"],))
+            insert_messages(conn, record["conversation_id"], messages)
+
+    def migrate(self) -> dict[str, int]:
+        # Opening the database upgraded it already; this finds what a copy from before may have left.
+        with _errors(), self._db.transaction() as conn:
+            return move_messages_out_of_records(conn)
 
     def list(self, status: str | None = None) -> list[Record]:
         if status is None:
@@ -66,7 +101,7 @@ class SqliteConversationStore:
         )
 
     def record_refused_message(self, conversation_id: str, message: Record) -> bool:
-        def refuse(record: Record) -> bool:
+        def refuse(record: Record, _: sqlite3.Connection) -> bool:
             refused = record.setdefault("refused_messages", [])
             if any(m.get("message_id") == message["message_id"] for m in refused):
                 return False
@@ -87,22 +122,25 @@ class SqliteConversationStore:
         now: float,
         lock_timeout_seconds: float,
     ) -> LockOutcome:
-        def lock(record: Record) -> LockOutcome:
-            fresh, duplicates = split_duplicates(record.get("messages", []), messages)
+        def lock(record: Record, conn: sqlite3.Connection) -> LockOutcome:
+            fresh, duplicates = split_duplicates(_present(conn, conversation_id, messages), messages)
             if not fresh:
                 return LockOutcome("duplicates", duplicates=duplicates)
             if is_locked(record, now, lock_timeout_seconds):
                 return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
-            record.update(lock_fields(batch_id, fresh, now), messages=[*record.get("messages", []), *fresh])
+            record.update(lock_fields(batch_id, fresh, now))
+            insert_messages(conn, conversation_id, fresh)
             return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
 
         outcome = self._update(conversation_id, lock, write_if=lambda o: o.status == "acquired")
         return outcome or LockOutcome("missing")
 
     def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
-        def add(record: Record) -> LockOutcome:
+        def add(record: Record, conn: sqlite3.Connection) -> LockOutcome:
             pending = record.get("pending_messages", [])
-            fresh, duplicates = split_duplicates([*record.get("messages", []), *pending], messages)
+            fresh, duplicates = split_duplicates(
+                [*_present(conn, conversation_id, messages), *pending], messages
+            )
             if not fresh:
                 return LockOutcome("duplicates", record=record, duplicates=duplicates)
             record.update(
@@ -125,7 +163,7 @@ class SqliteConversationStore:
         lock_timeout_seconds: float,
         held: bool = False,
     ) -> LockOutcome:
-        def flush(record: Record) -> LockOutcome:
+        def flush(record: Record, conn: sqlite3.Connection) -> LockOutcome:
             if record.get("pending_version", 0) != pending_version:
                 return LockOutcome("changed")
             ours = (
@@ -134,11 +172,12 @@ class SqliteConversationStore:
             if (held and not ours) or (not held and is_locked(record, now, lock_timeout_seconds)):
                 return LockOutcome("locked", lock_owner=record.get("lock_owner"))
             pending = [{**m, "batch_id": batch_id} for m in record.get("pending_messages", [])]
-            fresh, duplicates = split_duplicates(record.get("messages", []), pending)
+            fresh, duplicates = split_duplicates(_present(conn, conversation_id, pending), pending)
             record.update(pending_messages=[], pending_version=pending_version + 1)
             if not fresh:
                 return LockOutcome("duplicates", duplicates=duplicates)
-            record.update(lock_fields(batch_id, fresh, now), messages=[*record.get("messages", []), *fresh])
+            record.update(lock_fields(batch_id, fresh, now))
+            insert_messages(conn, conversation_id, fresh)
             return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
 
         outcome = self._update(
@@ -149,19 +188,22 @@ class SqliteConversationStore:
     def release_lock(
         self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
     ) -> Record | None:
-        def release(record: Record) -> None:
+        def release(record: Record, conn: sqlite3.Connection) -> None:
             record.update(conversation_status=status, processing_completed_at=clock.iso(now))
             if reply is not None:
-                record["messages"] = [*record.get("messages", []), reply]
+                insert_messages(conn, conversation_id, [reply])
 
         return self._fenced(conversation_id, batch_id, now, release)
 
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:
-        def unlock(record: Record) -> None:
-            batch = [m for m in record.get("messages", []) if m.get("batch_id") == batch_id]
-            record["messages"] = [m for m in record.get("messages", []) if m.get("batch_id") != batch_id]
+        def unlock(record: Record, conn: sqlite3.Connection) -> None:
+            rows = conn.execute(
+                "DELETE FROM messages WHERE conversation_id = ? AND batch_id = ? RETURNING seq, message",
+                (conversation_id, batch_id),
+            ).fetchall()
+            batch = [json.loads(row["message"]) for row in sorted(rows, key=lambda row: row["seq"])]
             if to_pending:  # debounce: back where they waited, for the next flush
                 record["pending_messages"] = [
                     *({**m, "batch_id": None} for m in batch),
@@ -174,19 +216,19 @@ class SqliteConversationStore:
 
     def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> Record | None:
         return self._fenced(
-            conversation_id, batch_id, now, lambda r: r.update(conversation_status=PROCESSING_TIMEOUT)
+            conversation_id, batch_id, now, lambda r, _: r.update(conversation_status=PROCESSING_TIMEOUT)
         )
 
     def _fenced(
-        self, conversation_id: str, batch_id: str | None, now: float, change: Callable[[Record], Any]
+        self, conversation_id: str, batch_id: str | None, now: float, change: Change
     ) -> Record | None:
         """Unlock with `change`, only if `batch_id` holds the lock: the record after, or None."""
 
-        def unlock(record: Record) -> Record | None:
+        def unlock(record: Record, conn: sqlite3.Connection) -> Record | None:
             if record.get("conversation_status") != PROCESSING_REPLY or record.get("lock_owner") != batch_id:
                 return None
             record.pop("lock_owner", None)
-            change(record)
+            change(record, conn)
             record["updated_at"] = clock.iso(now)
             return record
 
@@ -197,11 +239,10 @@ class SqliteConversationStore:
             rows = self._db.connection().execute(sql, args).fetchall()
         return [json.loads(row["record"]) for row in rows]
 
-    def _update(
-        self, conversation_id: str, change: Callable[[Record], Any], write_if: Callable[[Any], bool] = bool
-    ) -> Any:
-        """Read the record, let `change` modify it, write it back if `write_if(result)`; all in one
-        transaction. Returns `change`'s result, or None when there is no such record."""
+    def _update(self, conversation_id: str, change: Change, write_if: Callable[[Any], bool] = bool) -> Any:
+        """Read the record, let `change` modify it (and the message rows, on the connection it is
+        given), write it back if `write_if(result)`; all in one transaction. Returns `change`'s
+        result, or None when there is no such record."""
         with _errors(), self._db.transaction() as conn:
             row = conn.execute(
                 "SELECT record FROM conversations WHERE conversation_id = ?", (conversation_id,)
@@ -209,7 +250,7 @@ class SqliteConversationStore:
             if row is None:
                 return None
             record = json.loads(row["record"])
-            result = change(record)
+            result = change(record, conn)
             if write_if(result):
                 conn.execute(
                     "UPDATE conversations SET record = ? WHERE conversation_id = ?",
