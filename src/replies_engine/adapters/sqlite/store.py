@@ -26,7 +26,6 @@ from ...conversation import (
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
 from .database import Database, insert_messages, move_messages_out_of_records, translated_errors
 
-
 Change = Callable[[Record, sqlite3.Connection], Any]
 
 
