@@ -104,7 +104,7 @@ def run(people: int, ai_seconds: float, reply_concurrency: int | None, seed: int
         waits, lost, twice = [], 0, 0
         for n in range(people):
             record = store.get(f"p{n}")
-            kept = [m["message_id"] for m in [*record["messages"], *record.get("pending_messages", [])]]
+            kept = [m["message_id"] for m in [*store.messages(f"p{n}"), *record.get("pending_messages", [])]]
             sids = [p["MessageSid"] for p in bursts[n]]
             lost += sum(sid not in kept for sid in sids)
             twice += sum(kept.count(sid) > 1 for sid in sids)
@@ -133,11 +133,13 @@ def main() -> None:
     parser.add_argument("--people", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--ai", type=float, default=2.0, help="the simulated AI's seconds per reply")
     parser.add_argument("--baseline", type=int, default=10, help="people for the one-at-a-time row (0: none)")
+    parser.add_argument("--reply-concurrency", type=int, help="REPLY_CONCURRENCY for the default rows")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    rows = [("default", run(n, args.ai, None, args.seed)) for n in args.people]
+    name = f"REPLY_CONCURRENCY={args.reply_concurrency}" if args.reply_concurrency else "default"
+    rows = [(name, run(n, args.ai, args.reply_concurrency, args.seed)) for n in args.people]
     if args.baseline:
         rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed)))
     if args.json:
