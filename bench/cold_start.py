@@ -86,7 +86,7 @@ def main() -> None:
     os.environ.update(env)
     from replies_engine.adapters.aws import DynamoConversationStore
 
-    DynamoConversationStore(stack.refs["ConversationsTable"]).put(conversation())
+    DynamoConversationStore(stack.refs["ConversationsTable"], stack.refs["MessagesTable"]).put(conversation())
 
     boto3 = min(import_ms("boto3") for _ in range(args.runs))
     print(f"{'entry point':<18} {'import ms':>10} {'vs boto3':>9} {'1st call ms':>12} {'2nd call ms':>12}")

@@ -1,4 +1,4 @@
-"""The AWS backend under test: moto in server mode (real boto3 over HTTP on loopback), with the table,
+"""The AWS backend under test: moto in server mode (real boto3 over HTTP on loopback), with the tables,
 the queues and the functions' environment built from template.yaml itself."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +72,7 @@ def start_moto() -> tuple[Any, str]:
 
 
 class Stack:
-    """One test's resources, named uniquely: the template's table and queues on the moto server."""
+    """One test's resources, named uniquely: the template's tables and queues on the moto server."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -87,16 +89,21 @@ class Stack:
         self._create()
 
     def _create(self) -> None:
-        table = self.resources["ConversationsTable"]["Properties"]
-        name = f"{self.prefix}-conversations"
-        self.dynamodb.create_table(
-            TableName=name,
-            BillingMode=table["BillingMode"],
-            AttributeDefinitions=table["AttributeDefinitions"],
-            KeySchema=table["KeySchema"],
-            GlobalSecondaryIndexes=table["GlobalSecondaryIndexes"],
-        )
-        self.refs["ConversationsTable"] = name
+        tables = {k: v for k, v in self.resources.items() if v["Type"] == "AWS::DynamoDB::Table"}
+        for logical_id, resource in tables.items():
+            table = resource["Properties"]
+            name = (
+                f"{self.prefix}-{logical_id.removesuffix('Table').lower()}"  # t…-conversations, t…-messages
+            )
+            indexes = {k: table[k] for k in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes") if k in table}
+            self.dynamodb.create_table(
+                TableName=name,
+                BillingMode=table["BillingMode"],
+                AttributeDefinitions=table["AttributeDefinitions"],
+                KeySchema=table["KeySchema"],
+                **indexes,
+            )
+            self.refs[logical_id] = name
         queues = {k: v for k, v in self.resources.items() if v["Type"] == "AWS::SQS::Queue"}
         # dead-letter queues first: the others name them in their redrive policy
         for logical_id in sorted(queues, key=lambda k: "RedrivePolicy" in queues[k].get("Properties", {})):
@@ -155,3 +162,69 @@ class Stack:
             delay = max(0.0, (message.delayed_until - sent_ms) / 1000) if message.delayed_until else 0.0
             peeked.append({"body": json.loads(message.body), "attributes": attributes, "delay": round(delay)})
         return peeked
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """Bytes DynamoDB counts for an item in its wire format ({"name": {"S": …}}), by its documented rules:
+    names and strings as UTF-8, a number (significant digits + 1) / 2 + 1, null and bool 1, a list or
+    map 3 plus 1 per element."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: dict[str, Any]) -> int:
+    ((kind, data),) = value.items()
+    if kind == "S":
+        return len(data.encode())
+    if kind == "N":
+        digits = data.lstrip("-").replace(".", "").strip("0") or "0"
+        return (len(digits) + 1) // 2 + 1
+    if kind in ("NULL", "BOOL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _value_size(v) for v in data)
+    if kind == "M":
+        return 3 + sum(1 + len(k.encode()) + _value_size(v) for k, v in data.items())
+    if kind in ("SS", "NS", "BS"):
+        return sum(_value_size({kind[0]: v}) for v in data)
+    return len(data)  # B
+
+
+def write_units(size: int, transactional: bool = False) -> int:
+    """What DynamoDB bills to write an item of `size` bytes: 1 WCU per KB begun, twice in a transaction."""
+    return (2 if transactional else 1) * max(1, -(-size // 1024))
+
+
+def history(n: int) -> list[dict[str, Any]]:
+    """`n` messages as stage 2 and 3 write them (about 300 bytes each), oldest first."""
+    return [
+        {
+            "message_id": f"SM{i:032x}",
+            "role": "user" if i % 2 else "assistant",
+            "content": f"message {i}: die lieferung kommt wann genau, bitte noch einmal bestätigen",
+            "timestamp": f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.000000Z",
+            "channel_type": "whatsapp",
+            "batch_id": f"batch-{i:032x}",
+            "from": "whatsapp:+4915112345678",
+            "to": "whatsapp:+14155238886",
+        }
+        for i in range(n)
+    ]
+
+
+@contextmanager
+def captured_writes() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """The params of every DynamoDB write our code makes meanwhile, as (operation, params)."""
+    from replies_engine.adapters.aws.clients import client
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def record(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+        if model.name in ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"):
+            seen.append((model.name, params))
+
+    events = client("dynamodb").meta.events
+    events.register("before-parameter-build.dynamodb", record)
+    try:
+        yield seen
+    finally:
+        events.unregister("before-parameter-build.dynamodb", record)

@@ -17,6 +17,7 @@ from replies_engine.adapters.aws.clients import client
 from replies_engine.adapters.aws.secrets import twilio_credentials
 from replies_engine.webhook.responses import TransientWebhookError
 
+from .aws import captured_writes, history, item_size
 from .conftest import conversation
 from .payloads import email_event, email_json, twilio_event, whatsapp_text
 
@@ -199,13 +200,16 @@ def test_aws_requests_of_one_message_end_to_end(engine):
     assert ours == [
         "dynamodb.Query",
         "sqs.SendMessage",  # stage 1
-        "dynamodb.GetItem",
-        "dynamodb.UpdateItem",
-        "sqs.SendMessage",  # stage 2: read, lock+append, AI queue
+        "dynamodb.GetItem",  # stage 2: the record,
+        "dynamodb.BatchGetItem",  # which of the batch's message ids are stored already (dedupe),
+        "dynamodb.TransactWriteItems",  # lock + append: the record's Update and the message's Put,
+        "dynamodb.Query",  # the recent history (lsi-seq, newest first) for the AI context,
+        "sqs.SendMessage",  # to the AI queue
         "dynamodb.GetItem",
         "dynamodb.GetItem",  # stage 3: the lock's holder, before and after the responder
-        "sqs.SendMessage",
-        "dynamodb.UpdateItem",  # the reply (to the outbox: no Twilio account here), unlock
+        "sqs.SendMessage",  # the reply (to the outbox: no Twilio account here)
+        "dynamodb.GetItem",  # the record's last_message_seq: the reply's place
+        "dynamodb.TransactWriteItems",  # unlock + the reply's Put
     ]
     assert engine.get()["conversation_status"] == "ai_response_sent"
 
@@ -242,33 +246,40 @@ def test_aws_calls_become_xray_subsegments_under_the_lambda_segment(engine, monk
     assert documents[1]["aws"]["queue_url"] == engine.stack.queue_url("whatsapp")
 
 
-def test_a_long_conversation_stays_under_dynamodbs_item_limit_without_losing_a_message(engine, monkeypatch):
-    from replies_engine.adapters.aws import store as dynamo
+def test_a_message_appended_to_a_3000_message_conversation_writes_one_small_item(engine):
+    store, stack = engine.runtime.store, engine.stack
+    old = history(3000)
+    engine.put(conversation(messages=old))
+    record_key = {"TableName": stack.refs["ConversationsTable"], "Key": {"conversation_id": {"S": "c1"}}}
+    before = item_size(stack.dynamodb.get_item(**record_key)["Item"])
+    message = {"message_id": "SMnew", "role": "user", "content": "hallo", "timestamp": "2026-01-02T00:00:00Z"}
 
-    monkeypatch.setattr(dynamo, "ITEM_BUDGET", 6_000)  # 400 KB in miniature
-    store = engine.runtime.store
-    sent = []
-    for n in range(40):
-        message = {"message_id": f"SM{n:04d}", "role": "user", "content": f"message {n} " + "x" * 200}
-        sent.append(message["message_id"])
-        assert (
-            store.lock_and_append("c1", f"b{n}", [message], now=time.time(), lock_timeout_seconds=300).status
-            == "acquired"
-        )
-        assert store.release_lock("c1", f"b{n}", status="ai_response_sent", now=time.time())
+    with captured_writes() as writes:
+        locked = store.lock_and_append("c1", "b1", [message], now=time.time(), lock_timeout_seconds=300)
 
-    record = engine.get()
-    assert len(json.dumps(record)) <= 6_000
-    archives = [
-        item
-        for item in engine.stack.dynamodb.scan(TableName=engine.stack.refs["ConversationsTable"])["Items"]
-        if item.get("archive_of", {}).get("S") == "c1"
-    ]
-    archived = [
-        m["M"]["message_id"]["S"]
-        for a in sorted(archives, key=lambda a: a["conversation_id"]["S"])
-        for m in a["messages"]["L"]
-    ]
-    kept = [m["message_id"] for m in record["messages"]]
-    assert archived + kept == ["SMold", *sent]  # every message once, in order
-    assert [r["conversation_id"] for r in store.list()] == ["c1"]  # archives are not conversations
+    assert locked.status == "acquired" and "messages" not in locked.record
+    [(operation, params)] = writes
+    assert operation == "TransactWriteItems"
+    [update, put] = params["TransactItems"]
+    assert set(update) == {"Update"} and set(put) == {"Put"}
+    assert item_size(put["Put"]["Item"]) < 1024  # the new message alone
+    record = stack.dynamodb.get_item(**record_key)["Item"]
+    assert "messages" not in record and record["last_message_seq"] == {"N": "3001"}
+    assert before < 1024 and item_size(record) < 1024  # flat: the record never holds the history
+
+    newest = store.messages("c1", last=20)
+    assert [m["message_id"] for m in newest] == [m["message_id"] for m in old[-19:]] + ["SMnew"]
+    assert newest[-1] == message and newest[0] == old[-19]  # as written: no keys or seq added
+    assert engine.get()["messages"] == [*old, message]
+
+    redelivered = store.lock_and_append("c1", "b2", [old[0]], now=time.time(), lock_timeout_seconds=300)
+    assert redelivered.status == "duplicates" and redelivered.duplicates == [old[0]["message_id"]]
+
+    reply = {"message_id": "SMreply", "role": "assistant", "content": "Gern!", "batch_id": "b1"}
+    with captured_writes() as writes:
+        released = store.release_lock("c1", "b1", status="ai_response_sent", now=time.time(), reply=reply)
+    assert released["conversation_status"] == "ai_response_sent" and "lock_owner" not in released
+    [(operation, params)] = writes
+    assert operation == "TransactWriteItems" and len(params["TransactItems"]) == 2
+    assert store.messages("c1", last=2) == [message, reply]
+    assert [r["conversation_id"] for r in store.list()] == ["c1"]
