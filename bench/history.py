@@ -95,23 +95,9 @@ class Backend:
         """(ms, `operation()`, the write units DynamoDB would bill the tables for it)."""
         if self.name != "aws":
             return (*timed(operation), 0)
-        from tests.aws import captured_writes, item_size, write_units
+        from tests.aws import billed_write_units
 
-        key = {
-            "TableName": self.stack.refs["ConversationsTable"],
-            "Key": {"conversation_id": {"S": conversation_id}},
-        }
-        before = item_size(self.stack.dynamodb.get_item(**key)["Item"])
-        with captured_writes() as writes:
-            ms, result = timed(operation)
-        record = max(before, item_size(self.stack.dynamodb.get_item(**key)["Item"]))
-        units = 0
-        for name, params in writes:
-            transactional = name == "TransactWriteItems"
-            for entry in params["TransactItems"] if transactional else [{"Update": params}]:
-                [(kind, body)] = entry.items()
-                size = item_size(body["Item"]) if kind == "Put" else record if kind == "Update" else 0
-                units += write_units(size, transactional)
+        (ms, result), units = billed_write_units(self.stack, conversation_id, partial(timed, operation))
         return ms, result, units
 
     def close(self) -> None:

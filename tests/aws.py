@@ -228,3 +228,32 @@ def captured_writes() -> Iterator[list[tuple[str, dict[str, Any]]]]:
         yield seen
     finally:
         events.unregister("before-parameter-build.dynamodb", record)
+
+
+class Body:
+    """A canned HTTP body for a botocore `AWSResponse` (fault injection in the tests)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **kwargs: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+def billed_write_units(stack: Stack, conversation_id: str, operation: Any) -> tuple[Any, int]:
+    """(`operation()`, the table write units DynamoDB would bill for it: moto reports none). From the
+    items written: an UpdateItem bills the larger of the record before and after, a transaction twice
+    each of its items."""
+    key = {"TableName": stack.refs["ConversationsTable"], "Key": {"conversation_id": {"S": conversation_id}}}
+    before = item_size(stack.dynamodb.get_item(**key)["Item"])
+    with captured_writes() as writes:
+        result = operation()
+    record = max(before, item_size(stack.dynamodb.get_item(**key)["Item"]))
+    units = 0
+    for name, params in writes:
+        transactional = name == "TransactWriteItems"
+        for entry in params["TransactItems"] if transactional else [{"Update": params}]:
+            [(kind, body)] = entry.items()
+            size = item_size(body["Item"]) if kind == "Put" else record if kind == "Update" else 0
+            units += write_units(size, transactional)
+    return result, units

@@ -17,19 +17,11 @@ from replies_engine.adapters.aws.clients import client
 from replies_engine.adapters.aws.secrets import twilio_credentials
 from replies_engine.webhook.responses import TransientWebhookError
 
-from .aws import captured_writes, history, item_size
+from .aws import Body, captured_writes, history, item_size
 from .conftest import conversation
 from .payloads import email_event, email_json, twilio_event, whatsapp_text
 
 pytestmark = pytest.mark.aws_only
-
-
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, **kwargs):
-        yield self.data
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def inject():
                 raise ReadTimeoutError(endpoint_url=request.url)
             body = json.dumps({"__type": f"com.amazonaws.{service}#{code}", "message": "injected"}).encode()
             headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": f"{code};Sender"}
-            return AWSResponse(request.url, status, headers, _Body(body))
+            return AWSResponse(request.url, status, headers, Body(body))
 
         event = f"before-send.{service}.{operation}"
         client(service).meta.events.register(event, answer)

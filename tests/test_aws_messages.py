@@ -15,7 +15,7 @@ from botocore.awsrequest import AWSResponse
 from replies_engine.adapters.aws.clients import client
 from replies_engine.ports import StoreError
 
-from .aws import captured_writes, history, item_size, write_units
+from .aws import Body, billed_write_units, history
 from .conftest import conversation
 
 pytestmark = pytest.mark.aws_only
@@ -148,14 +148,6 @@ def test_an_unlock_shows_the_messages_that_came_while_it_wrote(engine):
     assert [m["message_id"] for m in store.messages("c1")] == ["SMold", "SM1", "RE1"]
 
 
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, **kwargs):
-        yield self.data
-
-
 @pytest.fixture
 def answers():
     """answers(operation, body, match) → the next `operation` whose request contains `match` answers
@@ -170,7 +162,7 @@ def answers():
                 return None
             tries[0] += 1
             headers = {"Content-Type": "application/x-amz-json-1.0"}
-            return AWSResponse(request.url, 400, headers, _Body(json.dumps(body).encode()))
+            return AWSResponse(request.url, 400, headers, Body(json.dumps(body).encode()))
 
         event = f"before-send.dynamodb.{operation}"
         client("dynamodb").meta.events.register(event, answer)
@@ -344,25 +336,6 @@ def test_a_write_on_a_record_not_yet_migrated_migrates_it_first(engine, write):
 # --- what a message costs ------------------------------------------------------------------------
 
 
-def billed_write_units(engine, operation) -> int:
-    """Run `operation` on conversation c1; the table write units DynamoDB would bill for it (moto
-    reports none), from the items written: an UpdateItem bills the larger of the record before and
-    after, a transaction twice each of its items."""
-    key = {"TableName": engine.stack.refs["ConversationsTable"], "Key": {"conversation_id": {"S": "c1"}}}
-    before = item_size(engine.stack.dynamodb.get_item(**key)["Item"])
-    with captured_writes() as writes:
-        operation()
-    record = max(before, item_size(engine.stack.dynamodb.get_item(**key)["Item"]))
-    units = 0
-    for name, params in writes:
-        transactional = name == "TransactWriteItems"
-        for entry in params["TransactItems"] if transactional else [{"Update": params}]:
-            [(kind, body)] = entry.items()
-            size = item_size(body["Item"]) if kind == "Put" else record if kind == "Update" else 0
-            units += write_units(size, transactional)
-    return units
-
-
 @pytest.mark.parametrize("length", [10, 3000])
 def test_the_write_units_of_a_message_do_not_grow_with_the_history(engine, length):
     store = engine.runtime.store
@@ -370,12 +343,14 @@ def test_the_write_units_of_a_message_do_not_grow_with_the_history(engine, lengt
     incoming = history(length + 2)[length:]
     reply = {**incoming[1], "role": "assistant", "batch_id": "b1"}
 
-    lock = billed_write_units(
-        engine,
+    _, lock = billed_write_units(
+        engine.stack,
+        "c1",
         lambda: store.lock_and_append("c1", "b1", incoming[:1], now=time.time(), lock_timeout_seconds=LEASE),
     )
-    unlock = billed_write_units(
-        engine,
+    _, unlock = billed_write_units(
+        engine.stack,
+        "c1",
         lambda: store.release_lock("c1", "b1", status="ai_response_sent", now=time.time(), reply=reply),
     )
 
