@@ -195,10 +195,11 @@ def test_aws_requests_of_one_message_end_to_end(engine):
         "dynamodb.GetItem",  # stage 2: the record,
         "dynamodb.BatchGetItem",  # which of the batch's message ids are stored already (dedupe),
         "dynamodb.TransactWriteItems",  # lock + append: the record's Update and the message's Put,
-        "dynamodb.Query",  # the recent history (lsi-seq, newest first) for the AI context,
+        "dynamodb.Query",  # the newest messages (lsi-seq): the unanswered ones and the history before,
         "sqs.SendMessage",  # to the AI queue
-        "dynamodb.GetItem",
-        "dynamodb.GetItem",  # stage 3: the lock's holder, before and after the responder
+        "dynamodb.UpdateItem",  # stage 3: picked up, the lease starts again (fenced: still the holder?)
+        "dynamodb.GetItem",  # after the responder: still the holder? newer messages? handed off?
+        "dynamodb.UpdateItem",  # the reply noted as `sending` (fenced): never sent twice
         "sqs.SendMessage",  # the reply (to the outbox: no Twilio account here)
         "dynamodb.GetItem",  # the record's last_message_seq: the reply's place
         "dynamodb.TransactWriteItems",  # unlock + the reply's Put

@@ -138,7 +138,7 @@ def test_dlq_and_outbox_commands(env):
         ),
     )
 
-    assert cli_json(env, "sweep") == {"checked": 1, "reset": 1}
+    assert cli_json(env, "sweep") == {"checked": 1, "reset": 1, "redriven": 0}
     assert cli_json(env, "conversations", "show", "c1")["conversation_status"] == "processing_timeout"
     assert cli_json(env, "dlq", "list", "whatsapp") == []
     assert cli_json(env, "dlq", "redrive", "whatsapp") == {"queue": "whatsapp", "redriven": 0}

@@ -26,7 +26,7 @@ def history(n: int) -> list[dict]:
     return [
         {
             "message_id": f"SMh{i:031x}",  # never one of payloads.sid()
-            "role": "user" if i % 2 else "assistant",
+            "role": "assistant" if i % 2 else "user",  # answered: the last is a reply
             "content": f"message {i} " + "lorem ipsum dolor sit amet " * 5,
             "timestamp": f"2026-01-01T00:00:00.{i:06d}Z",
             "channel_type": "whatsapp",
@@ -62,7 +62,7 @@ def test_records_come_without_their_history(long):
 
 
 def test_a_long_conversation_dedupes_against_its_first_message_and_keeps_order(long):
-    first = history(HISTORY)[1]["message_id"]  # the person's first message, 3,000 messages ago
+    first = history(HISTORY)[0]["message_id"]  # the person's first message, 3,000 messages ago
     post(long, "a message Twilio delivers again", MessageSid=first)
     new = post(long, "can I move my appointment?")["MessageSid"]
 
@@ -135,3 +135,24 @@ def test_import_refuses_messages_that_are_not_a_list_of_objects(engine_env):
     )
 
     assert bad.returncode == 2 and "messages must be a list of objects" in bad.stderr
+
+
+def test_messages_that_joined_out_of_order_are_kept_in_arrival_order(engine):
+    """Two invocations at once (a pool, or Lambda) may commit a person's messages in the other order."""
+    store = engine.runtime.store
+    first, second = (
+        {
+            **history(2)[0],
+            "message_id": f"SM{n}",
+            "batch_id": None,
+            "timestamp": f"2026-02-01T00:00:0{n}.000000Z",
+        }
+        for n in (1, 2)
+    )
+    store.add_pending("c1", [second], now=0)
+    version = store.add_pending("c1", [first], now=0).record["pending_version"]
+
+    outcome = store.flush_pending("c1", "b1", pending_version=version, now=0, lock_timeout_seconds=300)
+
+    assert [m["message_id"] for m in outcome.appended] == ["SM1", "SM2"]
+    assert [m["message_id"] for m in store.messages("c1")][-2:] == ["SM1", "SM2"]

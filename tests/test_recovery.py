@@ -104,11 +104,14 @@ def test_a_killed_holder_is_recovered_by_lease_expiry(fast):
     assert fast.deliver("whatsapp") == 2
     [ai] = fast.queued("ai")
     assert ai["body"]["batch_id"] != dead_batch
-    assert [m["message_id"] for m in ai["body"]["messages"]] == [later]  # the other was appended already
+    # the dead holder's message was appended already, and is answered with the new one
+    assert [m["message_id"] for m in ai["body"]["messages"]] == [sid, later]
     fast.deliver("ai")
 
     assert occurrences(fast, sid) == (1, 0) and occurrences(fast, later) == (1, 0)
-    assert fast.get()["conversation_status"] == "ai_response_sent"
+    record = fast.get()
+    assert record["conversation_status"] == "ai_response_sent"
+    assert record["messages"][-1]["answers"] == [sid, later]
     assert fast.metric("DuplicateMessageDetected") == 1
 
 
@@ -117,16 +120,22 @@ def test_a_killed_holder_is_recovered_by_the_sweeper(fast):
     sid = post(fast, "are you there?")
     kill_a_holder(fast)
 
-    assert stalled_sweeper({}, None) == {"checked": 1, "reset": 0}  # still within its lease
+    assert stalled_sweeper({}, None) == {"checked": 1, "reset": 0, "redriven": 0}  # within its lease
     time.sleep(1.2)
-    assert stalled_sweeper({}, None) == {"checked": 1, "reset": 1}
+    assert stalled_sweeper({}, None) == {"checked": 1, "reset": 1, "redriven": 1}
 
-    record = fast.get()
-    assert record["conversation_status"] == "processing_timeout" and "lock_owner" not in record
-    assert fast.metric("LockTimeoutReset") == 1
+    # the dead holder's unanswered message goes to the AI again, under a new batch
+    [ai] = fast.queued("ai")
+    assert [m["message_id"] for m in ai["body"]["messages"]] == [sid]
+    assert fast.get()["lock_owner"] == ai["body"]["batch_id"]
+    assert fast.metric("MessagesRedriven") == 1 and fast.metric("UnansweredAtSweep") == 1
     assert fast.deliver("whatsapp") == 1  # the redelivered record: already appended, acknowledged
+    assert fast.deliver("ai") == 1
+    record = fast.get()
+    assert record["conversation_status"] == "ai_response_sent" and "lock_owner" not in record
+    assert [r["body"] for r in fast.outbox()] == ["Thanks, we received your 1 message."]
     assert occurrences(fast, sid) == (1, 0)
-    assert stalled_sweeper({}, None) == {"checked": 0, "reset": 0}
+    assert stalled_sweeper({}, None) == {"checked": 0, "reset": 0, "redriven": 0}
 
 
 def test_sweeper_reads_only_locked_conversations(fast):
@@ -148,7 +157,7 @@ def test_sweeper_reads_only_locked_conversations(fast):
     )
     fast.put(conversation("broken", conversation_status="processing_reply"))  # no start, no owner
 
-    assert stalled_sweeper({}, None) == {"checked": 3, "reset": 2}
+    assert stalled_sweeper({}, None) == {"checked": 3, "reset": 2, "redriven": 0}
     statuses = {c: fast.get(c)["conversation_status"] for c in ("stalled", "busy", "broken")}
     assert statuses == {
         "stalled": "processing_timeout",

@@ -40,6 +40,7 @@ class Runtime:
                 settings.openai_model,
                 timeout_seconds=settings.responder_timeout_seconds,
                 attempts=settings.responder_attempts,
+                max_connections=settings.reply_concurrency,
             )
         else:
             self.responder = LocalResponder(settings.local_responder_delay_seconds)

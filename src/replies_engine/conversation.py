@@ -64,6 +64,15 @@ def lock_age(record: dict[str, Any], now: float) -> float | None:
         return None
 
 
+def holds(record: dict[str, Any] | None, batch_id: str | None) -> bool:
+    """Does `batch_id` hold the conversation's lock (expired or not: the fencing token decides)?"""
+    return (
+        record is not None
+        and record.get("conversation_status") == PROCESSING_REPLY
+        and record.get("lock_owner") == batch_id
+    )
+
+
 def is_locked(record: dict[str, Any], now: float, lock_timeout_seconds: float) -> bool:
     """Locked: `processing_reply` and its lease younger than the timeout, so that a holder that died
     cannot block a conversation for longer than the lease. A lock of unreadable age stays locked:
@@ -72,6 +81,12 @@ def is_locked(record: dict[str, Any], now: float, lock_timeout_seconds: float) -
         return False
     age = lock_age(record, now)
     return age is None or age <= lock_timeout_seconds
+
+
+def in_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By arrival (stage 1's `received_at`, the message's `timestamp`), then id: writes that raced
+    (two invocations at once) may have kept them in another order."""
+    return sorted(messages, key=lambda m: (m.get("timestamp") or "", m.get("message_id") or ""))
 
 
 def split_duplicates(
@@ -99,7 +114,21 @@ def lock_fields(batch_id: str, fresh: list[dict[str, Any]], now: float) -> dict[
         "last_user_message_at": max(m.get("timestamp") or stamp for m in fresh),
         "last_batch_id": batch_id,
         "updated_at": stamp,
+        "redrives": 0,
+        "sending": {},
     }
+
+
+def split_unanswered(
+    recent: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """(answered, unanswered) of the newest messages `recent`, oldest first: the person's messages after
+    the last reply are the unanswered ones (a reply covers what its batch saw, and nothing joins the
+    conversation under a lock but its holder's messages). None when `recent` holds no reply: read more."""
+    for i in range(len(recent) - 1, -1, -1):
+        if recent[i].get("role") == "assistant":
+            return recent[: i + 1], [m for m in recent[i + 1 :] if m.get("role") == "user"]
+    return None
 
 
 def flush_due(

@@ -154,11 +154,20 @@ class ConversationStore(Protocol):
         `pending_messages` into `messages`, only if `pending_version` is still the one read."""
         ...
 
+    def renew_lock(
+        self, conversation_id: str, batch_id: str, *, now: float, changes: Record | None = None
+    ) -> Record | None:
+        """Only while `batch_id` holds the lock (expired or not: nobody took it over): its lease starts
+        again at `now`, and `changes` are set (`sending`, or a new `lock_owner` for a re-drive).
+        Returns the record after, or None when `batch_id` does not hold the lock."""
+        ...
+
     def release_lock(
         self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
     ) -> Record | None:
-        """Unlock to `status`, appending `reply`, only if `batch_id` still holds the lock (fencing).
-        Returns the record after, or None when `batch_id` did not hold the lock."""
+        """Unlock to `status`, appending `reply`, only if `batch_id` still holds the lock (fencing);
+        `sending` goes with the lock. Returns the record after, or None when `batch_id` did not hold
+        the lock."""
         ...
 
     def emergency_unlock(

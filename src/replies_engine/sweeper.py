@@ -1,38 +1,98 @@
-"""The stalled-lock sweeper: locks older than LOCK_TIMEOUT_SECONDS → `processing_timeout`.
+"""The stalled-lock sweeper: a lock whose lease ran out (its holder died) is recovered, and every
+message the holder left unanswered is answered.
 
-It reads only locked conversations (the sparse lock index), never the whole table.
+It reads only locked conversations (the sparse lock index), never the whole table. For each expired
+lease, in this order:
+- the holder had noted a reply as `sending`: it may have gone out, so it is recorded as sent
+  (`delivery: unknown`) and the lock released; never sent twice;
+- the person's messages after the last reply are unanswered: the lock passes to a new batch (fenced
+  on the dead holder's id, so its late reply is never sent) and their AI context goes to the AI queue
+  (`MessagesRedriven`); after MAX_RETRY_ATTEMPTS re-drives, to the AI queue's DLQ with the reason;
+- nothing unanswered: `processing_timeout`, as a plain reset.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 
 from . import clock
-from .batching.processor import flush_if_pending
+from .batching.processor import build_ai_context, dead_letter_context, flush_if_pending, unanswered
 from .bootstrap import Runtime
+from .channels import AI_QUEUE
 from .conversation import lock_age
+from .replies.pipeline import close_in_doubt
 
 logger = logging.getLogger(__name__)
 
 
 def sweep(runtime: Runtime) -> dict[str, int]:
-    """Reset every stalled lock; returns `{"checked": locked conversations read, "reset": freed}`."""
+    """Recover every stalled lock; returns `{"checked": locked conversations read, "reset": recovered,
+    "redriven": unanswered messages sent back to the AI}`."""
     now = clock.now()
     locked = runtime.store.list_locked()
-    reset = 0
-    for record in locked:
-        age = lock_age(record, now)
+    reset = redriven = 0
+    for entry in locked:
+        age = lock_age(entry, now)
         if age is not None and age <= runtime.settings.lock_timeout_seconds:
             continue
-        log = {
-            "conversation_id": record["conversation_id"],
-            "batch_id": record.get("lock_owner"),
-            "lock_age": age,
-        }
-        after = runtime.store.reset_stalled(record["conversation_id"], record.get("lock_owner"), now=now)
-        if after:
+        moved = _recover(runtime, entry["conversation_id"], entry.get("lock_owner"), now, age)
+        if moved is not None:
             reset += 1
-            flush_if_pending(runtime, after)
-            runtime.metrics.add("LockTimeoutReset")
-            logger.warning("stalled lock reset to processing_timeout", extra=log)
-    return {"checked": len(locked), "reset": reset}
+            redriven += moved
+    return {"checked": len(locked), "reset": reset, "redriven": redriven}
+
+
+def _recover(
+    runtime: Runtime, conversation_id: str, owner: str | None, now: float, age: float | None
+) -> int | None:
+    """Recover one expired lock: how many messages were re-driven, or None when it was not ours to free
+    (its holder renewed it or let go meanwhile)."""
+    store, metrics = runtime.store, runtime.metrics
+    log = {"conversation_id": conversation_id, "batch_id": owner, "lock_age": age}
+    record = store.get(conversation_id)  # the lock index projects only the lock's fields
+    if record is None or record.get("lock_owner") != owner:
+        return None
+    if sending := record.get("sending"):
+        return None if close_in_doubt(runtime, conversation_id, owner, sending) is None else 0
+    _, waiting = unanswered(runtime, conversation_id)
+    metrics.add("UnansweredAtSweep", len(waiting))
+    if not waiting:
+        after = store.reset_stalled(conversation_id, owner, now=now)
+        if after is None:
+            return None
+        metrics.add("LockTimeoutReset")
+        logger.warning("stalled lock reset to processing_timeout", extra=log)
+        flush_if_pending(runtime, after)
+        return 0
+    redrives = record.get("redrives", 0)
+    if redrives >= runtime.settings.max_retry_attempts:
+        after = store.reset_stalled(conversation_id, owner, now=now)
+        if after is None:
+            return None
+        reason = f"unanswered after {redrives} re-drives"
+        dead_letter_context(runtime, build_ai_context(runtime, after, owner), reason)
+        metrics.add("LockTimeoutReset")
+        logger.error(
+            "stalled lock reset; its unanswered messages dead-lettered", extra={**log, "reason": reason}
+        )
+        return 0
+    batch_id = f"batch-{uuid.uuid4().hex}"
+    changes = {"lock_owner": batch_id, "last_batch_id": batch_id, "redrives": redrives + 1, "sending": {}}
+    held = store.renew_lock(conversation_id, owner, now=now, changes=changes)
+    if held is None:
+        return None
+    try:
+        runtime.queue.send(
+            AI_QUEUE, json.dumps(build_ai_context(runtime, held, batch_id), ensure_ascii=False)
+        )
+    except Exception:  # the new lease expires in its turn and the next sweep tries again
+        logger.exception("re-drive failed: the next sweep tries again", extra={**log, "batch_id": batch_id})
+        return None
+    metrics.add("MessagesRedriven", len(waiting))
+    logger.warning(
+        "stalled lock re-driven: its unanswered messages go to the AI again",
+        extra={**log, "new_batch_id": batch_id, "messages": len(waiting)},
+    )
+    return len(waiting)

@@ -19,12 +19,21 @@ from .. import clock
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE, CHANNELS
 from ..config import SQS_MAX_DELAY_SECONDS
-from ..conversation import HISTORY_FIELDS, flush_delay, flush_due, is_locked, message_key, user_message
+from ..conversation import (
+    HISTORY_FIELDS,
+    flush_delay,
+    flush_due,
+    is_locked,
+    message_key,
+    split_unanswered,
+    user_message,
+)
 from ..ports import LockOutcome, OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
 HISTORY_MESSAGES = 20  # how much of the conversation before this batch the AI stage sees
+MAX_UNANSWERED = 100  # the newest unanswered messages one AI context carries (an SQS message is ≤ 256 KiB)
 FLUSH = "flush"  # debounce mode's token: "look at this conversation's pending messages now"
 
 
@@ -140,10 +149,7 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
     runtime.metrics.add("BatchSize", len(outcome.appended))
     try:
-        # the newest messages before this batch's: one bounded read, whatever the conversation's length
-        recent = runtime.store.messages(conversation_id, last=HISTORY_MESSAGES + len(outcome.appended))
-        history = [m for m in recent if m.get("batch_id") != batch_id][-HISTORY_MESSAGES:]
-        context = ai_context(outcome, batch_id, history)
+        context = build_ai_context(runtime, outcome.record, batch_id)
         runtime.queue.send(AI_QUEUE, json.dumps(context, ensure_ascii=False))
     except Exception as exc:
         logger.exception("AI hand-off failed after the lock was taken: emergency unlock", extra=log)
@@ -154,9 +160,42 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
         except Exception:
             logger.exception("emergency unlock failed; the lease will expire", extra=log)
         return False
-    logger.info("batch handed to the AI stage", extra={**log, "appended": len(outcome.appended)})
+    logger.info("batch handed to the AI stage", extra={**log, "messages": len(context["messages"])})
     _typing(runtime, outcome.appended[-1], log)
     return True
+
+
+def unanswered(runtime: Runtime, conversation_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the recent history, the person's messages after the last reply): a bounded read from the newest
+    back, however long the conversation."""
+    last = HISTORY_MESSAGES + 16
+    while True:
+        recent = runtime.store.messages(conversation_id, last=last)
+        split = split_unanswered(recent)
+        if len(recent) < last or last >= MAX_UNANSWERED:
+            answered, waiting = split or ([], [m for m in recent if m.get("role") == "user"])
+            return answered[-HISTORY_MESSAGES:], waiting[-MAX_UNANSWERED:]
+        if split and len(split[0]) >= HISTORY_MESSAGES:
+            return split[0][-HISTORY_MESSAGES:], split[1]
+        last *= 4
+
+
+def build_ai_context(runtime: Runtime, record: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    """The AI queue's message (DESIGN.md §4.5) for the batch that holds the lock: every message of the
+    person's not answered yet (this batch's, and any an expired holder left), and the history before."""
+    history, messages = unanswered(runtime, record["conversation_id"])
+    latest = messages[-1]
+    return {
+        "conversation_id": record["conversation_id"],
+        "batch_id": batch_id,
+        "channel_type": latest["channel_type"],
+        "messages": messages,
+        "conversation": {k: v for k, v in record.items() if k not in HISTORY_FIELDS},
+        "history": history,
+        # the reply goes back the way the last message came
+        "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
+        "first_received_at": min((m.get("timestamp") or "" for m in messages), default="") or None,
+    }
 
 
 def _typing(runtime: Runtime, latest: dict[str, Any], log: dict[str, Any]) -> None:
@@ -170,21 +209,21 @@ def _typing(runtime: Runtime, latest: dict[str, Any], log: dict[str, Any]) -> No
         logger.warning("typing indicator failed (best-effort)", extra={**log, "error": str(exc)})
 
 
-def ai_context(outcome: LockOutcome, batch_id: str, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The AI queue's message (DESIGN.md §4.5): this batch, the conversation, the recent history."""
-    record = outcome.record or {}
-    latest = outcome.appended[-1]
-    return {
-        "conversation_id": record["conversation_id"],
-        "batch_id": batch_id,
-        "channel_type": latest["channel_type"],
-        "messages": outcome.appended,
-        "conversation": {k: v for k, v in record.items() if k not in HISTORY_FIELDS},
-        "history": history,
-        # the reply goes back the way the last message came
-        "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
-        "first_received_at": min((m.get("timestamp") or "" for m in outcome.appended), default="") or None,
-    }
+def dead_letter_context(runtime: Runtime, context: dict[str, Any], reason: str) -> None:
+    """Messages nobody will answer by themselves: to the AI queue's DLQ, with the reason, for an
+    operator (`replies-engine dlq list ai`). Never raises: the log then keeps the trace."""
+    try:
+        runtime.queue.send(
+            f"{AI_QUEUE}-dlq",
+            json.dumps(context, ensure_ascii=False),
+            attributes={"conversation_id": context["conversation_id"], "DeadLetterReason": reason},
+        )
+        runtime.metrics.add("DeadLettered", len(context["messages"]))
+    except Exception:
+        logger.exception(
+            "dead-lettering failed: the messages stay unanswered in the conversation",
+            extra={"conversation_id": context["conversation_id"], "reason": reason},
+        )
 
 
 # --- debounce mode (DESIGN.md §4.6) ------------------------------------------------------------------

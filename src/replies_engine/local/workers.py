@@ -18,6 +18,7 @@ from typing import Any
 from .. import handlers
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE, BATCH_QUEUES
+from ..config import ConfigurationError
 from ..ports import QueuedMessage, TransientBackendError
 
 logger = logging.getLogger(__name__)
@@ -84,12 +85,10 @@ class QueueWorker:
             messages += receive(self.batch_size - len(messages), left)
         return messages
 
-    def poll_once(self, wait_seconds: float = 0, stop: threading.Event | None = None) -> int:
+    def poll_once(self, wait_seconds: float = 0) -> int:
         """Receive one batch and process it here; returns how many messages were received."""
         messages = self._receive(wait_seconds)
-        if messages and stop is not None and stop.is_set():
-            self._hand_back(messages)
-        elif messages:
+        if messages:
             self._process(messages)
         return len(messages)
 
@@ -151,6 +150,15 @@ class LocalEngine:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         settings = runtime.settings
+        # A reply still being made when its message becomes visible again would be made twice.
+        longest = settings.local_responder_delay_seconds
+        if hasattr(runtime.responder, "max_seconds"):  # a model over the network: its attempts, and a margin
+            longest = runtime.responder.max_seconds + 15
+        if settings.visibility_timeout_seconds <= longest:
+            raise ConfigurationError(
+                f"REPLIES_VISIBILITY_TIMEOUT_SECONDS={settings.visibility_timeout_seconds} is not longer than"
+                f" a reply may take ({longest:.0f} s)"
+            )
         self.workers = [
             QueueWorker(
                 runtime,
@@ -181,8 +189,9 @@ class LocalEngine:
             thread.start()
 
     def stop(self, timeout: float = 60) -> None:
-        """Stop receiving and let the batches in hand finish, for at most `timeout` seconds in all.
-        What is still unfinished then comes back after its visibility timeout (never lost)."""
+        """Stop receiving and wait up to `timeout` seconds in all for the batches in hand. Those still
+        running then finish before the process exits (a reply is never cut between its send and its
+        unlock); what was received and not begun went back to the queue."""
         self._stop.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:

@@ -1,10 +1,13 @@
 """Stage 3, the reference reply stage: produce the reply, send it, release the lock (only its holder).
 
-For each AI-queue record: if the batch no longer holds the lock (its lease expired and another batch
-took it), before or after the responder worked, the stale reply is not sent. A responder failure, or
-a send that failed for now, is retried with the lock kept (the record is reported failed); any other
-send failure unlocks to `processing_error`. Once a reply is sent the record is acknowledged, whatever
-the unlock does, so that a person never gets the same reply twice from our retries.
+For each AI-queue record: picking it up starts the lease again, and a heartbeat renews it while the
+responder works, so a slow model keeps the lock and only a dead holder loses it. If the batch no
+longer holds the lock (its lease expired and a new batch or the sweeper took it over and answers its
+messages), the stale reply is not sent. A responder failure, or a send that failed for now, is
+retried with the lock kept (the record is reported failed); any other send failure dead-letters the
+context with the reason and unlocks to `processing_error`. The reply is noted on the record before it
+goes (`sending`) and the record is acknowledged once it went, whatever the unlock does: a person never
+gets the same reply twice. The reply lists the messages it `answers`: exactly those the responder saw.
 
 Debounce mode (supersede): if newer messages are pending when the reply is ready, `regenerate` moves
 them in under the same lock and sends the extended context back through the AI queue; `drop`
@@ -15,21 +18,24 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
 from .. import clock
-from ..batching.processor import flush_if_pending
+from ..batching.processor import dead_letter_context, flush_if_pending
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
-from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, PROCESSING_ERROR, PROCESSING_REPLY, REPLY_SUPERSEDED
-from ..ports import TransientBackendError
+from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, PROCESSING_ERROR, REPLY_SUPERSEDED, holds
+from ..ports import Record, TransientBackendError
 from ..webhook.routing import handed_off
 from .senders import TransientSendError
 
 logger = logging.getLogger(__name__)
 
 _UNLOCK_ATTEMPTS = 3
+RETRY_BACKOFF_SECONDS = 10  # a failed reply's first retry; doubled with each receive,
+RETRY_MAX_WAIT_SECONDS = 120  # up to this: well within the lease (LOCK_TIMEOUT_SECONDS) the retry keeps
 _ROUNDS = 3  # regenerate at most this often: someone who never stops typing still gets an answer
 _ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
 
@@ -48,20 +54,60 @@ def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
             done = False
         if not done:
             failed.append({"itemIdentifier": record.get("messageId")})
+            _retry_soon(runtime, record)
     return {"batchItemFailures": failed}
+
+
+def _retry_soon(runtime: Runtime, record: dict[str, Any]) -> None:
+    """A failed reply comes back after a short, growing backoff, not after the queue's visibility
+    timeout (12 minutes in AWS): well within the lease that it keeps."""
+    receives = int((record.get("attributes") or {}).get("ApproximateReceiveCount") or 1)
+    try:
+        runtime.queue.change_visibility(
+            AI_QUEUE,
+            record["receiptHandle"],
+            min(RETRY_BACKOFF_SECONDS * 2 ** (receives - 1), RETRY_MAX_WAIT_SECONDS),
+        )
+    except Exception as exc:  # it comes back after the visibility timeout instead
+        logger.warning("could not shorten the retry's wait", extra={"error": str(exc)})
+
+
+def close_in_doubt(
+    runtime: Runtime, conversation_id: str, batch_id: str, sending: dict[str, Any]
+) -> Record | None:
+    """A holder died while sending: the reply it noted may have reached the person, so it is recorded
+    as sent (`delivery: unknown`) and the lock released; it is never sent twice."""
+    reply = {**sending, "message_id": f"unknown-{batch_id}", "timestamp": clock.iso(), "delivery": "unknown"}
+    after = runtime.store.release_lock(
+        conversation_id, batch_id, status=AI_RESPONSE_SENT, now=clock.now(), reply=reply
+    )
+    if after is not None:
+        runtime.metrics.add("ReplyInDoubt")
+        logger.warning(
+            "holder died while sending: its reply is recorded as sent, never sent twice",
+            extra={"conversation_id": conversation_id, "batch_id": batch_id},
+        )
+        flush_if_pending(runtime, after)
+    return after
 
 
 def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
-    if not _holds_lock(runtime, conversation_id, batch_id):
+    # Picked up: the lease starts again here, however long the context waited in the queue.
+    held = runtime.store.renew_lock(conversation_id, batch_id, now=clock.now())
+    if held is None:
         logger.warning("batch no longer holds the lock: its reply is not made", extra=log)
         return True
+    if held.get("sending"):  # an earlier attempt died while sending: its reply may have gone
+        close_in_doubt(runtime, conversation_id, batch_id, held["sending"])
+        return True
 
-    text = runtime.responder.respond(context)
+    with Heartbeat(runtime, conversation_id, batch_id):  # a slow model keeps the lock; a dead one not
+        text = runtime.responder.respond(context)
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
-        if record is None:  # the lease may have run out while it thought
+        if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over
             logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
             return True
         if handed_off(record, runtime.settings.honor_hand_off_to_human):
@@ -105,48 +151,94 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
                 extra={**log, "added": len(outcome.appended)},
             )
             return True
-    channel_type = context["channel_type"]
+    reply = {
+        "message_id": None,
+        "role": "assistant",
+        "content": text,
+        "timestamp": None,
+        "channel_type": context["channel_type"],
+        "batch_id": batch_id,
+        "answers": [m["message_id"] for m in context["messages"]],  # exactly what the responder saw
+    }
+    # Noted before it goes: if this holder dies after the send, the sweeper records the reply as sent
+    # (delivery unknown) instead of answering again. A person never gets the same answer twice.
+    if (
+        runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": reply})
+        is None
+    ):
+        logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
+        return True
     address = context.get("reply_address") or {}
     try:
-        provider_id = runtime.senders[channel_type].send(
-            channel_type, address.get("to"), address.get("from"), text, context
+        provider_id = runtime.senders[reply["channel_type"]].send(
+            reply["channel_type"], address.get("to"), address.get("from"), text, context
         )
     except (TransientSendError, TransientBackendError):
         logger.warning(
             "sending failed for now: the reply will be retried, the lock kept", extra=log, exc_info=True
         )
+        runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": {}})
         return False
     except Exception as exc:
         logger.exception("sending the reply failed", extra=log)
+        dead_letter_context(runtime, context, f"the reply could not be sent: {exc}")
         _unlock(runtime, log, status=PROCESSING_ERROR, reply=None, error=str(exc))
         return True
 
     # Sent: from here on the record is never reported failed, or the person would get it twice.
-    reply = {
-        "message_id": provider_id,
-        "role": "assistant",
-        "content": text,
-        "timestamp": clock.iso(),
-        "channel_type": channel_type,
-        "batch_id": batch_id,
-    }
-    _unlock(runtime, log, status=AI_RESPONSE_SENT, reply=reply)
+    _unlock(
+        runtime,
+        log,
+        status=AI_RESPONSE_SENT,
+        reply={**reply, "message_id": provider_id, "timestamp": clock.iso()},
+    )
     if context.get("first_received_at"):
         runtime.metrics.add("EndToEndSeconds", clock.now() - clock.parse_iso(context["first_received_at"]))
     logger.info("reply sent", extra={**log, "provider_message_id": provider_id})
     return True
 
 
+class Heartbeat:
+    """Renews the batch's lease every third of LOCK_TIMEOUT_SECONDS while the responder works: the
+    lease is there to free the lock of a dead holder, not of a slow one."""
+
+    def __init__(self, runtime: Runtime, conversation_id: str, batch_id: str) -> None:
+        self.runtime, self.conversation_id, self.batch_id = runtime, conversation_id, batch_id
+        self.interval = runtime.settings.lock_timeout_seconds / 3
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{batch_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if (
+                    self.runtime.store.renew_lock(self.conversation_id, self.batch_id, now=clock.now())
+                    is None
+                ):
+                    return  # taken over: the reply will not be sent (checked after the responder)
+            except Exception as exc:  # the next beat tries again; the lease has two more thirds
+                logger.warning(
+                    "lease renewal failed",
+                    extra={
+                        "conversation_id": self.conversation_id,
+                        "batch_id": self.batch_id,
+                        "error": str(exc),
+                    },
+                )
+
+
 def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> dict | None:
     """The record while `batch_id` holds its lock, else None."""
     record = runtime.store.get(conversation_id)
-    if (
-        record
-        and record.get("conversation_status") == PROCESSING_REPLY
-        and record.get("lock_owner") == batch_id
-    ):
-        return record
-    return None
+    return record if holds(record, batch_id) else None
 
 
 def _unlock(

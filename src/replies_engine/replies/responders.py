@@ -51,6 +51,7 @@ class OpenAIResponder:
         timeout_seconds: float = 30,
         attempts: int = 3,
         connect_timeout_seconds: float = 5,
+        max_connections: int = 64,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -60,14 +61,15 @@ class OpenAIResponder:
         self.timeout_seconds = timeout_seconds
         self.attempts = attempts
         self.connect_timeout_seconds = connect_timeout_seconds
+        self.max_connections = max_connections  # one per reply in flight: none waits for a connection
         self._http: httpx2.Client | None = None  # made on first use: importing httpx2 slows a cold start
         self._lock = threading.Lock()
 
     @property
     def max_seconds(self) -> float:
         """Worst-case duration of `respond`: every attempt connecting and waiting for the answer up to
-        its timeouts, and the longest wait between attempts (with at most 64 calls at once on this
-        instance: more would also wait for a free connection)."""
+        its timeouts, and the longest wait between attempts (with at most `max_connections` calls at
+        once on this instance: more would also wait for a free connection)."""
         attempt = self.connect_timeout_seconds + self.timeout_seconds
         return self.attempts * attempt + (self.attempts - 1) * MAX_BACKOFF_SECONDS
 
@@ -110,8 +112,9 @@ class OpenAIResponder:
 
                 self._http = httpx2.Client(
                     timeout=httpx2.Timeout(self.timeout_seconds, connect=self.connect_timeout_seconds),
-                    # the local engine answers tens of batches at once through this one client
-                    limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64),
+                    limits=httpx2.Limits(
+                        max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+                    ),
                 )
             return self._http
 

@@ -21,8 +21,8 @@ the sweeper queries that index, never scans the table.
 Tables from before kept `messages` in the record (and the oldest of them in `{id}#archive#…` items
 with `archive_of`): `migrate()` (`replies-engine migrate`) moves them into MessagesTable, the archived
 ones before the record's (seq ≤ 0). Every write path migrates a record it finds in the old shape
-before it writes (not its archives: finding those takes a Scan). Reads do not: until then `get()` and
-`messages()` show a record from before without its messages.
+before it writes (not its archives: finding those takes a Scan). Reads do not: until then
+`messages()` shows the messages such a record still holds itself.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from ...conversation import (
     PROCESSING_ERROR,
     PROCESSING_REPLY,
     PROCESSING_TIMEOUT,
+    holds,
+    in_order,
     is_locked,
     lock_fields,
     split_duplicates,
@@ -59,7 +61,7 @@ _LOCK_FREE = (
     "(attribute_not_exists(conversation_status) OR conversation_status <> :locked_status"
     " OR processing_started_at < :expiry)"
 )
-_LOCK_ATTRS = ("lock_owner", "gsi_locked")  # what an unlock removes
+_LOCK_ATTRS = ("lock_owner", "gsi_locked", "sending")  # what an unlock removes
 _RETRYABLE = frozenset({"None", "ConditionalCheckFailed", "TransactionConflict"})
 
 
@@ -124,6 +126,9 @@ class DynamoConversationStore:
         else:
             kwargs["ScanIndexForward"] = False
             items = self._items("query", kwargs, {"MaxItems": last, "PageSize": last})[::-1]
+        if not items:  # a record from before `replies-engine migrate` still holds its own
+            old = (self._get(conversation_id) or {}).get("messages", [])
+            return old[-last:] if last else old
         return [_message(item) for item in items]
 
     def list(self, status: str | None = None) -> list[Record]:
@@ -280,11 +285,11 @@ class DynamoConversationStore:
             return LockOutcome("missing")
         if record.get("pending_version", 0) != pending_version:
             return LockOutcome("changed")
-        if (held and not _holds(record, batch_id)) or (
+        if (held and not holds(record, batch_id)) or (
             not held and is_locked(record, now, lock_timeout_seconds)
         ):
             return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-        pending = [{**m, "batch_id": batch_id} for m in record.get("pending_messages", [])]
+        pending = [{**m, "batch_id": batch_id} for m in in_order(record.get("pending_messages", []))]
         fresh, duplicates = split_duplicates(self._stored(conversation_id, pending), pending)
         moved, rest = fresh[:MAX_NEW_MESSAGES], fresh[MAX_NEW_MESSAGES:]  # the rest wait for the next batch
         fields: dict[str, Any] = {
@@ -327,7 +332,7 @@ class DynamoConversationStore:
             return self._fenced(conversation_id, batch_id, fields)
         for _ in range(_ATTEMPTS):
             record = self._current(conversation_id)
-            if record is None or not _holds(record, batch_id):
+            if record is None or not holds(record, batch_id):
                 return None
             seq = record.get("last_message_seq", 0)
             written = {**fields, "last_message_seq": seq + 1} if reply is not None else fields
@@ -342,7 +347,7 @@ class DynamoConversationStore:
                 if failed.reasons[1:] == ["ConditionalCheckFailed"]:
                     reply = None  # a message with its id is in the history already
                 continue
-            return _after(record, written, removed=("lock_owner",))
+            return _after(record, written, removed=_LOCK_ATTRS)
         raise _contended(conversation_id)
 
     def emergency_unlock(
@@ -350,7 +355,7 @@ class DynamoConversationStore:
     ) -> Record | None:
         for _ in range(_ATTEMPTS):
             record = self._current(conversation_id)
-            if record is None or not _holds(record, batch_id):
+            if record is None or not holds(record, batch_id):
                 return None
             batch = self._batch_items(conversation_id, batch_id)
             fields: dict[str, Any] = {
@@ -386,8 +391,16 @@ class DynamoConversationStore:
             self._batch_write(
                 [{"DeleteRequest": {"Key": d["Delete"]["Key"]}} for d in deletes[MAX_NEW_MESSAGES:]]
             )
-            return _after(record, fields, removed=("lock_owner",))
+            return _after(record, fields, removed=_LOCK_ATTRS)
         raise _contended(conversation_id)
+
+    def renew_lock(
+        self, conversation_id: str, batch_id: str, *, now: float, changes: Record | None = None
+    ) -> Record | None:
+        """One UpdateItem fenced on `batch_id` holding the lock, no read."""
+        stamp = clock.iso(now)
+        fields = {**(changes or {}), "processing_started_at": stamp, "updated_at": stamp}
+        return self._fenced(conversation_id, batch_id, fields, remove=())
 
     def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> Record | None:
         return self._fenced(
@@ -605,11 +618,13 @@ class DynamoConversationStore:
                     time.sleep(random.uniform(0.01, 0.05))  # the other transaction is done in milliseconds
                 raise _ConditionFailed(reasons) from exc
 
-    def _fenced(self, conversation_id: str, batch_id: str | None, fields: Record) -> Record | None:
-        """An unlock only the lock's holder may make, setting `fields`: the record after, or None when
-        `batch_id` does not hold the lock. One UpdateItem, no read."""
+    def _fenced(
+        self, conversation_id: str, batch_id: str | None, fields: Record, remove: Sequence[str] = _LOCK_ATTRS
+    ) -> Record | None:
+        """An update only the lock's holder may make (by default an unlock), setting `fields`: the
+        record after, or None when `batch_id` does not hold the lock. One UpdateItem, no read."""
         fence, values = _fence(batch_id)
-        update = self._update_op(conversation_id, fields, fence, values, remove=_LOCK_ATTRS)
+        update = self._update_op(conversation_id, fields, fence, values, remove=remove)
         for _ in range(_ATTEMPTS):
             try:
                 return self._updated(update)
@@ -724,10 +739,6 @@ class DynamoConversationStore:
 
 def _contended(conversation_id: str) -> TransientStoreError:
     return TransientStoreError(f"conversation {conversation_id}: too many concurrent writes")
-
-
-def _holds(record: Record, batch_id: str | None) -> bool:
-    return record.get("conversation_status") == PROCESSING_REPLY and record.get("lock_owner") == batch_id
 
 
 def _fence(batch_id: str | None) -> tuple[str, dict[str, Any]]:

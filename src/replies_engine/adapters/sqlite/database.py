@@ -128,6 +128,8 @@ class Database:
     """Connections to one SQLite file; the schema is created by the first connection of a process."""
 
     def __init__(self, path: str, busy_timeout_ms: int = 2000) -> None:
+        if sqlite3.sqlite_version_info < (3, 35):  # DELETE … RETURNING
+            raise ConfigurationError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or newer is needed")
         self.path = path
         self._timeout = busy_timeout_ms / 1000
         self._local = threading.local()

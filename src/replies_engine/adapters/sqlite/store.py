@@ -19,6 +19,8 @@ from ...conversation import (
     PROCESSING_ERROR,
     PROCESSING_REPLY,
     PROCESSING_TIMEOUT,
+    holds,
+    in_order,
     is_locked,
     lock_fields,
     split_duplicates,
@@ -61,6 +63,8 @@ class SqliteConversationStore:
         return found[0] if found else None
 
     def messages(self, conversation_id: str, *, last: int | None = None) -> list[Record]:
+        if last is not None and last <= 0:
+            return []
         sql = "SELECT message FROM messages WHERE conversation_id = ? ORDER BY seq DESC"
         args: tuple = (conversation_id,)
         if last is not None:
@@ -165,12 +169,11 @@ class SqliteConversationStore:
         def flush(record: Record, conn: sqlite3.Connection) -> LockOutcome:
             if record.get("pending_version", 0) != pending_version:
                 return LockOutcome("changed")
-            ours = (
-                record.get("conversation_status") == PROCESSING_REPLY and record.get("lock_owner") == batch_id
-            )
-            if (held and not ours) or (not held and is_locked(record, now, lock_timeout_seconds)):
+            if (held and not holds(record, batch_id)) or (
+                not held and is_locked(record, now, lock_timeout_seconds)
+            ):
                 return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-            pending = [{**m, "batch_id": batch_id} for m in record.get("pending_messages", [])]
+            pending = [{**m, "batch_id": batch_id} for m in in_order(record.get("pending_messages", []))]
             fresh, duplicates = split_duplicates(_present(conn, conversation_id, pending), pending)
             record.update(pending_messages=[], pending_version=pending_version + 1)
             if not fresh:
@@ -183,6 +186,17 @@ class SqliteConversationStore:
             conversation_id, flush, write_if=lambda o: o.status in ("acquired", "duplicates")
         )
         return outcome or LockOutcome("missing")
+
+    def renew_lock(
+        self, conversation_id: str, batch_id: str, *, now: float, changes: Record | None = None
+    ) -> Record | None:
+        def renew(record: Record, _: sqlite3.Connection) -> Record | None:
+            if not holds(record, batch_id):
+                return None
+            record.update(changes or {}, processing_started_at=clock.iso(now), updated_at=clock.iso(now))
+            return record
+
+        return self._update(conversation_id, renew)
 
     def release_lock(
         self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
@@ -224,9 +238,10 @@ class SqliteConversationStore:
         """Unlock with `change`, only if `batch_id` holds the lock: the record after, or None."""
 
         def unlock(record: Record, conn: sqlite3.Connection) -> Record | None:
-            if record.get("conversation_status") != PROCESSING_REPLY or record.get("lock_owner") != batch_id:
+            if not holds(record, batch_id):
                 return None
             record.pop("lock_owner", None)
+            record.pop("sending", None)
             change(record, conn)
             record["updated_at"] = clock.iso(now)
             return record
