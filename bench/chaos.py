@@ -1,9 +1,9 @@
 """Every accepted message answered, through crashes (issue 13): seeded runs on both backends, counted.
 
 A run: a few people write bursts to their conversations (the default debounce mode, a 1 s lease),
-while the engine is killed again and again at a seeded point: before or after one of its store or
-queue calls (SQLite, or DynamoDB and SQS on moto), or, with --serve, a live `replies-engine serve`
-by SIGKILL. After a kill the engine starts again (a new runtime; SQS and the embedded queue hand
+while the engine is killed one to three times at a seeded point: before or after one of its store or
+queue calls (SQLite, or DynamoDB and SQS on moto; over the seeds the first kill walks every one of
+the first 50 calls, before and after), or, with --serve, a live `replies-engine serve` by SIGKILL. After a kill the engine starts again (a new runtime; SQS and the embedded queue hand
 back what was in flight after its visibility timeout; the sweeper recovers expired leases), and the
 run goes on until nothing changes. Then it counts, over all runs:
 
@@ -47,6 +47,7 @@ from replies_engine.local.workers import QueueWorker  # noqa: E402
 
 PEOPLE = 3
 LEASE = 1
+CRASH_POINTS = 50  # a run makes some 100 store and queue calls; its first 50 are where batches start
 STORE_CALLS = ("get", "find_active", "messages", "lock_and_append", "add_pending", "flush_pending",
                "renew_lock", "release_lock", "emergency_unlock", "reset_stalled", "list_locked")  # fmt: skip
 QUEUE_CALLS = ("send", "send_batch", "receive", "delete", "change_visibility")
@@ -78,9 +79,9 @@ class Crash:
     """Kills the engine once, before or after its `at`-th store or queue call (this thread's only:
     a real crash stops every thread, a simulated one would leave the others running)."""
 
-    def __init__(self, rng: random.Random) -> None:
-        self.at = rng.randint(1, 40)
-        self.after = rng.random() < 0.5  # after the call: its write happened, its answer is lost
+    def __init__(self, at: int, after: bool) -> None:
+        self.at = at
+        self.after = after  # after the call: its write happened, its answer is lost
         self.calls = 0
         self.main = threading.current_thread()
 
@@ -156,10 +157,14 @@ def run_in_process(backend: str, seed: int, stack_factory: Any) -> Counter:
     accepted: dict[str, str] = {}
     crashes, crash, kills = rng.randint(1, 3), None, 0
 
+    # The first kill walks every point in turn as the seeds go (before and after each of the first
+    # CRASH_POINTS calls); the later ones fall where the seed says.
+    points = iter([(seed // 2 % CRASH_POINTS + 1, seed % 2 == 1)])
+
     def restart() -> None:
         nonlocal crash, crashes
         reset_runtime()
-        crash = Crash(rng) if crashes else None
+        crash = Crash(*next(points, (rng.randint(1, CRASH_POINTS), rng.random() < 0.5))) if crashes else None
         crashes -= 1
         if crash:
             crash.arm(get_runtime())
