@@ -34,8 +34,8 @@ from .senders import TransientSendError
 logger = logging.getLogger(__name__)
 
 _UNLOCK_ATTEMPTS = 3
-RETRY_BACKOFF_SECONDS = 10  # a failed reply's first retry; doubled with each receive,
-RETRY_MAX_WAIT_SECONDS = 120  # up to this: well within the lease (LOCK_TIMEOUT_SECONDS) the retry keeps
+RETRY_BACKOFF_SECONDS = 10  # a failed reply's wait before its first retry, doubled with each receive
+RETRY_MAX_WAIT_SECONDS = 120  # and at most this: well within the lease (LOCK_TIMEOUT_SECONDS) it keeps
 _ROUNDS = 3  # regenerate at most this often: someone who never stops typing still gets an answer
 _ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
 
