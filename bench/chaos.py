@@ -12,8 +12,9 @@ run goes on until nothing changes. Then it counts, over all runs:
   double      messages answered by two replies that both saw them
   locked      conversations left locked
   dead        messages dead-lettered for an operator (not lost, not answered)
-  in doubt    replies recorded as sent when their holder died while sending (at most once: such a
-              reply may not have reached the person, and is never sent twice)
+  in doubt    replies recorded as sent when their holder died while sending: never sent twice,
+  never sent  and of those, the ones that had not gone out (the person got no reply: the price of
+              at most once, since Twilio's API cannot make a send idempotent)
 
     .venv/bin/python bench/chaos.py [--runs 200] [--backends sqlite,aws] [--seed 1] [--serve 0]
 """
@@ -133,7 +134,9 @@ def verdict(accepted: dict[str, str], stack: Any) -> Counter:
         answered = Counter(sid for r in replies for sid in r.get("answers", []))
         counts["double"] += sum(1 for times in answered.values() if times > 1)
         counts["double"] += sum(1 for r in replies if sent[r["batch_id"]] > 1)  # one reply, sent twice
-        counts["in doubt"] += sum(1 for r in replies if r.get("delivery") == "unknown")
+        doubtful = [r for r in replies if r.get("delivery") == "unknown"]
+        counts["in doubt"] += len(doubtful)
+        counts["never sent"] += sum(1 for r in doubtful if not sent[r["batch_id"]])
         counts["locked"] += record["conversation_status"] == "processing_reply"
     counts["dead"] += dead_letters(stack)
     counts["lost"] -= min(counts["lost"], counts["dead"])  # a dead-lettered message is kept, not lost
@@ -283,7 +286,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    columns = ("kills", "messages", "lost", "unanswered", "double", "locked", "dead", "in doubt")
+    columns = (
+        "kills",
+        "messages",
+        "lost",
+        "unanswered",
+        "double",
+        "locked",
+        "dead",
+        "in doubt",
+        "never sent",
+    )
     print(f"{'engine':<16} {'runs':>5} {'s':>5} " + " ".join(f"{c:>10}" for c in columns))
     for name, row in results.items():
         print(
