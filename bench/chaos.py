@@ -96,10 +96,11 @@ class Crash:
             if threading.current_thread() is not self.main:
                 return call(*args, **kwargs)
             self.calls += 1
-            if self.calls == self.at and not self.after:
+            number = self.calls  # its own: a call may make others (send → send_batch)
+            if number == self.at and not self.after:
                 raise Killed
             result = call(*args, **kwargs)
-            if self.calls == self.at:
+            if number == self.at:
                 raise Killed
             return result
 

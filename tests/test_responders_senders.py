@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from replies_engine import clock
 from replies_engine.replies.responders import OpenAIResponder, ResponderError
 from replies_engine.replies.senders import TwilioSender
 
@@ -241,7 +242,7 @@ def test_twilio_sender_creates_a_message_with_twilios_client():
         "whatsapp", "whatsapp:+4915112345678", "whatsapp:+14155238886", "Sure, which day?", AI_CONTEXT
     )
 
-    assert sid == "SM" + "f" * 32
+    assert sid == f"SM{1:032x}"
     [request] = http.requests
     assert request["method"] == "POST"
     assert request["uri"] == f"https://api.twilio.com/2010-04-01/Accounts/AC{'1' * 32}/Messages.json"
@@ -251,6 +252,33 @@ def test_twilio_sender_creates_a_message_with_twilios_client():
         "Body": "Sure, which day?",
     }
     assert request["auth"] == ("AC" + "1" * 32, "token")
+
+
+def test_twilio_sender_tells_whether_a_noted_reply_went_out():
+    """What a holder that died while sending leaves for the next one to ask (issue 13)."""
+    http = TwilioApi()
+    sender = TwilioSender(lambda: "AC" + "1" * 32, lambda: "token", http_client=http)
+    to, from_ = "whatsapp:+4915112345678", "whatsapp:+14155238886"
+    noted = {
+        "batch_id": "b1",
+        "content": "Sure, which day?",
+        "to": to,
+        "from": from_,
+        "timestamp": clock.iso(),
+    }
+
+    assert sender.went_out(noted) is False  # nothing went out yet
+    sender.send("whatsapp", to, from_, "something else", AI_CONTEXT)
+    assert sender.went_out(noted) is False  # another body is another reply
+    sid = sender.send("whatsapp", to, from_, "Sure, which day?", AI_CONTEXT)
+    assert sender.went_out(noted) == sid
+    assert (
+        sender.went_out({**noted, "timestamp": clock.iso(clock.now() + 60)}) is False
+    )  # sent before the note
+    assert http.requests[-1]["method"] == "GET"
+
+    http.list_status = 500
+    assert sender.went_out(noted) is None  # Twilio cannot say: in doubt, never sent twice
 
 
 def test_replies_go_through_twilio_only_when_an_account_is_configured(engine):

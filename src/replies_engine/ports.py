@@ -234,6 +234,11 @@ class Outbox(Protocol):
 
     def list(self) -> list[Record]: ...
 
+    def find(self, batch_id: str) -> Record | bool | None:
+        """The entry that `batch_id`'s reply became, False when there is none, None when this outbox
+        cannot be searched (a queue)."""
+        ...
+
 
 class Responder(Protocol):
     """Produces the reply to a batch: the AI stage."""
@@ -245,3 +250,8 @@ class Sender(Protocol):
     """Delivers a reply on its channel; returns the provider's message id."""
 
     def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: Record) -> str: ...
+
+    def went_out(self, reply: Record) -> str | bool | None:
+        """Did `reply` (noted as `sending`: batch_id, content, to, from, timestamp) go out? The
+        provider's message id if it did, False if it surely did not, None when the provider cannot tell."""
+        ...

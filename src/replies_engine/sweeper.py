@@ -3,8 +3,9 @@ message the holder left unanswered is answered.
 
 It reads only locked conversations (the sparse lock index), never the whole table. For each expired
 lease, in this order:
-- the holder had noted a reply as `sending`: it may have gone out, so it is recorded as sent
-  (`delivery: unknown`) and the lock released; never sent twice;
+- the holder had noted a reply as `sending`: if the sender says it went out (or cannot tell), it is
+  recorded as sent (`delivery: sent` or `unknown`) and the lock released, never sent twice; if it
+  surely did not, as below;
 - the person's messages after the last reply are unanswered: the lock passes to a new batch (fenced
   on the dead holder's id, so its late reply is never sent) and their AI context goes to the AI queue
   (`MessagesRedriven`); after MAX_RETRY_ATTEMPTS re-drives, to the AI queue's DLQ with the reason;
@@ -55,7 +56,9 @@ def _recover(
     if record is None or record.get("lock_owner") != owner:
         return None
     if sending := record.get("sending"):
-        return None if close_in_doubt(runtime, conversation_id, owner, sending) is None else 0
+        closed = close_in_doubt(runtime, conversation_id, owner, sending)
+        if closed != "resend":
+            return None if closed == "lost" else 0
     _, waiting = unanswered(runtime, conversation_id)
     metrics.add("UnansweredAtSweep", len(waiting))
     if not waiting:

@@ -267,8 +267,15 @@ def flush(conversation_id: str, runtime: Runtime) -> bool:
         due = flush_due(
             pending, now, settings.quiet_seconds, settings.max_wait_seconds, settings.max_batch_messages
         )
-        if not due or is_locked(record, now, settings.lock_timeout_seconds):
-            return True  # a later token exists, or the unlock will send one
+        if not due:
+            return True  # the token that followed the newest message comes when it is due
+        if is_locked(record, now, settings.lock_timeout_seconds):
+            # Back later: the unlock sends a token too, but a crash between the unlock and its token
+            # must not leave these messages waiting for nobody. (Tokens never multiply: one for one.)
+            send_flush_token(
+                runtime, conversation_id, pending[-1]["channel_type"], max(1, settings.quiet_seconds)
+            )
+            return True
         batch_id = f"batch-{uuid.uuid4().hex}"
         outcome = runtime.store.flush_pending(
             conversation_id,

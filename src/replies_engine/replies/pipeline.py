@@ -27,7 +27,7 @@ from ..batching.processor import dead_letter_context, flush_if_pending
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
 from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, PROCESSING_ERROR, REPLY_SUPERSEDED, holds
-from ..ports import Record, TransientBackendError
+from ..ports import TransientBackendError
 from ..webhook.routing import handed_off
 from .senders import TransientSendError
 
@@ -72,23 +72,37 @@ def _retry_soon(runtime: Runtime, record: dict[str, Any]) -> None:
         logger.warning("could not shorten the retry's wait", extra={"error": str(exc)})
 
 
-def close_in_doubt(
-    runtime: Runtime, conversation_id: str, batch_id: str, sending: dict[str, Any]
-) -> Record | None:
-    """A holder died while sending: the reply it noted may have reached the person, so it is recorded
-    as sent (`delivery: unknown`) and the lock released; it is never sent twice."""
-    reply = {**sending, "message_id": f"unknown-{batch_id}", "timestamp": clock.iso(), "delivery": "unknown"}
+def close_in_doubt(runtime: Runtime, conversation_id: str, batch_id: str, sending: dict[str, Any]) -> str:
+    """A holder died while sending the reply it noted. Asked, the sender tells whether it went out:
+    then it is recorded (`delivery: sent`, or `unknown` when the provider cannot tell: it may have
+    reached the person, so it is never sent twice) and the lock released: "recorded". If it surely did
+    not go out, the note is cleared and the lock kept, for the batch to be answered: "resend". "lost":
+    `batch_id` no longer holds the lock."""
+    log = {"conversation_id": conversation_id, "batch_id": batch_id}
+    went = runtime.senders[sending["channel_type"]].went_out(sending)
+    if went is False:
+        logger.warning("holder died before its reply went out: it will be answered", extra=log)
+        renewed = runtime.store.renew_lock(
+            conversation_id, batch_id, now=clock.now(), changes={"sending": {}}
+        )
+        return "lost" if renewed is None else "resend"
+    reply = {
+        **sending,
+        "message_id": went or f"unknown-{batch_id}",
+        "delivery": "sent" if went else "unknown",
+    }
     after = runtime.store.release_lock(
         conversation_id, batch_id, status=AI_RESPONSE_SENT, now=clock.now(), reply=reply
     )
-    if after is not None:
-        runtime.metrics.add("ReplyInDoubt")
-        logger.warning(
-            "holder died while sending: its reply is recorded as sent, never sent twice",
-            extra={"conversation_id": conversation_id, "batch_id": batch_id},
-        )
-        flush_if_pending(runtime, after)
-    return after
+    if after is None:
+        return "lost"
+    runtime.metrics.add("ReplyInDoubt" if went is None else "ReplyRecovered")
+    logger.warning(
+        "holder died while sending: its reply is recorded, never sent twice",
+        extra={**log, "delivery": reply["delivery"]},
+    )
+    flush_if_pending(runtime, after)
+    return "recorded"
 
 
 def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
@@ -99,8 +113,11 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     if held is None:
         logger.warning("batch no longer holds the lock: its reply is not made", extra=log)
         return True
-    if held.get("sending"):  # an earlier attempt died while sending: its reply may have gone
-        close_in_doubt(runtime, conversation_id, batch_id, held["sending"])
+    # an earlier attempt died while sending: unless its reply surely did not go, it is not made again
+    if (
+        held.get("sending")
+        and close_in_doubt(runtime, conversation_id, batch_id, held["sending"]) != "resend"
+    ):
         return True
 
     with Heartbeat(runtime, conversation_id, batch_id):  # a slow model keeps the lock; a dead one not
@@ -151,24 +168,26 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
                 extra={**log, "added": len(outcome.appended)},
             )
             return True
+    address = context.get("reply_address") or {}
     reply = {
         "message_id": None,
         "role": "assistant",
         "content": text,
-        "timestamp": None,
+        "timestamp": clock.iso(),  # noted: a sender asked later whether it went looks from here
         "channel_type": context["channel_type"],
         "batch_id": batch_id,
         "answers": [m["message_id"] for m in context["messages"]],  # exactly what the responder saw
+        "to": address.get("to"),
+        "from": address.get("from"),
     }
-    # Noted before it goes: if this holder dies after the send, the sweeper records the reply as sent
-    # (delivery unknown) instead of answering again. A person never gets the same answer twice.
+    # Noted before it goes: if this holder dies after the send, whoever finds the note asks the sender
+    # whether it went, and records it instead of answering again. Nobody gets the same answer twice.
     if (
         runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": reply})
         is None
     ):
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
         return True
-    address = context.get("reply_address") or {}
     try:
         provider_id = runtime.senders[reply["channel_type"]].send(
             reply["channel_type"], address.get("to"), address.get("from"), text, context

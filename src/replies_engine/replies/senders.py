@@ -30,6 +30,10 @@ class OutboxSender:
             }
         )
 
+    def went_out(self, reply: dict[str, Any]) -> str | bool | None:
+        found = self.outbox.find(reply["batch_id"])
+        return found["message_id"] if found else found
+
 
 class TwilioSender:
     """WhatsApp and SMS through Twilio's REST API (twilio's Client, imported only here: ~140 ms)."""
@@ -73,3 +77,22 @@ class TwilioSender:
             raise
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
             raise TransientSendError(f"Twilio unreachable: {exc}") from exc
+
+    def went_out(self, reply: dict[str, Any]) -> str | bool | None:
+        """Twilio's newest messages from us to the person: one with this body, created since the reply
+        was noted, is it (queued ones included: they have no date_sent yet). None if Twilio can't say."""
+        from datetime import datetime, timedelta
+
+        # Twilio's dates are whole seconds
+        noted = datetime.fromisoformat(reply["timestamp"].replace("Z", "+00:00")) - timedelta(seconds=1)
+        try:
+            for message in self.client().messages.list(to=reply["to"], from_=reply["from"], limit=20):
+                if (
+                    message.body == reply["content"]
+                    and message.date_created
+                    and message.date_created >= noted
+                ):
+                    return message.sid
+        except Exception:  # Twilio unreachable, or refusing: in doubt, so never sent twice
+            return None
+        return False

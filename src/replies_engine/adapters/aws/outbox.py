@@ -21,5 +21,8 @@ class SqsOutbox:
         self.queue.send("outbox", body, attributes={"conversation_id": entry.get("conversation_id") or ""})
         return message_id
 
+    def find(self, batch_id: str) -> None:
+        return None  # a queue cannot be searched
+
     def list(self) -> list[Record]:
         raise QueueError("the AWS outbox is an SQS queue: read it with its consumer, or `queues stats`")

@@ -24,6 +24,15 @@ class SqliteOutbox:
             )
         return message_id
 
+    def find(self, batch_id: str) -> Record | bool:
+        with translated_errors(StoreError, TransientStoreError):
+            row = (
+                self._db.connection()
+                .execute("SELECT entry FROM outbox WHERE json_extract(entry, '$.batch_id') = ?", (batch_id,))
+                .fetchone()
+            )
+        return json.loads(row["entry"]) if row else False
+
     def list(self) -> list[Record]:
         with translated_errors(StoreError, TransientStoreError):
             rows = self._db.connection().execute("SELECT entry FROM outbox ORDER BY seq").fetchall()
