@@ -45,6 +45,7 @@ from tests.payloads import TOKEN, twilio_event, whatsapp_text  # noqa: E402
 from replies_engine.bootstrap import get_runtime, reset_runtime  # noqa: E402
 from replies_engine.handlers import batch_processor, reply_sender, stalled_sweeper, webhook_handler  # noqa: E402
 from replies_engine.local.workers import QueueWorker  # noqa: E402
+from replies_engine.replies import pipeline  # noqa: E402
 
 PEOPLE = 3
 LEASE = 1
@@ -154,6 +155,7 @@ def run_in_process(backend: str, seed: int, stack_factory: Any) -> Counter:
     if stack:
         os.environ.update(stack.environment(), REPLIES_BACKEND="aws")
     reset_runtime()
+    pipeline.RETRY_BACKOFF_SECONDS = LEASE  # a failed reply's retry, scaled down with the lease
     for n in range(PEOPLE):
         get_runtime().store.put(conversation(f"p{n}", gsi_recipient_tel=person(n)))
     trace = [(n, message(n, i)) for n in range(PEOPLE) for i in range(rng.randint(1, 3))]
