@@ -10,12 +10,15 @@ import os
 import pytest
 from bench.chaos import run_in_process
 
+from replies_engine.replies import pipeline
+
 from .aws import Stack
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_seeded_crashes_lose_nothing_and_answer_everyone(backend, seed, request, monkeypatch):
-    monkeypatch.setattr(os, "environ", dict(os.environ))  # the run sets its own environment
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the run sets its own environment,
+    monkeypatch.setattr(pipeline, "RETRY_BACKOFF_SECONDS", pipeline.RETRY_BACKOFF_SECONDS)  # and timings
     endpoint = request.getfixturevalue("moto_endpoint") if backend == "aws" else None
 
     counts = run_in_process(backend, seed, lambda: Stack(endpoint))
