@@ -7,20 +7,32 @@ import logging
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import requests
+import urllib3
 from twilio.http import HttpClient
 from twilio.http.response import Response
 
 
 class TwilioApi(HttpClient):
     """twilio's own Client talks to this instead of api.twilio.com: it records each request and answers
-    like Twilio (a created message; the typing indicator with `typing_status`)."""
+    like Twilio (a created message; the typing indicator with `typing_status`).
 
-    def __init__(self, typing_status: int = 200, list_status: int = 200) -> None:
+    `failures` scripts the next creates, one entry each: an error code (21610, 63016, …: Twilio's
+    400 with that code), an HTTP status (429, 500, 503), "timeout" (the message IS created, then the
+    answer times out) or "refused" (no connection: nothing created)."""
+
+    def __init__(self, typing_status: int = 200, list_status: int = 200, failures=()) -> None:
         super().__init__(logging.getLogger("twilio-test"), False)
         self.typing_status = typing_status
         self.list_status = list_status
+        self.failures = list(failures)
         self.requests: list[dict] = []
         self.created: list[dict] = []  # the messages "sent", newest first, as Twilio lists them
+
+    @property
+    def bodies(self) -> list[str]:
+        """What reached the person, oldest first."""
+        return [m["body"] for m in reversed(self.created)]
 
     def request(
         self,
@@ -42,14 +54,25 @@ class TwilioApi(HttpClient):
             ]
             page = {"messages": found, "next_page_uri": None, "page": 0, "page_size": 20}
             return Response(self.list_status, json.dumps(page if self.list_status == 200 else {}))
+        failure = self.failures.pop(0) if self.failures else None
+        if failure == "refused":
+            raise requests.exceptions.ConnectionError(
+                urllib3.exceptions.MaxRetryError(None, uri, urllib3.exceptions.NewConnectionError(None, "refused"))
+            )
+        if isinstance(failure, int) and failure < 600:  # an HTTP status
+            return Response(failure, json.dumps({"code": 20000 + failure, "message": "busy", "status": failure}))
+        if isinstance(failure, int):  # a Twilio error code, with its 400
+            return Response(400, json.dumps({"code": failure, "message": f"error {failure}", "status": 400}))
         message = {
             "sid": f"SM{len(self.created) + 1:032x}",
             "status": "queued",
-            "body": data["Body"],
+            "body": data.get("Body", f"[template {data.get('ContentSid')}]"),
             "to": data["To"],
             "from": data["From"],
             "date_created": format_datetime(datetime.now(UTC)),
             "date_sent": None,  # queued: not sent yet
         }
         self.created.insert(0, message)
+        if failure == "timeout":  # it went out; the answer did not come back
+            raise requests.exceptions.ReadTimeout("read timed out")
         return Response(201, json.dumps(message))

@@ -138,7 +138,7 @@ def test_a_holder_killed_after_the_send_is_never_answered_twice(short, monkeypat
     assert stalled_sweeper({}, None) == {"checked": 1, "reset": 1, "redriven": 0}
 
     [reply] = replies(short)
-    assert reply["delivery"] == delivery(short) and reply["answers"] == [sid]
+    assert reply["delivery_status"] == delivery(short) and reply["answers"] == [sid]
     assert reply["content"] == "Thanks, we received your 1 message."
     assert len(short.outbox()) == 1  # recorded as sent, not sent again
     assert short.get()["conversation_status"] == "ai_response_sent"
@@ -146,8 +146,9 @@ def test_a_holder_killed_after_the_send_is_never_answered_twice(short, monkeypat
 
 def delivery(engine) -> str:
     """What a reply found noted as `sending` is recorded as: the embedded outbox can be searched, so
-    its sender knows whether it went ("sent"); an SQS outbox cannot say ("unknown", never resent)."""
-    return "sent" if engine.backend == "sqlite" else "unknown"
+    its sender knows that it went ("queued", as any reply handed over); an SQS outbox cannot say
+    ("unknown", never resent)."""
+    return "queued" if engine.backend == "sqlite" else "unknown"
 
 
 @pytest.mark.sqlite_only
@@ -169,7 +170,7 @@ def test_a_reply_noted_but_never_sent_is_sent_once_the_holder_is_gone(short, mon
     assert short.deliver("ai") == 1
 
     [reply] = replies(short)
-    assert reply["answers"] == [sid] and "delivery" not in reply
+    assert reply["answers"] == [sid] and reply["delivery_status"] == "queued"
     assert len(short.outbox()) == 1
 
 
@@ -178,7 +179,7 @@ def test_the_sweeper_racing_a_late_reply_lets_only_the_redrive_answer(short, mon
     messages: its late reply is not sent."""
 
     class Frozen:
-        def __init__(self, *args):
+        def __init__(self, *args, **kwargs):
             pass
 
         def __enter__(self):
@@ -283,6 +284,6 @@ def test_a_context_redelivered_after_its_holder_died_sending_is_not_sent_again(s
     assert short.deliver("ai", wait_seconds=5) == 1  # the same context, redelivered
 
     [reply] = replies(short)
-    assert reply["delivery"] == delivery(short) and reply["answers"] == [sid]
+    assert reply["delivery_status"] == delivery(short) and reply["answers"] == [sid]
     assert len(short.outbox()) == 1  # not sent again
     assert short.get()["conversation_status"] == "ai_response_sent"

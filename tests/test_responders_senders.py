@@ -238,9 +238,7 @@ def test_twilio_sender_creates_a_message_with_twilios_client():
     http = TwilioApi()
     sender = TwilioSender(lambda: "AC" + "1" * 32, lambda: "token", http_client=http)
 
-    sid = sender.send(
-        "whatsapp", "whatsapp:+4915112345678", "whatsapp:+14155238886", "Sure, which day?", AI_CONTEXT
-    )
+    sid = sender.send(note("Sure, which day?"), 0)
 
     assert sid == f"SM{1:032x}"
     [request] = http.requests
@@ -258,27 +256,34 @@ def test_twilio_sender_tells_whether_a_noted_reply_went_out():
     """What a holder that died while sending leaves for the next one to ask (issue 13)."""
     http = TwilioApi()
     sender = TwilioSender(lambda: "AC" + "1" * 32, lambda: "token", http_client=http)
-    to, from_ = "whatsapp:+4915112345678", "whatsapp:+14155238886"
-    noted = {
-        "batch_id": "b1",
-        "content": "Sure, which day?",
-        "to": to,
-        "from": from_,
-        "timestamp": clock.iso(),
-    }
+    noted = note("Sure, which day?", "and at what time?")
 
-    assert sender.went_out(noted) is False  # nothing went out yet
-    sender.send("whatsapp", to, from_, "something else", AI_CONTEXT)
-    assert sender.went_out(noted) is False  # another body is another reply
-    sid = sender.send("whatsapp", to, from_, "Sure, which day?", AI_CONTEXT)
-    assert sender.went_out(noted) == sid
+    assert sender.went_out(noted, 0) is False  # nothing went out yet
+    sender.send(note("something else"), 0)
+    assert sender.went_out(noted, 0) is False  # another body is another reply
+    sid = sender.send(noted, 0)
+    assert sender.went_out(noted, 0) == sid and sender.went_out(noted, 1) is False
     assert (
-        sender.went_out({**noted, "timestamp": clock.iso(clock.now() + 60)}) is False
+        sender.went_out({**noted, "timestamp": clock.iso(clock.now() + 60)}, 0) is False
     )  # sent before the note
     assert http.requests[-1]["method"] == "GET"
 
     http.list_status = 500
-    assert sender.went_out(noted) is None  # Twilio cannot say: in doubt, never sent twice
+    assert sender.went_out(noted, 0) is None  # Twilio cannot say: in doubt, never sent twice
+
+
+def note(*texts: str) -> dict:
+    """A delivery note, as stage 3 writes it before the first part goes."""
+    return {
+        "batch_id": "b1",
+        "conversation_id": "c1",
+        "channel_type": "whatsapp",
+        "texts": list(texts),
+        "content": "".join(texts),
+        "to": "whatsapp:+4915112345678",
+        "from": "whatsapp:+14155238886",
+        "timestamp": clock.iso(),
+    }
 
 
 def test_replies_go_through_twilio_only_when_an_account_is_configured(engine):

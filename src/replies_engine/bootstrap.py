@@ -45,8 +45,9 @@ class Runtime:
         else:
             self.responder = LocalResponder(settings.local_responder_delay_seconds)
         outbox = OutboxSender(self.outbox)
+        status_callback = f"{settings.public_base_url}/twilio/status" if settings.public_base_url else None
         twilio = (
-            TwilioSender(self.twilio_account_sid, self.twilio_auth_token)
+            TwilioSender(self.twilio_account_sid, self.twilio_auth_token, status_callback)
             if settings.twilio_account_configured
             else outbox
         )

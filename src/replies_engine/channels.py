@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
 
 HANDOFF_QUEUE = "handoff"
+TWILIO_MAX_LENGTH = 1600  # characters in a message body (error 21617 beyond)
 AI_QUEUE = "ai"
 
 
@@ -28,6 +29,7 @@ class Channel:
     queue: str
     twilio: bool  # Twilio channels answer with TwiML and are signed with X-Twilio-Signature
     handoff_list_attr: str  # senders listed here go to the handoff queue
+    max_reply_length: int | None  # longer replies are sent in parts (Twilio: 1,600, counted its way)
 
     def normalize_address(self, address: str) -> str:
         """The form stored in the GSI keys: E.164 without prefix, or a bare lowercased email."""
@@ -45,9 +47,11 @@ SMS_GSI = Gsi("gsi-company-sms", "gsi_company_sms_number", "gsi_recipient_tel")
 EMAIL_GSI = Gsi("gsi-company-email", "gsi_company_email", "gsi_recipient_email")
 
 CHANNELS: dict[str, Channel] = {
-    "whatsapp": Channel("whatsapp", WHATSAPP_GSI, "whatsapp", True, "auto_queue_reply_message_from_number"),
-    "sms": Channel("sms", SMS_GSI, "sms", True, "auto_queue_reply_message_from_number"),
-    "email": Channel("email", EMAIL_GSI, "email", False, "auto_queue_reply_message_from_email"),
+    "whatsapp": Channel(
+        "whatsapp", WHATSAPP_GSI, "whatsapp", True, "auto_queue_reply_message_from_number", TWILIO_MAX_LENGTH
+    ),
+    "sms": Channel("sms", SMS_GSI, "sms", True, "auto_queue_reply_message_from_number", TWILIO_MAX_LENGTH),
+    "email": Channel("email", EMAIL_GSI, "email", False, "auto_queue_reply_message_from_email", None),
 }
 GSIS = (WHATSAPP_GSI, SMS_GSI, EMAIL_GSI)
 BATCH_QUEUES = tuple(channel.queue for channel in CHANNELS.values())

@@ -33,6 +33,9 @@ class Settings:
     email_webhook_token: str | None = None
     locked_reply_text: str = "We're still working on your previous message and will answer shortly."
     locked_policy: str = "reply"
+    help_reply_text: str | None = None  # the answer to HELP/INFO; unset: HELP is a message like any
+    whatsapp_template_content_sid: str | None = None  # sent instead when WhatsApp's 24-hour window closed
+    max_reply_parts: int = 10  # a long reply goes out in at most this many parts
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
     batching_mode: str = "debounce"
@@ -90,6 +93,9 @@ class Settings:
             email_webhook_token=env.text("EMAIL_WEBHOOK_TOKEN"),
             locked_reply_text=env.text("LOCKED_REPLY_TEXT") or cls.locked_reply_text,
             locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
+            help_reply_text=env.text("HELP_REPLY_TEXT"),
+            whatsapp_template_content_sid=env.text("WHATSAPP_TEMPLATE_CONTENT_SID"),
+            max_reply_parts=env.integer("MAX_REPLY_PARTS", 10, 1, 50),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
             batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "debounce"),

@@ -13,6 +13,12 @@ PROCESSING_ERROR = "processing_error"
 PROCESSING_TIMEOUT = "processing_timeout"
 REPLY_SUPERSEDED = "reply_superseded"  # debounce, SUPERSEDE=drop: unlocked, the next batch answers
 HANDED_OFF = "handed_off"  # handed to a human while the AI worked: unlocked, no AI reply sent
+REPLY_FAILED = "reply_failed"  # the provider refused the reply for good (`last_error_code`): not retried
+OPTED_OUT = "opted_out"  # the person opted out (STOP) while the AI worked: unlocked, nothing sent
+
+# Delivery statuses (Twilio's StatusCallback), in the order they move; the final ones end it.
+DELIVERY_ORDER = ("unknown", "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read")
+DELIVERY_FINAL = frozenset({"undelivered", "failed", "canceled"})
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
@@ -104,18 +110,33 @@ def split_duplicates(
     return fresh, duplicates
 
 
-def lock_fields(batch_id: str, fresh: list[dict[str, Any]], now: float) -> dict[str, Any]:
-    """What taking the lock sets on the record (besides appending `fresh` to `messages`)."""
+def lock_fields(
+    record: dict[str, Any], batch_id: str, fresh: list[dict[str, Any]], now: float
+) -> dict[str, Any]:
+    """What taking the lock sets on `record` (besides appending `fresh` to `messages`)."""
     stamp = clock.iso(now)
+    newest = max(m.get("timestamp") or stamp for m in fresh)
     return {
         "conversation_status": PROCESSING_REPLY,
         "lock_owner": batch_id,
         "processing_started_at": stamp,
-        "last_user_message_at": max(m.get("timestamp") or stamp for m in fresh),
+        "last_user_message_at": newest,
+        **inbound_changes(record, {"last_inbound_at": newest}),
         "last_batch_id": batch_id,
         "updated_at": stamp,
         "redrives": 0,
         "sending": {},
+    }
+
+
+def inbound_changes(record: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` to `record`, with `last_inbound_at` (WhatsApp's 24-hour window opens there) moving only
+    forward, whatever order messages are written in."""
+    if "last_inbound_at" not in changes:
+        return changes
+    return {
+        **changes,
+        "last_inbound_at": max(changes["last_inbound_at"], record.get("last_inbound_at") or ""),
     }
 
 
@@ -124,11 +145,36 @@ def split_unanswered(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """(answered, unanswered) of the newest messages `recent`, oldest first: the person's messages after
     the last reply are the unanswered ones (a reply covers what its batch saw, and nothing joins the
-    conversation under a lock but its holder's messages). None when `recent` holds no reply: read more."""
+    conversation under a lock but its holder's messages and those never to be answered, `no_reply`).
+    None when `recent` holds no reply: read more."""
     for i in range(len(recent) - 1, -1, -1):
         if recent[i].get("role") == "assistant":
-            return recent[: i + 1], [m for m in recent[i + 1 :] if m.get("role") == "user"]
+            return recent[: i + 1], [m for m in recent[i + 1 :] if awaits_reply(m)]
     return None
+
+
+def awaits_reply(message: dict[str, Any]) -> bool:
+    """A message of the person's for the AI to answer: not one stage 1 answered or silenced itself
+    (`no_reply`: `stop`, `help`, `opted_out`)."""
+    return message.get("role") == "user" and not message.get("no_reply")
+
+
+def delivery_moves(current: str | None, new: str) -> bool:
+    """Does a status callback saying `new` move a delivery that is at `current`? Only forward: callbacks
+    arrive out of order, and a final status (failed, undelivered) ends it."""
+    if current in DELIVERY_FINAL:
+        return False
+    if new in DELIVERY_FINAL:
+        return True
+    rank = DELIVERY_ORDER.index
+    return current not in DELIVERY_ORDER or rank(new) > rank(current)
+
+
+def provider_ids(message: dict[str, Any]) -> list[str]:
+    """The provider's ids of a reply's parts (its `message_id` alone when it was not split), those in
+    doubt (`unknown-…`) left out: what a status callback can name."""
+    ids = message.get("parts") or [message.get("message_id")]
+    return [i for i in ids if i and not i.startswith("unknown-")]
 
 
 def flush_due(

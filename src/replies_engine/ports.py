@@ -122,6 +122,12 @@ class ConversationStore(Protocol):
         """
         ...
 
+    def note_inbound(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
+        """Stage 1's own write, lock or none: set `changes` (`opted_out`, `last_inbound_at`) and append
+        `message`, one never to be answered (`no_reply`), unless its id is there already. One conditional
+        write. Returns False when the message was there (nothing written), True otherwise."""
+        ...
+
     def lock_and_append(
         self,
         conversation_id: str,
@@ -163,11 +169,25 @@ class ConversationStore(Protocol):
         ...
 
     def release_lock(
-        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
+        self,
+        conversation_id: str,
+        batch_id: str,
+        *,
+        status: str,
+        now: float,
+        reply: Record | None = None,
+        changes: Record | None = None,
     ) -> Record | None:
-        """Unlock to `status`, appending `reply`, only if `batch_id` still holds the lock (fencing);
-        `sending` goes with the lock. Returns the record after, or None when `batch_id` did not hold
-        the lock."""
+        """Unlock to `status`, appending `reply` and setting `changes`, only if `batch_id` still holds
+        the lock (fencing); `sending` goes with the lock. The reply's provider ids (`message_id`,
+        `parts`) are indexed for `record_delivery`. Returns the record after, or None when `batch_id`
+        did not hold the lock."""
+        ...
+
+    def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
+        """A status callback: `delivery_status` (and `delivery_error_code`) of the reply that
+        `provider_id` is (a part of), only moving forward (`conversation.delivery_moves`). Returns
+        "recorded", "stale" (it would not move) or "unknown" (no reply has this id)."""
         ...
 
     def emergency_unlock(
@@ -229,14 +249,15 @@ class Outbox(Protocol):
     """Replies kept instead of sent through a provider (the embedded engine, email)."""
 
     def add(self, entry: Record) -> str:
-        """Keep `entry` (channel_type, from, to, body, conversation_id, batch_id); returns its id."""
+        """Keep `entry` (channel_type, from, to, body, conversation_id, batch_id, part, part_count);
+        returns its id."""
         ...
 
     def list(self) -> list[Record]: ...
 
-    def find(self, batch_id: str) -> Record | bool | None:
-        """The entry that `batch_id`'s reply became, False when there is none, None when this outbox
-        cannot be searched (a queue)."""
+    def find(self, batch_id: str, part: int = 0) -> Record | bool | None:
+        """The entry that part `part` of `batch_id`'s reply became, False when there is none, None when
+        this outbox cannot be searched (a queue)."""
         ...
 
 
@@ -247,11 +268,14 @@ class Responder(Protocol):
 
 
 class Sender(Protocol):
-    """Delivers a reply on its channel; returns the provider's message id."""
+    """Delivers a reply on its channel, part by part (`replies/senders.py` says how it fails)."""
 
-    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: Record) -> str: ...
+    def send(self, note: Record, part: int) -> str:
+        """Send part `part` of the delivery note (`sending`: texts, to, from, batch_id, …); returns the
+        provider's message id."""
+        ...
 
-    def went_out(self, reply: Record) -> str | bool | None:
-        """Did `reply` (noted as `sending`: batch_id, content, to, from, timestamp) go out? The
-        provider's message id if it did, False if it surely did not, None when the provider cannot tell."""
+    def went_out(self, note: Record, part: int) -> str | bool | None:
+        """Did part `part` of the noted reply go out? The provider's message id if it did, False if it
+        surely did not, None when the provider cannot tell."""
         ...

@@ -3,9 +3,9 @@ message the holder left unanswered is answered.
 
 It reads only locked conversations (the sparse lock index), never the whole table. For each expired
 lease, in this order:
-- the holder had noted a reply as `sending`: if the sender says it went out (or cannot tell), it is
-  recorded as sent (`delivery: sent` or `unknown`) and the lock released, never sent twice; if it
-  surely did not, as below;
+- the holder had noted a reply as `sending`: the sender is asked whether the part in flight went out;
+  if every part is then accounted for, the reply is recorded and the lock released, never sent twice;
+  otherwise the note passes to the new batch below, whose reply stage sends only the parts left;
 - the person's messages after the last reply are unanswered: the lock passes to a new batch (fenced
   on the dead holder's id, so its late reply is never sent) and their AI context goes to the AI queue
   (`MessagesRedriven`); after MAX_RETRY_ATTEMPTS re-drives, to the AI queue's DLQ with the reason;
@@ -22,8 +22,8 @@ from . import clock
 from .batching.processor import build_ai_context, dead_letter_context, flush_if_pending, unanswered
 from .bootstrap import Runtime
 from .channels import AI_QUEUE
-from .conversation import lock_age
-from .replies.pipeline import close_in_doubt
+from .conversation import AI_RESPONSE_SENT, lock_age
+from .replies.delivery import complete, recorded_reply, settle
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +55,19 @@ def _recover(
     record = store.get(conversation_id)  # the lock index projects only the lock's fields
     if record is None or record.get("lock_owner") != owner:
         return None
-    if sending := record.get("sending"):
-        closed = close_in_doubt(runtime, conversation_id, owner, sending)
-        if closed != "resend":
-            return None if closed == "lost" else 0
+    note = settle(runtime, record["sending"]) if record.get("sending") else {}
+    if note and complete(note):
+        after = store.release_lock(
+            conversation_id, owner, status=AI_RESPONSE_SENT, now=now, reply=recorded_reply(note)
+        )
+        if after is None:
+            return None
+        logger.warning("holder died while sending: its reply is recorded, never sent twice", extra=log)
+        flush_if_pending(runtime, after)
+        return 0
     _, waiting = unanswered(runtime, conversation_id)
     metrics.add("UnansweredAtSweep", len(waiting))
-    if not waiting:
+    if not waiting and not note:
         after = store.reset_stalled(conversation_id, owner, now=now)
         if after is None:
             return None
@@ -82,7 +88,8 @@ def _recover(
         )
         return 0
     batch_id = f"batch-{uuid.uuid4().hex}"
-    changes = {"lock_owner": batch_id, "last_batch_id": batch_id, "redrives": redrives + 1, "sending": {}}
+    # a note goes with the lock: the new batch sends what it did not send yet, and nothing else
+    changes = {"lock_owner": batch_id, "last_batch_id": batch_id, "redrives": redrives + 1, "sending": note}
     held = store.renew_lock(conversation_id, owner, now=now, changes=changes)
     if held is None:
         return None

@@ -161,7 +161,6 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
             logger.exception("emergency unlock failed; the lease will expire", extra=log)
         return False
     logger.info("batch handed to the AI stage", extra={**log, "messages": len(context["messages"])})
-    _typing(runtime, outcome.appended[-1], log)
     return True
 
 
@@ -196,17 +195,6 @@ def build_ai_context(runtime: Runtime, record: dict[str, Any], batch_id: str) ->
         "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
         "first_received_at": min((m.get("timestamp") or "" for m in messages), default="") or None,
     }
-
-
-def _typing(runtime: Runtime, latest: dict[str, Any], log: dict[str, Any]) -> None:
-    """Best-effort "typing…" on WhatsApp, after the hand-off so that it never delays or fails the batch."""
-    sender = runtime.senders.get(latest.get("channel_type"))
-    if latest.get("channel_type") != "whatsapp" or not hasattr(sender, "typing"):
-        return  # no Twilio account configured (the embedded engine), or not WhatsApp
-    try:
-        sender.typing(latest["message_id"])
-    except Exception as exc:
-        logger.warning("typing indicator failed (best-effort)", extra={**log, "error": str(exc)})
 
 
 def dead_letter_context(runtime: Runtime, context: dict[str, Any], reason: str) -> None:

@@ -1,13 +1,12 @@
 """Stage 3, the reference reply stage: produce the reply, send it, release the lock (only its holder).
 
 For each AI-queue record: picking it up starts the lease again, and a heartbeat renews it while the
-responder works, so a slow model keeps the lock and only a dead holder loses it. If the batch no
-longer holds the lock (its lease expired and a new batch or the sweeper took it over and answers its
-messages), the stale reply is not sent. A responder failure, or a send that failed for now, is
-retried with the lock kept (the record is reported failed); any other send failure dead-letters the
-context with the reason and unlocks to `processing_error`. The reply is noted on the record before it
-goes (`sending`) and the record is acknowledged once it went, whatever the unlock does: a person never
-gets the same reply twice. The reply lists the messages it `answers`: exactly those the responder saw.
+responder works (and refreshes WhatsApp's typing indicator), so a slow model keeps the lock and only a
+dead holder loses it. If the batch no longer holds the lock (its lease expired and a new batch or the
+sweeper took it over and answers its messages), the stale reply is not sent. A responder failure is
+retried with the lock kept (the record is reported failed). The reply goes out by its channel's rules
+(`delivery.py`): noted before it goes, in parts, each recorded as it goes, so that a person never gets
+the same part twice. The reply lists the messages it `answers`: exactly those the responder saw.
 
 Debounce mode (supersede): if newer messages are pending when the reply is ready, `regenerate` moves
 them in under the same lock and sends the extended context back through the AI queue; `drop`
@@ -20,22 +19,21 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import clock
-from ..batching.processor import dead_letter_context, flush_if_pending
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
-from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, PROCESSING_ERROR, REPLY_SUPERSEDED, holds
-from ..ports import TransientBackendError
-from ..webhook.routing import handed_off
-from .senders import TransientSendError
+from ..conversation import OPTED_OUT, REPLY_SUPERSEDED, holds
+from ..webhook.routing import flag
+from .delivery import deliver, finish, new_note, settle
 
 logger = logging.getLogger(__name__)
 
-_UNLOCK_ATTEMPTS = 3
 RETRY_BACKOFF_SECONDS = 10  # a failed reply's wait before its first retry, doubled with each receive
 RETRY_MAX_WAIT_SECONDS = 120  # and at most this: well within the lease (LOCK_TIMEOUT_SECONDS) it keeps
+TYPING_REFRESH_SECONDS = 20  # Twilio's typing indicator shows for 25 s
 _ROUNDS = 3  # regenerate at most this often: someone who never stops typing still gets an answer
 _ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
 
@@ -72,39 +70,6 @@ def _retry_soon(runtime: Runtime, record: dict[str, Any]) -> None:
         logger.warning("could not shorten the retry's wait", extra={"error": str(exc)})
 
 
-def close_in_doubt(runtime: Runtime, conversation_id: str, batch_id: str, sending: dict[str, Any]) -> str:
-    """A holder died while sending the reply it noted. Asked, the sender tells whether it went out:
-    then it is recorded (`delivery: sent`, or `unknown` when the provider cannot tell: it may have
-    reached the person, so it is never sent twice) and the lock released: "recorded". If it surely did
-    not go out, the note is cleared and the lock kept, for the batch to be answered: "resend". "lost":
-    `batch_id` no longer holds the lock."""
-    log = {"conversation_id": conversation_id, "batch_id": batch_id}
-    went = runtime.senders[sending["channel_type"]].went_out(sending)
-    if went is False:
-        logger.warning("holder died before its reply went out: it will be answered", extra=log)
-        renewed = runtime.store.renew_lock(
-            conversation_id, batch_id, now=clock.now(), changes={"sending": {}}
-        )
-        return "lost" if renewed is None else "resend"
-    reply = {
-        **sending,
-        "message_id": went or f"unknown-{batch_id}",
-        "delivery": "sent" if went else "unknown",
-    }
-    after = runtime.store.release_lock(
-        conversation_id, batch_id, status=AI_RESPONSE_SENT, now=clock.now(), reply=reply
-    )
-    if after is None:
-        return "lost"
-    runtime.metrics.add("ReplyInDoubt" if went is None else "ReplyRecovered")
-    logger.warning(
-        "holder died while sending: its reply is recorded, never sent twice",
-        extra={**log, "delivery": reply["delivery"]},
-    )
-    flush_if_pending(runtime, after)
-    return "recorded"
-
-
 def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
@@ -113,24 +78,20 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     if held is None:
         logger.warning("batch no longer holds the lock: its reply is not made", extra=log)
         return True
-    # an earlier attempt died while sending: unless its reply surely did not go, it is not made again
-    if (
-        held.get("sending")
-        and close_in_doubt(runtime, conversation_id, batch_id, held["sending"]) != "resend"
-    ):
-        return True
+    if held.get("sending"):  # an earlier attempt began sending: it is finished, nothing sent twice
+        note = settle(runtime, held["sending"])
+        held = runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": note})
+        return True if held is None else deliver(runtime, context, note, held)
+    if flag(held.get("opted_out")):
+        logger.info("the person opted out: no reply is made", extra=log)
+        return finish(runtime, context, None, OPTED_OUT)
 
-    with Heartbeat(runtime, conversation_id, batch_id):  # a slow model keeps the lock; a dead one not
-        text = runtime.responder.respond(context)
+    with Heartbeat(runtime, conversation_id, batch_id, typing=_typing(runtime, context)):
+        text = runtime.responder.respond(context)  # a slow model keeps the lock; a dead one not
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over
             logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
-            return True
-        if handed_off(record, runtime.settings.honor_hand_off_to_human):
-            runtime.metrics.add("ReplySuperseded")
-            logger.info("the conversation was handed to a human: the reply is not sent", extra=log)
-            _unlock(runtime, log, status=HANDED_OFF, reply=None)
             return True
         rounds = context.get("regenerations", 0)
         if (
@@ -142,8 +103,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         runtime.metrics.add("ReplySuperseded")
         if runtime.settings.supersede == "drop":
             logger.info("newer messages arrived: the reply is dropped, the next batch answers all", extra=log)
-            _unlock(runtime, log, status=REPLY_SUPERSEDED, reply=None)
-            return True
+            return finish(runtime, context, None, REPLY_SUPERSEDED)
         outcome = runtime.store.flush_pending(
             conversation_id,
             batch_id,
@@ -168,61 +128,35 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
                 extra={**log, "added": len(outcome.appended)},
             )
             return True
-    address = context.get("reply_address") or {}
-    reply = {
-        "message_id": None,
-        "role": "assistant",
-        "content": text,
-        "timestamp": clock.iso(),  # noted: a sender asked later whether it went looks from here
-        "channel_type": context["channel_type"],
-        "batch_id": batch_id,
-        "answers": [m["message_id"] for m in context["messages"]],  # exactly what the responder saw
-        "to": address.get("to"),
-        "from": address.get("from"),
-    }
-    # Noted before it goes: if this holder dies after the send, whoever finds the note asks the sender
-    # whether it went, and records it instead of answering again. Nobody gets the same answer twice.
-    if (
-        runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": reply})
-        is None
-    ):
+    # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
+    # which parts went, and sends only the others. Nobody gets the same answer twice.
+    note = new_note(runtime, context, text)
+    record = runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": note})
+    if record is None:
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
         return True
-    try:
-        provider_id = runtime.senders[reply["channel_type"]].send(
-            reply["channel_type"], address.get("to"), address.get("from"), text, context
-        )
-    except (TransientSendError, TransientBackendError):
-        logger.warning(
-            "sending failed for now: the reply will be retried, the lock kept", extra=log, exc_info=True
-        )
-        runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": {}})
-        return False
-    except Exception as exc:
-        logger.exception("sending the reply failed", extra=log)
-        dead_letter_context(runtime, context, f"the reply could not be sent: {exc}")
-        _unlock(runtime, log, status=PROCESSING_ERROR, reply=None, error=str(exc))
-        return True
+    return deliver(runtime, context, note, record)
 
-    # Sent: from here on the record is never reported failed, or the person would get it twice.
-    _unlock(
-        runtime,
-        log,
-        status=AI_RESPONSE_SENT,
-        reply={**reply, "message_id": provider_id, "timestamp": clock.iso()},
-    )
-    if context.get("first_received_at"):
-        runtime.metrics.add("EndToEndSeconds", clock.now() - clock.parse_iso(context["first_received_at"]))
-    logger.info("reply sent", extra={**log, "provider_message_id": provider_id})
-    return True
+
+def _typing(runtime: Runtime, context: dict[str, Any]) -> Callable[[], None] | None:
+    """WhatsApp's "typing…" for the person's latest message, when a Twilio account sends the replies."""
+    sender = runtime.senders.get(context["channel_type"])
+    if context["channel_type"] != "whatsapp" or not hasattr(sender, "typing") or not context["messages"]:
+        return None
+    message_id = context["messages"][-1]["message_id"]
+    return lambda: sender.typing(message_id)
 
 
 class Heartbeat:
-    """Renews the batch's lease every third of LOCK_TIMEOUT_SECONDS while the responder works: the
-    lease is there to free the lock of a dead holder, not of a slow one."""
+    """While the responder works: renews the batch's lease every third of LOCK_TIMEOUT_SECONDS (the
+    lease is there to free the lock of a dead holder, not of a slow one), and shows `typing` at once and
+    every TYPING_REFRESH_SECONDS (best-effort: a failure changes nothing)."""
 
-    def __init__(self, runtime: Runtime, conversation_id: str, batch_id: str) -> None:
+    def __init__(
+        self, runtime: Runtime, conversation_id: str, batch_id: str, typing: Callable[[], None] | None = None
+    ) -> None:
         self.runtime, self.conversation_id, self.batch_id = runtime, conversation_id, batch_id
+        self.typing = typing
         self.interval = runtime.settings.lock_timeout_seconds / 3
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{batch_id}", daemon=True)
@@ -236,53 +170,42 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if (
-                    self.runtime.store.renew_lock(self.conversation_id, self.batch_id, now=clock.now())
-                    is None
-                ):
+        start = time.monotonic()
+        next_renewal, next_typing = start + self.interval, start if self.typing else float("inf")
+        while True:
+            now = time.monotonic()
+            if now >= next_typing:
+                self._show_typing()
+                next_typing = now + TYPING_REFRESH_SECONDS
+            if now >= next_renewal:
+                if not self._renew():
                     return  # taken over: the reply will not be sent (checked after the responder)
-            except Exception as exc:  # the next beat tries again; the lease has two more thirds
-                logger.warning(
-                    "lease renewal failed",
-                    extra={
-                        "conversation_id": self.conversation_id,
-                        "batch_id": self.batch_id,
-                        "error": str(exc),
-                    },
-                )
+                next_renewal = now + self.interval
+            if self._stop.wait(max(0.0, min(next_renewal, next_typing) - time.monotonic())):
+                return
+
+    def _renew(self) -> bool:
+        try:
+            return (
+                self.runtime.store.renew_lock(self.conversation_id, self.batch_id, now=clock.now())
+                is not None
+            )
+        except Exception as exc:  # the next beat tries again; the lease has two more thirds
+            logger.warning("lease renewal failed", extra={**self._log, "error": str(exc)})
+            return True
+
+    def _show_typing(self) -> None:
+        try:
+            self.typing()
+        except Exception as exc:
+            logger.warning("typing indicator failed (best-effort)", extra={**self._log, "error": str(exc)})
+
+    @property
+    def _log(self) -> dict[str, str]:
+        return {"conversation_id": self.conversation_id, "batch_id": self.batch_id}
 
 
 def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> dict | None:
     """The record while `batch_id` holds its lock, else None."""
     record = runtime.store.get(conversation_id)
     return record if holds(record, batch_id) else None
-
-
-def _unlock(
-    runtime: Runtime, log: dict, *, status: str, reply: dict | None, error: str | None = None
-) -> None:
-    """Release the lock; never raises. If it cannot, the lease expires and the sweeper frees it."""
-    for attempt in range(_UNLOCK_ATTEMPTS):
-        try:
-            released = runtime.store.release_lock(
-                log["conversation_id"], log["batch_id"], status=status, now=clock.now(), reply=reply
-            )
-            break
-        except TransientBackendError:
-            time.sleep(0.2 * (attempt + 1))
-        except Exception:
-            logger.exception("unlock failed: the lease will expire", extra=log)
-            return
-    else:
-        logger.error("unlock kept failing: the lease will expire", extra={**log, "status": status})
-        return
-    if not released:
-        logger.warning("unlock refused: this batch no longer holds the lock", extra={**log, "status": status})
-        return
-    flush_if_pending(runtime, released)  # messages that waited for the lock get their batch
-    if error:
-        logger.error(
-            "conversation unlocked after a failed send", extra={**log, "status": status, "error": error}
-        )

@@ -1,52 +1,88 @@
-"""Senders: how a reply reaches the person."""
+"""Senders: how a reply reaches the person.
+
+A sender sends one part of a delivery note (`sending` on the record: `texts`, `to`, `from`,
+`conversation_id`, `batch_id`, `timestamp`, and `template` when a WhatsApp template goes instead), and
+says how a send failed, because what happens next depends on it:
+- TransientSendError: nothing went out (throttled, unavailable, unreachable): retried, the lock kept;
+- AmbiguousSendError: the request may have reached the provider (a timeout after it was sent): the
+  retry asks `went_out` before it sends again;
+- PermanentSendError: refused for good (`code`: Twilio's error code): never retried.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from ..ports import Outbox
 
+OPTED_OUT_CODES = frozenset({"21610", "63014"})  # unsubscribed (STOP); the person blocked the sender
+WINDOW_CLOSED_CODE = "63016"  # WhatsApp: free-form outside the 24-hour window
+_TRANSIENT_CODES = frozenset({"20429", "20500", "20503"})
 
-class TransientSendError(RuntimeError):
-    """The provider refused for now (throttled, unavailable, unreachable): nothing was sent, retry."""
+
+class SendError(RuntimeError):
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransientSendError(SendError):
+    """The provider refused for now, before anything was sent: retry."""
+
+
+class AmbiguousSendError(SendError):
+    """The send may or may not have gone out: look before sending again."""
+
+
+class PermanentSendError(SendError):
+    """The provider refused for good (`code`): do not retry."""
 
 
 class OutboxSender:
-    """Keeps the reply in the outbox (the embedded engine; email until a mail adapter exists)."""
+    """Keeps the reply in the outbox (the embedded engine; email until a mail adapter exists), one
+    entry per part."""
 
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
 
-    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
+    def send(self, note: dict[str, Any], part: int) -> str:
         return self.outbox.add(
             {
-                "channel_type": channel_type,
-                "to": to,
-                "from": from_,
-                "body": body,
-                "conversation_id": ai_context.get("conversation_id"),
-                "batch_id": ai_context.get("batch_id"),
+                "channel_type": note["channel_type"],
+                "to": note.get("to"),
+                "from": note.get("from"),
+                "body": note["texts"][part],
+                "conversation_id": note.get("conversation_id"),
+                "batch_id": note["batch_id"],
+                "part": part,
+                "part_count": len(note["texts"]),
             }
         )
 
-    def went_out(self, reply: dict[str, Any]) -> str | bool | None:
-        found = self.outbox.find(reply["batch_id"])
+    def went_out(self, note: dict[str, Any], part: int) -> str | bool | None:
+        found = self.outbox.find(note["batch_id"], part)
         return found["message_id"] if found else found
 
 
 class TwilioSender:
     """WhatsApp and SMS through Twilio's REST API (twilio's Client, imported only here: ~140 ms)."""
 
+    TYPING_URL = "https://messaging.twilio.com/v2/Indicators/Typing.json"
+
     def __init__(
-        self, account_sid: str, auth_token: Callable[[], str | None], http_client: Any = None
+        self,
+        account_sid: Callable[[], str | None],
+        auth_token: Callable[[], str | None],
+        status_callback: str | None = None,
+        http_client: Any = None,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
+        self.status_callback = status_callback  # where Twilio reports delivery (`POST /twilio/status`)
         self.http_client = http_client
         self._client = None
-
-    TYPING_URL = "https://messaging.twilio.com/v2/Indicators/Typing.json"
 
     def client(self) -> Any:
         if self._client is None:
@@ -56,8 +92,9 @@ class TwilioSender:
         return self._client
 
     def typing(self, message_id: str) -> None:
-        """WhatsApp's "typing…" (Twilio's typing indicator, public beta): the person sees we are on it;
-        it also marks their message read. Raises on failure: callers treat it as best-effort."""
+        """WhatsApp's "typing…" (Twilio's typing indicator, public beta; it shows for 25 s): the person
+        sees we are on it; it also marks their message read. Raises on failure: callers treat it as
+        best-effort."""
         response = self.client().request(
             "POST", self.TYPING_URL, data={"messageId": message_id, "channel": "whatsapp"}, timeout=3
         )
@@ -66,29 +103,42 @@ class TwilioSender:
                 f"typing indicator: Twilio answered {response.status_code}: {response.text[:200]}"
             )
 
-    def send(self, channel_type: str, to: str, from_: str, body: str, ai_context: dict[str, Any]) -> str:
+    def send(self, note: dict[str, Any], part: int) -> str:
         from twilio.base.exceptions import TwilioRestException
 
+        content: dict[str, Any] = {"body": note["texts"][part]}
+        if note.get("template"):  # WhatsApp's 24-hour window closed: the approved template instead
+            content = {"content_sid": note["template"]}
+            if note.get("template_variables"):
+                content["content_variables"] = json.dumps(note["template_variables"])
+        if self.status_callback:
+            content["status_callback"] = self.status_callback
         try:
-            return self.client().messages.create(to=to, from_=from_, body=body).sid
+            return self.client().messages.create(to=note["to"], from_=note["from"], **content).sid
         except TwilioRestException as exc:
-            if exc.status == 429 or exc.status >= 500:
-                raise TransientSendError(f"Twilio answered {exc.status}: {exc.msg}") from exc
-            raise
+            code = str(exc.code or exc.status)
+            message = f"Twilio answered {exc.status} (error {code}): {exc.msg}"
+            if exc.status == 429 or exc.status >= 500 or code in _TRANSIENT_CODES:
+                raise TransientSendError(message, code) from exc
+            raise PermanentSendError(message, code) from exc
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
-            raise TransientSendError(f"Twilio unreachable: {exc}") from exc
+            if _before_sending(exc):
+                raise TransientSendError(f"Twilio unreachable: {exc}") from exc
+            raise AmbiguousSendError(f"no answer from Twilio after the request: {exc}") from exc
 
-    def went_out(self, reply: dict[str, Any]) -> str | bool | None:
-        """Twilio's newest messages from us to the person: one with this body, created since the reply
-        was noted, is it (queued ones included: they have no date_sent yet). None if Twilio can't say."""
+    def went_out(self, note: dict[str, Any], part: int) -> str | bool | None:
+        """Twilio's newest messages from us to the person: one with this part's body (any, for a
+        template), created since the reply was noted, is it (queued ones included: they have no
+        date_sent yet). None if Twilio can't say."""
         from datetime import datetime, timedelta
 
         # Twilio's dates are whole seconds
-        noted = datetime.fromisoformat(reply["timestamp"].replace("Z", "+00:00")) - timedelta(seconds=1)
+        noted = datetime.fromisoformat(note["timestamp"].replace("Z", "+00:00")) - timedelta(seconds=1)
+        body = None if note.get("template") else note["texts"][part]
         try:
-            for message in self.client().messages.list(to=reply["to"], from_=reply["from"], limit=20):
+            for message in self.client().messages.list(to=note["to"], from_=note["from"], limit=20):
                 if (
-                    message.body == reply["content"]
+                    (body is None or message.body == body)
                     and message.date_created
                     and message.date_created >= noted
                 ):
@@ -96,3 +146,15 @@ class TwilioSender:
         except Exception:  # Twilio unreachable, or refusing: in doubt, so never sent twice
             return None
         return False
+
+
+def _before_sending(exc: BaseException) -> bool:
+    """Did the request fail before it reached Twilio (no connection made), so that nothing was sent?"""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)

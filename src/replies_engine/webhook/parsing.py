@@ -19,6 +19,7 @@ _MAX_FIELDS = 500
 _MEDIA_FIELD = re.compile(r"Media(Url|ContentType)(\d+)")
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 EMAIL_FIELDS = ("from", "to", "subject", "text", "message_id")
+STATUS_PATH = "/twilio/status"  # Twilio's delivery status callbacks
 
 
 class ParsingError(ValueError):
@@ -29,7 +30,8 @@ class ParsingError(ValueError):
 class InboundRequest:
     """What a provider sent, before any interpretation."""
 
-    channel: Channel
+    channel: Channel | None  # None: a Twilio status callback
+    endpoint: str  # the webhook's own path, without any stage prefix: `/whatsapp`, `/twilio/status`
     params: dict[str, Any]  # Twilio's form fields, or the email JSON, names as sent
     headers: dict[str, str]  # names lowercased
     path: str  # the path the provider called, API Gateway stage included
@@ -38,9 +40,20 @@ class InboundRequest:
 
 def channel_from_event(event: dict[str, Any]) -> Channel | None:
     """The channel named by the path's last segment: `/whatsapp`, `/prod/sms`, `/email/`."""
+    path = _event_path(event)
+    return CHANNELS.get(path.rpartition("/")[2]) if path is not None else None
+
+
+def is_status_callback(event: dict[str, Any]) -> bool:
+    """`POST /twilio/status` (a stage prefix allowed, as for the channels)."""
+    path = _event_path(event) if isinstance(event, dict) else None
+    return path is not None and path.endswith(STATUS_PATH)
+
+
+def _event_path(event: dict[str, Any]) -> str | None:
     request_context = event.get("requestContext")
     path = event.get("path") or (request_context.get("path") if isinstance(request_context, dict) else None)
-    return CHANNELS.get(path.rstrip("/").rpartition("/")[2]) if isinstance(path, str) else None
+    return path.rstrip("/") if isinstance(path, str) else None
 
 
 def parse_event(event: dict[str, Any]) -> InboundRequest:
@@ -54,12 +67,15 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
     if method != "POST":
         raise ParsingError(f"method {method} is not allowed: webhooks are POSTed")
     channel = channel_from_event(event)
-    if channel is None:
-        raise ParsingError(f"unknown path {event.get('path')!r}: expected /whatsapp, /sms or /email")
+    if channel is None and not is_status_callback(event):
+        raise ParsingError(
+            f"unknown path {event.get('path')!r}: expected /whatsapp, /sms, /email or {STATUS_PATH}"
+        )
     text = _body_text(event)
-    params = _twilio_form(text) if channel.twilio else _email_json(text)
+    params = _email_json(text) if channel is not None and not channel.twilio else _twilio_form(text)
     return InboundRequest(
         channel=channel,
+        endpoint=f"/{channel.name}" if channel is not None else STATUS_PATH,
         params=params,
         headers=_headers(event),
         path=request_context.get("path") or event.get("path"),

@@ -1,4 +1,5 @@
-"""Stage 1: parse → verify → find conversation → rules → route → enqueue → respond (DESIGN.md §1)."""
+"""Stage 1: parse → verify → find conversation → keywords → rules → route → enqueue → respond
+(DESIGN.md §1). The same handler records Twilio's delivery status callbacks (`POST /twilio/status`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import clock
 from ..bootstrap import Runtime, get_runtime
 from ..channels import HANDOFF_QUEUE
 from ..config import ConfigurationError
-from ..conversation import message_key, user_message
+from ..conversation import DELIVERY_FINAL, DELIVERY_ORDER, message_key, user_message
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
+from .keywords import HELP, START, STOP, keyword
 from .parsing import InboundRequest, ParsingError, build_context_object, channel_from_event, parse_event
-from .responses import ERROR_STATUS, final_response, success_response
-from .routing import determine_target_queue
+from .responses import ERROR_STATUS, final_response, json_response, success_response
+from .routing import determine_target_queue, flag
 from .signature import verify_email, verify_twilio
 from .validation import check_conversation_exists, validate_conversation_rules
 
@@ -27,6 +30,8 @@ class Outcome:
     message: str = ""
     queue_message_id: str = ""
     log: dict[str, Any] = field(default_factory=dict)  # correlation fields known so far
+    reply_text: str | None = None  # answered at once, in the TwiML (HELP)
+    answer: dict[str, Any] | None = None  # the JSON answer to a status callback
 
 
 def handle_webhook(event: dict[str, Any]) -> dict[str, Any]:
@@ -42,9 +47,12 @@ def handle_webhook(event: dict[str, Any]) -> dict[str, Any]:
         logger.exception("unexpected error in the webhook handler")
         outcome = Outcome("INTERNAL_ERROR", "unexpected error")
     extra = {"channel_type": channel.name if channel else None, **outcome.log}
+    if outcome.answer is not None:
+        logger.info("status callback", extra={**extra, **outcome.answer})
+        return json_response(200, outcome.answer)
     if outcome.error_code is None:
         logger.info("message accepted", extra={**extra, "queue_message_id": outcome.queue_message_id})
-        return success_response(channel, outcome.queue_message_id)
+        return success_response(channel, outcome.queue_message_id, outcome.reply_text)
     level = logging.ERROR if ERROR_STATUS.get(outcome.error_code, 500) >= 500 else logging.WARNING
     logger.log(
         level, "message refused", extra={**extra, "error_code": outcome.error_code, "reason": outcome.message}
@@ -61,6 +69,8 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         request = parse_event(event)
     except ParsingError as exc:
         return Outcome("PARSING_ERROR", str(exc))
+    if request.channel is None:
+        return _verify(request, runtime) or _record_delivery_status(request, runtime)
     context_object = build_context_object(request)
     log = {"message_sid": message_key(context_object)}
     logger.info("webhook received", extra={**log, "channel_type": request.channel.name})
@@ -75,6 +85,10 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         return Outcome(found["error_code"], found["message"], log=log)
     context_object = found["data"]
     log["conversation_id"] = context_object.get("conversation_id")
+    if request.channel.twilio:
+        handled = _opt_out_rules(context_object, runtime, log)
+        if handled is not None:
+            return handled
 
     debounce = settings.batching_mode == "debounce"
     rules = validate_conversation_rules(context_object, settings.lock_timeout_seconds)
@@ -107,12 +121,89 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     return Outcome(queue_message_id=queue_message_id, log={**log, "queue": queue})
 
 
+def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) -> Outcome | None:
+    """STOP, START, HELP, and the messages of a person who opted out (SMS, WhatsApp). None: the message
+    goes on as any other (START too, once it cleared `opted_out`). Otherwise it is recorded in the
+    conversation here, never to be answered by the AI (`no_reply`), and Twilio gets its answer."""
+    kind = keyword(context_object)
+    opted_out = flag(context_object.get("opted_out"))
+    now = context_object["received_at"]
+    changes: dict[str, Any] = {"last_inbound_at": now}
+    reply_text = None
+    if kind == STOP:
+        changes.update(opted_out=True, opted_out_at=now)
+        no_reply = STOP
+    elif kind == START:
+        if opted_out:
+            return _note(runtime, context_object, log, {"opted_out": False}, None)
+        return None
+    elif opted_out:
+        no_reply = "opted_out"  # nothing is sent to them, HELP's answer included
+    elif kind == HELP and runtime.settings.help_reply_text:
+        no_reply, reply_text = HELP, runtime.settings.help_reply_text
+    else:
+        return None
+    message = {**user_message(context_object), "no_reply": no_reply}
+    refusal = _note(runtime, context_object, log, changes, message)
+    if refusal is not None:
+        return refusal
+    runtime.metrics.add(
+        "KeywordReceived" if kind else "OptedOutMessage", channel_type=context_object["channel_type"]
+    )
+    logger.info("recorded, not for the AI", extra={**log, "no_reply": no_reply})
+    return Outcome(log=log, reply_text=reply_text)
+
+
+def _note(
+    runtime: Runtime, context_object: dict[str, Any], log: dict, changes: dict[str, Any], message: dict | None
+) -> Outcome | None:
+    """Stage 1's own write to the conversation; an error Outcome when it failed."""
+    try:
+        runtime.store.note_inbound(context_object["conversation_id"], changes=changes, message=message)
+    except TransientBackendError as exc:
+        return Outcome("DB_TRANSIENT_ERROR", f"cannot record the message: {exc}", log=log)
+    except BackendError as exc:
+        return Outcome("DB_QUERY_ERROR", f"cannot record the message: {exc}", log=log)
+    return None
+
+
+_DELIVERY_STATUSES = frozenset({*DELIVERY_ORDER[1:], *DELIVERY_FINAL})
+
+
+def _record_delivery_status(request: InboundRequest, runtime: Runtime) -> Outcome:
+    """A status callback moves its reply's `delivery_status` forward; an unknown id is acknowledged and
+    counted (Twilio reports on messages that are not ours to track, or not yet recorded)."""
+    params = request.params
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    status = (params.get("MessageStatus") or params.get("SmsStatus") or "").strip().lower()
+    if not sid or not status:
+        return Outcome("MISSING_REQUIRED_FIELD", "a status callback needs MessageSid and MessageStatus")
+    if status not in _DELIVERY_STATUSES:
+        return Outcome("PARSING_ERROR", f"MessageStatus {status!r} is not a delivery status")
+    error_code = (params.get("ErrorCode") or "").strip() or None
+    log = {"message_sid": sid, "delivery_status": status}
+    try:
+        result = runtime.store.record_delivery(sid, status, error_code, now=clock.now())
+    except TransientBackendError as exc:
+        return Outcome("DB_TRANSIENT_ERROR", f"cannot record the status: {exc}", log=log)
+    except BackendError as exc:
+        return Outcome("DB_QUERY_ERROR", f"cannot record the status: {exc}", log=log)
+    if result == "unknown":
+        runtime.metrics.add("StatusCallbackUnknown")
+    elif result == "recorded" and status == "delivered":
+        runtime.metrics.add("ReplyDelivered")
+    elif result == "recorded" and status in DELIVERY_FINAL:
+        runtime.metrics.add("ReplyFailed", error_code=error_code or status)
+    return Outcome(log=log, answer={"status": result, "message_sid": sid, "delivery_status": status})
+
+
 def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
     """None when the request may proceed; in `report` mode a bad signature is only logged and counted."""
     settings = runtime.settings
     if settings.verify_signatures == "off":
         return None
-    if request.channel.twilio:
+    channel_type = request.channel.name if request.channel else "status"
+    if request.channel is None or request.channel.twilio:
         try:
             token = runtime.twilio_auth_token()
         except TransientBackendError as exc:
@@ -128,7 +219,7 @@ def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
         return None
     if problem is None:
         return None
-    runtime.metrics.add("InvalidSignature", channel_type=request.channel.name)
+    runtime.metrics.add("InvalidSignature", channel_type=channel_type)
     if settings.verify_signatures == "report":
         logger.warning("invalid signature accepted (VERIFY_SIGNATURES=report)", extra={"reason": problem})
         return None

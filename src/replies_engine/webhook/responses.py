@@ -42,7 +42,7 @@ class TransientWebhookError(RuntimeError):
 
 def response_builder(error_code: str, message: str) -> dict:
     """The suggested API Gateway response for an error code: its status and a JSON body."""
-    return _json(ERROR_STATUS.get(error_code, 500), {"error_code": error_code, "message": message})
+    return json_response(ERROR_STATUS.get(error_code, 500), {"error_code": error_code, "message": message})
 
 
 def twiml_response(text: str | None = None) -> dict:
@@ -57,10 +57,10 @@ def twiml_response(text: str | None = None) -> dict:
     return {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": body}
 
 
-def success_response(channel: Channel | None, message_id: str) -> dict:
+def success_response(channel: Channel | None, message_id: str, reply_text: str | None = None) -> dict:
     if channel is not None and channel.twilio:
-        return twiml_response()
-    return _json(200, {"status": "queued", "message_id": message_id})
+        return twiml_response(reply_text)
+    return json_response(200, {"status": "queued", "message_id": message_id})
 
 
 def final_response(channel: Channel | None, error_code: str, message: str, locked_reply_text: str) -> dict:
@@ -75,7 +75,7 @@ def final_response(channel: Channel | None, error_code: str, message: str, locke
     return twiml_response()
 
 
-def _json(status: int, payload: dict) -> dict:
+def json_response(status: int, payload: dict) -> dict:
     return {
         "statusCode": status,
         "headers": {"Content-Type": "application/json"},

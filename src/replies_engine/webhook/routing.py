@@ -31,12 +31,12 @@ def determine_target_queue(
 
 def handed_off(record: dict[str, Any], honor_hand_off_to_human: bool = False) -> bool:
     """Humans answer this conversation (`auto_queue_reply_message`, or `hand_off_to_human` when honored)."""
-    return _flag(record.get("auto_queue_reply_message")) or (
-        honor_hand_off_to_human and _flag(record.get("hand_off_to_human"))
+    return flag(record.get("auto_queue_reply_message")) or (
+        honor_hand_off_to_human and flag(record.get("hand_off_to_human"))
     )
 
 
-def _flag(value: Any) -> bool:
+def flag(value: Any) -> bool:
     """A record's boolean: true, 1 or "true" (records imported by hand are not always typed)."""
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")

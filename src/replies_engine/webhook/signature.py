@@ -16,9 +16,9 @@ from .parsing import InboundRequest
 
 
 def twilio_url(request: InboundRequest, public_base_url: str | None) -> str | None:
-    """The URL Twilio called: PUBLIC_BASE_URL + channel path, else rebuilt from the request."""
+    """The URL Twilio called: PUBLIC_BASE_URL + the webhook's path, else rebuilt from the request."""
     if public_base_url:
-        url = f"{public_base_url}/{request.channel.name}"
+        url = f"{public_base_url}{request.endpoint}"
     else:
         host = request.headers.get("host")
         if not host:

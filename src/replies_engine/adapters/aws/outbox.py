@@ -21,7 +21,7 @@ class SqsOutbox:
         self.queue.send("outbox", body, attributes={"conversation_id": entry.get("conversation_id") or ""})
         return message_id
 
-    def find(self, batch_id: str) -> None:
+    def find(self, batch_id: str, part: int = 0) -> None:
         return None  # a queue cannot be searched
 
     def list(self) -> list[Record]:

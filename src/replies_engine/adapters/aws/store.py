@@ -38,13 +38,18 @@ from typing import Any
 from ... import clock
 from ...channels import GSIS, Gsi
 from ...conversation import (
+    DELIVERY_FINAL,
+    DELIVERY_ORDER,
     PROCESSING_ERROR,
     PROCESSING_REPLY,
     PROCESSING_TIMEOUT,
+    delivery_moves,
     holds,
     in_order,
+    inbound_changes,
     is_locked,
     lock_fields,
+    provider_ids,
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -195,6 +200,28 @@ class DynamoConversationStore:
                 continue
         raise _contended(conversation_id)
 
+    def note_inbound(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
+        for _ in range(_ATTEMPTS):
+            record = self._current(conversation_id)
+            if record is None:
+                raise StoreError(f"conversation {conversation_id} does not exist")
+            seq = record.get("last_message_seq", 0)
+            fields = inbound_changes(record, changes)
+            if message is not None:
+                fields = {**fields, "last_message_seq": seq + 1}
+            unchanged, values = _unchanged("last_message_seq", seq)
+            try:
+                self._commit(
+                    self._update_op(conversation_id, fields, unchanged, values),
+                    [self._put(conversation_id, message, seq + 1)] if message is not None else [],
+                )
+            except _ConditionFailed as failed:
+                if failed.reasons == ["None", "ConditionalCheckFailed"]:
+                    return False  # the message is there already
+                continue
+            return True
+        raise _contended(conversation_id)
+
     def lock_and_append(
         self,
         conversation_id: str,
@@ -217,7 +244,7 @@ class DynamoConversationStore:
                 raise StoreError(f"{len(fresh)} new messages in one batch: at most {MAX_NEW_MESSAGES}")
             seq = record.get("last_message_seq", 0)
             fields = {
-                **lock_fields(batch_id, fresh, now),
+                **lock_fields(record, batch_id, fresh, now),
                 "gsi_locked": LOCKED,
                 "last_message_seq": seq + len(fresh),
             }
@@ -307,7 +334,9 @@ class DynamoConversationStore:
         seq = record.get("last_message_seq", 0)
         if moved:
             fields.update(
-                lock_fields(batch_id, moved, now), gsi_locked=LOCKED, last_message_seq=seq + len(moved)
+                lock_fields(record, batch_id, moved, now),
+                gsi_locked=LOCKED,
+                last_message_seq=seq + len(moved),
             )
             same_seq, seq_values = _unchanged("last_message_seq", seq)
             condition += f" AND {same_seq}"
@@ -324,10 +353,22 @@ class DynamoConversationStore:
         return LockOutcome("acquired", record=_after(record, fields), appended=moved, duplicates=duplicates)
 
     def release_lock(
-        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
+        self,
+        conversation_id: str,
+        batch_id: str,
+        *,
+        status: str,
+        now: float,
+        reply: Record | None = None,
+        changes: Record | None = None,
     ) -> Record | None:
         stamp = clock.iso(now)
-        fields = {"conversation_status": status, "processing_completed_at": stamp, "updated_at": stamp}
+        fields = {
+            **(changes or {}),
+            "conversation_status": status,
+            "processing_completed_at": stamp,
+            "updated_at": stamp,
+        }
         if reply is None:
             return self._fenced(conversation_id, batch_id, fields)
         for _ in range(_ATTEMPTS):
@@ -338,17 +379,57 @@ class DynamoConversationStore:
             written = {**fields, "last_message_seq": seq + 1} if reply is not None else fields
             # pending_version too: the record returned must show what waits, or no flush would follow
             condition, values = self._unchanged_state(record, batch_id)
+            items = (
+                [self._put(conversation_id, reply, seq + 1), *self._pointers(conversation_id, reply)]
+                if reply is not None
+                else []
+            )
             try:
                 self._commit(
-                    self._update_op(conversation_id, written, condition, values, remove=_LOCK_ATTRS),
-                    [self._put(conversation_id, reply, seq + 1)] if reply is not None else [],
+                    self._update_op(conversation_id, written, condition, values, remove=_LOCK_ATTRS), items
                 )
             except _ConditionFailed as failed:
-                if failed.reasons[1:] == ["ConditionalCheckFailed"]:
+                if failed.reasons[:2] == ["None", "ConditionalCheckFailed"]:
                     reply = None  # a message with its id is in the history already
                 continue
             return _after(record, written, removed=_LOCK_ATTRS)
         raise _contended(conversation_id)
+
+    def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
+        """Two requests: the pointer item (GetItem), then the message's UpdateItem, conditioned on the
+        status it holds being one that `status` moves forward from."""
+        with _errors():
+            pointer = (
+                client("dynamodb")
+                .get_item(
+                    TableName=self.messages_table, Key=self._pointer_key(provider_id), ConsistentRead=True
+                )
+                .get("Item")
+            )
+        if pointer is None:
+            return "unknown"
+        earlier = [s for s in (*DELIVERY_ORDER, *DELIVERY_FINAL) if delivery_moves(s, status)]
+        names = {f":from{i}": s for i, s in enumerate(earlier)}
+        condition = "attribute_not_exists(delivery_status)"
+        if names:
+            condition = f"({condition} OR delivery_status IN ({', '.join(names)}))"
+        fields = {"delivery_status": status, "delivery_updated_at": clock.iso(now)}
+        if error_code:
+            fields["delivery_error_code"] = error_code
+        try:
+            self._conditional(
+                "update_item",
+                TableName=self.messages_table,
+                Key=self._message_key(
+                    pointer["target_conversation_id"]["S"], pointer["target_message_key"]["S"]
+                ),
+                UpdateExpression="SET " + ", ".join(f"{k} = :{k}" for k in fields),
+                ConditionExpression=f"attribute_exists(message_key) AND {condition}",
+                ExpressionAttributeValues=self._values({**names, **{f":{k}": v for k, v in fields.items()}}),
+            )
+        except _ConditionFailed:
+            return "stale"
+        return "recorded"
 
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
@@ -550,6 +631,8 @@ class DynamoConversationStore:
         with _errors():
             for page in client("dynamodb").get_paginator("query").paginate(**kwargs):
                 for item in map(self._decode, page["Items"]):
+                    if item.get("batch_id") is None and item.get("no_reply"):
+                        continue  # stage 1 notes a STOP under any lock
                     if item.get("batch_id") != batch_id:
                         return batch[::-1]
                     batch.append(item)
@@ -701,6 +784,27 @@ class DynamoConversationStore:
     def _message_item(self, conversation_id: str, message: Record, seq: int) -> dict[str, Any]:
         key = message.get("message_id") or f"#{seq}"
         return self._item({**message, "conversation_id": conversation_id, "message_key": key, "seq": seq})
+
+    def _pointers(self, conversation_id: str, reply: Record) -> list[dict[str, Any]]:
+        """A transaction's Puts of the items that lead a status callback from a provider id to the reply."""
+        target = reply.get("message_id")
+        return [
+            {
+                "Put": {
+                    "TableName": self.messages_table,
+                    "Item": {
+                        **self._pointer_key(pid),
+                        "target_conversation_id": {"S": conversation_id},
+                        "target_message_key": {"S": target},
+                    },
+                }
+            }
+            for pid in provider_ids(reply)
+        ]
+
+    def _pointer_key(self, provider_id: str) -> dict[str, Any]:
+        """MessagesTable keys no conversation uses: `delivery#<provider id>`, `delivery`."""
+        return self._message_key(f"delivery#{provider_id}", "delivery")
 
     def _message_key(self, conversation_id: str, key: str) -> dict[str, Any]:
         return {"conversation_id": {"S": conversation_id}, "message_key": {"S": key}}

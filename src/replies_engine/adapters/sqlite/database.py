@@ -17,7 +17,7 @@ from ...channels import GSIS
 from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
-SCHEMA_VERSION = 3  # 3: messages in their own table
+SCHEMA_VERSION = 4  # 3: messages in their own table; 4: deliveries
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
 _INDEXED_ATTRS = sorted(
@@ -51,6 +51,11 @@ _SCHEMA = "\n".join(
         );
         CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (conversation_id, message_id);
         CREATE INDEX IF NOT EXISTS messages_by_batch ON messages (conversation_id, batch_id);
+        CREATE TABLE IF NOT EXISTS deliveries (
+          provider_id TEXT PRIMARY KEY,
+          conversation_id TEXT NOT NULL,
+          message_id TEXT NOT NULL
+        );
         CREATE TABLE IF NOT EXISTS queue_messages (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
           message_id TEXT NOT NULL UNIQUE,

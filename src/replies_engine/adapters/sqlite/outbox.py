@@ -24,11 +24,15 @@ class SqliteOutbox:
             )
         return message_id
 
-    def find(self, batch_id: str) -> Record | bool:
+    def find(self, batch_id: str, part: int = 0) -> Record | bool:
         with translated_errors(StoreError, TransientStoreError):
             row = (
                 self._db.connection()
-                .execute("SELECT entry FROM outbox WHERE json_extract(entry, '$.batch_id') = ?", (batch_id,))
+                .execute(
+                    "SELECT entry FROM outbox WHERE json_extract(entry, '$.batch_id') = ?"
+                    " AND coalesce(json_extract(entry, '$.part'), 0) = ?",
+                    (batch_id, part),
+                )
                 .fetchone()
             )
         return json.loads(row["entry"]) if row else False

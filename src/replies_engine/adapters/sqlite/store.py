@@ -19,10 +19,13 @@ from ...conversation import (
     PROCESSING_ERROR,
     PROCESSING_REPLY,
     PROCESSING_TIMEOUT,
+    delivery_moves,
     holds,
     in_order,
+    inbound_changes,
     is_locked,
     lock_fields,
+    provider_ids,
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -116,6 +119,20 @@ class SqliteConversationStore:
             raise StoreError(f"conversation {conversation_id} does not exist")
         return result
 
+    def note_inbound(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
+        def note(record: Record, conn: sqlite3.Connection) -> bool:
+            if message is not None and _present(conn, conversation_id, [message]):
+                return False
+            record.update(inbound_changes(record, changes))
+            if message is not None:
+                insert_messages(conn, conversation_id, [message])
+            return True
+
+        result = self._update(conversation_id, note)
+        if result is None:
+            raise StoreError(f"conversation {conversation_id} does not exist")
+        return result
+
     def lock_and_append(
         self,
         conversation_id: str,
@@ -131,7 +148,7 @@ class SqliteConversationStore:
                 return LockOutcome("duplicates", duplicates=duplicates)
             if is_locked(record, now, lock_timeout_seconds):
                 return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
-            record.update(lock_fields(batch_id, fresh, now))
+            record.update(lock_fields(record, batch_id, fresh, now))
             insert_messages(conn, conversation_id, fresh)
             return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
 
@@ -178,7 +195,7 @@ class SqliteConversationStore:
             record.update(pending_messages=[], pending_version=pending_version + 1)
             if not fresh:
                 return LockOutcome("duplicates", duplicates=duplicates)
-            record.update(lock_fields(batch_id, fresh, now))
+            record.update(lock_fields(record, batch_id, fresh, now))
             insert_messages(conn, conversation_id, fresh)
             return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
 
@@ -199,14 +216,48 @@ class SqliteConversationStore:
         return self._update(conversation_id, renew)
 
     def release_lock(
-        self, conversation_id: str, batch_id: str, *, status: str, now: float, reply: Record | None = None
+        self,
+        conversation_id: str,
+        batch_id: str,
+        *,
+        status: str,
+        now: float,
+        reply: Record | None = None,
+        changes: Record | None = None,
     ) -> Record | None:
         def release(record: Record, conn: sqlite3.Connection) -> None:
-            record.update(conversation_status=status, processing_completed_at=clock.iso(now))
+            record.update(changes or {}, conversation_status=status, processing_completed_at=clock.iso(now))
             if reply is not None:
                 insert_messages(conn, conversation_id, [reply])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO deliveries (provider_id, conversation_id, message_id)"
+                    " VALUES (?, ?, ?)",
+                    [(pid, conversation_id, reply["message_id"]) for pid in provider_ids(reply)],
+                )
 
         return self._fenced(conversation_id, batch_id, now, release)
+
+    def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
+        with _errors(), self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT m.seq, m.conversation_id, m.message FROM deliveries d JOIN messages m"
+                " ON m.conversation_id = d.conversation_id AND m.message_id = d.message_id"
+                " WHERE d.provider_id = ?",
+                (provider_id,),
+            ).fetchone()
+            if row is None:
+                return "unknown"
+            message = json.loads(row["message"])
+            if not delivery_moves(message.get("delivery_status"), status):
+                return "stale"
+            message.update(delivery_status=status, delivery_updated_at=clock.iso(now))
+            if error_code:
+                message["delivery_error_code"] = error_code
+            conn.execute(
+                "UPDATE messages SET message = ? WHERE conversation_id = ? AND seq = ?",
+                (json.dumps(message, ensure_ascii=False), row["conversation_id"], row["seq"]),
+            )
+            return "recorded"
 
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False

@@ -1,0 +1,271 @@
+"""Stage 3's last mile: a reply goes out as ONE delivery unit, by its channel's rules.
+
+The reply is cut to its channel's length (`parts.py`) and noted on the record before anything goes
+(`sending`: the parts' `texts`, and `parts`, the provider ids of those sent). Each part is recorded as
+it goes, so whoever picks the reply up after a crash (the AI queue's retry, or the sweeper's re-drive)
+sends only the parts not yet sent: `settle` first asks the sender whether the part in flight went out.
+
+Right before each part the record is read again (it is what the previous write returned): nothing goes
+to a person who opted out, or whose conversation a human took over; on WhatsApp, nothing free-form goes
+once 24 hours passed since the person's last message (the template goes instead, or a human gets it).
+
+Send failures by kind (`senders.py`): transient → retried with the lock kept; ambiguous → retried, the
+part looked up first; permanent → `reply_failed` with `last_error_code`, never retried (21610 and
+63014 also set `opted_out`; 63016 is the closed window, as above; the others go to the AI queue's DLQ
+for an operator).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from .. import clock
+from ..batching.processor import dead_letter_context, flush_if_pending
+from ..bootstrap import Runtime
+from ..channels import CHANNELS, HANDOFF_QUEUE
+from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, OPTED_OUT, PROCESSING_ERROR, REPLY_FAILED
+from ..ports import TransientBackendError
+from ..webhook.routing import flag, handed_off
+from .parts import split_reply
+from .senders import (
+    OPTED_OUT_CODES,
+    WINDOW_CLOSED_CODE,
+    AmbiguousSendError,
+    PermanentSendError,
+    TransientSendError,
+)
+
+logger = logging.getLogger(__name__)
+
+WHATSAPP_WINDOW_SECONDS = 24 * 3600  # free-form messages only this long after the person's last one
+_UNLOCK_ATTEMPTS = 3
+_NOTE_ONLY = ("texts", "parts", "unsent", "in_doubt", "conversation_id")
+
+
+def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, Any]:
+    """The delivery note of the reply `text` to the AI context `context`."""
+    channel = CHANNELS[context["channel_type"]]
+    texts, truncated = split_reply(text, channel.max_reply_length, runtime.settings.max_reply_parts)
+    if truncated:
+        runtime.metrics.add("ReplyTruncated")
+        logger.warning(
+            "the reply is longer than MAX_REPLY_PARTS parts: its end is not sent",
+            extra={"conversation_id": context["conversation_id"], "length": len(text)},
+        )
+    address = context.get("reply_address") or {}
+    return {
+        "message_id": None,
+        "role": "assistant",
+        "content": "".join(texts),
+        "timestamp": clock.iso(),  # a sender asked later whether a part went looks from here
+        "channel_type": context["channel_type"],
+        "batch_id": context["batch_id"],
+        "conversation_id": context["conversation_id"],
+        "answers": [m["message_id"] for m in context["messages"]],  # exactly what the responder saw
+        "to": address.get("to"),
+        "from": address.get("from"),
+        "texts": texts,
+        "parts": [],
+    }
+
+
+def complete(note: dict[str, Any]) -> bool:
+    return len(note["parts"]) >= len(note["texts"])
+
+
+def in_flight(note: dict[str, Any]) -> bool:
+    """May the next part have gone out (a holder stopped while sending it)?"""
+    return not complete(note) and not note.get("unsent")
+
+
+def settle(runtime: Runtime, note: dict[str, Any]) -> dict[str, Any]:
+    """The note, with the part that was in flight when its holder stopped found out: recorded if it
+    went, and also if the provider cannot tell (`in_doubt`: it may have reached the person, so it is
+    never sent twice); `unsent` if it surely did not."""
+    note = {"texts": [note.get("content", "")], "parts": [], **note}  # a note from before parts
+    if not in_flight(note):
+        return note
+    part = len(note["parts"])
+    went = runtime.senders[note["channel_type"]].went_out(note, part)
+    if went is False:
+        return {**note, "unsent": True}
+    runtime.metrics.add("ReplyInDoubt" if went is None else "ReplyRecovered")
+    logger.warning(
+        "a part in flight when its holder stopped is recorded, never sent twice",
+        extra={"batch_id": note["batch_id"], "part": part, "went": went or "unknown"},
+    )
+    return {
+        **note,
+        "parts": [*note["parts"], went or f"unknown-{note['batch_id']}-{part}"],
+        "in_doubt": note.get("in_doubt", False) or went is None,
+    }
+
+
+def recorded_reply(note: dict[str, Any]) -> dict[str, Any]:
+    """The assistant message a note becomes: `message_id` its first part's, `parts` when it was split,
+    `content` what was sent."""
+    reply = {k: v for k, v in note.items() if k not in _NOTE_ONLY}
+    sent = note["parts"]
+    reply.update(
+        message_id=sent[0],
+        content="".join(note["texts"][: len(sent)]) if not note.get("template") else note["content"],
+        timestamp=clock.iso(),
+        delivery_status="unknown" if note.get("in_doubt") else "queued",
+    )
+    if len(note["texts"]) > 1:
+        reply["parts"] = sent
+    return reply
+
+
+def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Send the note's parts not yet sent, in order, then unlock. False: retry it (the lock kept).
+    `record` is the record after the note was written; `context` the AI context of the lock's holder."""
+    log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"]}
+    sender = runtime.senders[note["channel_type"]]
+    while not complete(note):
+        if flag(record.get("opted_out")):
+            logger.info("the person opted out: nothing more is sent", extra=log)
+            return finish(runtime, context, note, OPTED_OUT)
+        if handed_off(record, runtime.settings.honor_hand_off_to_human):
+            runtime.metrics.add("ReplySuperseded")
+            logger.info("the conversation was handed to a human: the AI reply is not sent", extra=log)
+            return finish(runtime, context, note, HANDED_OFF)
+        if not note.get("template") and _window_closed(record, context):
+            return window_closed(runtime, context, note)
+        part = len(note["parts"])
+        try:
+            provider_id = sender.send(note, part)
+        except (TransientSendError, TransientBackendError):
+            logger.warning("sending failed for now: retried, the lock kept", extra=log, exc_info=True)
+            _note(runtime, context, {**note, "unsent": True})
+            return False
+        except AmbiguousSendError:
+            logger.warning(
+                "a send may have gone out: looked up before it is sent again", extra=log, exc_info=True
+            )
+            return False
+        except PermanentSendError as exc:
+            return refused(runtime, context, note, exc)
+        except Exception as exc:
+            logger.exception("sending the reply failed", extra=log)
+            dead_letter_context(runtime, context, f"the reply could not be sent: {exc}")
+            return finish(runtime, context, note, PROCESSING_ERROR, error=str(exc))
+        note = {**note, "parts": [*note["parts"], provider_id], "unsent": False}
+        if not complete(note):
+            record = _note(runtime, context, note)
+            if record is None:
+                logger.warning("lock lost between parts: its new holder sends the rest", extra=log)
+                return True
+    if context.get("first_received_at"):
+        runtime.metrics.add("EndToEndSeconds", clock.now() - clock.parse_iso(context["first_received_at"]))
+    logger.info(
+        "reply sent", extra={**log, "provider_message_id": note["parts"][0], "parts": len(note["parts"])}
+    )
+    return finish(runtime, context, note, AI_RESPONSE_SENT)
+
+
+def refused(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], exc: PermanentSendError) -> bool:
+    """The provider refused a part for good: `reply_failed`, never retried."""
+    code = exc.code or "unknown"
+    log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"], "error_code": code}
+    runtime.metrics.add("ReplyFailed", error_code=code)
+    changes: dict[str, Any] = {"last_error_code": code}
+    if code == WINDOW_CLOSED_CODE and not note.get("template"):
+        return window_closed(runtime, context, note)
+    if code in OPTED_OUT_CODES:
+        logger.warning("the person opted out or blocked the sender: nothing more is sent", extra=log)
+        changes.update(opted_out=True, opted_out_at=clock.iso())
+    else:
+        logger.error("the provider refused the reply for good", extra={**log, "error": str(exc)})
+        dead_letter_context(runtime, context, f"the provider refused the reply: {exc}")
+    return finish(runtime, context, note, REPLY_FAILED, changes=changes)
+
+
+def window_closed(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> bool:
+    """WhatsApp's 24-hour window closed: the approved template goes instead (WHATSAPP_TEMPLATE_CONTENT_SID),
+    or the conversation goes to the handoff queue with the reason and the AI's draft."""
+    log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"]}
+    template = runtime.settings.whatsapp_template_content_sid
+    if template and not note["parts"]:
+        logger.info("WhatsApp's 24-hour window closed: the template goes instead", extra=log)
+        variables = (context.get("conversation") or {}).get("whatsapp_template_variables")
+        note = {
+            **note,
+            "template": template,
+            "template_variables": variables,
+            "content": f"[template {template}]",
+            "texts": [f"[template {template}]"],
+            "unsent": True,
+        }
+        record = _note(runtime, context, note)
+        return True if record is None else deliver(runtime, context, note, record)
+    logger.warning("WhatsApp's 24-hour window closed: handed to a human", extra=log)
+    handoff = {**context, "handoff_reason": "whatsapp_window_closed", "draft_reply": note["content"]}
+    runtime.queue.send(
+        HANDOFF_QUEUE,
+        json.dumps(handoff, ensure_ascii=False),
+        attributes={"conversation_id": context["conversation_id"], "HandoffReason": "whatsapp_window_closed"},
+    )
+    runtime.metrics.add("WindowClosedHandoff")
+    return finish(runtime, context, note, REPLY_FAILED, changes={"last_error_code": WINDOW_CLOSED_CODE})
+
+
+def finish(
+    runtime: Runtime,
+    context: dict[str, Any],
+    note: dict[str, Any] | None,
+    status: str,
+    *,
+    changes: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """Unlock to `status`, recording the parts that went out. The reply's record is acknowledged
+    whatever the unlock does (it never raises): a person never gets the same part twice."""
+    log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"], "status": status}
+    reply = recorded_reply(note) if note and note["parts"] else None
+    for attempt in range(_UNLOCK_ATTEMPTS):
+        try:
+            released = runtime.store.release_lock(
+                context["conversation_id"],
+                context["batch_id"],
+                status=status,
+                now=clock.now(),
+                reply=reply,
+                changes=changes,
+            )
+            break
+        except TransientBackendError:
+            time.sleep(0.2 * (attempt + 1))
+        except Exception:
+            logger.exception("unlock failed: the lease will expire", extra=log)
+            return True
+    else:
+        logger.error("unlock kept failing: the lease will expire", extra=log)
+        return True
+    if not released:
+        logger.warning("unlock refused: this batch no longer holds the lock", extra=log)
+        return True
+    flush_if_pending(runtime, released)  # messages that waited for the lock get their batch
+    if error:
+        logger.error("conversation unlocked after a failed send", extra={**log, "error": error})
+    return True
+
+
+def _note(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> dict[str, Any] | None:
+    """Write the note (the lease starts again); the record after, None when the lock was lost."""
+    return runtime.store.renew_lock(
+        context["conversation_id"], context["batch_id"], now=clock.now(), changes={"sending": note}
+    )
+
+
+def _window_closed(record: dict[str, Any], context: dict[str, Any]) -> bool:
+    """WhatsApp only: more than 24 hours since the person's last message (that the record or this
+    batch knows of; none known: open)."""
+    if context["channel_type"] != "whatsapp":
+        return False
+    stamps = [record.get("last_inbound_at") or "", *(m.get("timestamp") or "" for m in context["messages"])]
+    newest = max(stamps)
+    return bool(newest) and clock.now() - clock.parse_iso(newest) > WHATSAPP_WINDOW_SECONDS
