@@ -57,14 +57,18 @@ class TwilioApi(HttpClient):
         failure = self.failures.pop(0) if self.failures else None
         if failure == "refused":
             raise requests.exceptions.ConnectionError(
-                urllib3.exceptions.MaxRetryError(None, uri, urllib3.exceptions.NewConnectionError(None, "refused"))
+                urllib3.exceptions.MaxRetryError(
+                    None, uri, urllib3.exceptions.NewConnectionError(None, "refused")
+                )
             )
         if isinstance(failure, int) and failure < 600:  # an HTTP status
-            return Response(failure, json.dumps({"code": 20000 + failure, "message": "busy", "status": failure}))
+            return Response(
+                failure, json.dumps({"code": 20000 + failure, "message": "busy", "status": failure})
+            )
         if isinstance(failure, int):  # a Twilio error code, with its 400
             return Response(400, json.dumps({"code": failure, "message": f"error {failure}", "status": 400}))
         message = {
-            "sid": f"SM{len(self.created) + 1:032x}",
+            "sid": f"SMf{len(self.created) + 1:031x}",  # never one of the payloads' inbound sids
             "status": "queued",
             "body": data.get("Body", f"[template {data.get('ContentSid')}]"),
             "to": data["To"],

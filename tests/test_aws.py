@@ -276,6 +276,7 @@ def test_a_message_appended_to_a_3000_message_conversation_writes_one_small_item
         released = store.release_lock("c1", "b1", status="ai_response_sent", now=time.time(), reply=reply)
     assert released["conversation_status"] == "ai_response_sent" and "lock_owner" not in released
     [(operation, params)] = writes
-    assert operation == "TransactWriteItems" and len(params["TransactItems"]) == 2
+    # the record, the reply, and the pointer a status callback finds the reply by
+    assert operation == "TransactWriteItems" and len(params["TransactItems"]) == 3
     assert store.messages("c1", last=2) == [message, reply]
     assert [r["conversation_id"] for r in store.list()] == ["c1"]

@@ -161,3 +161,26 @@ def test_the_default_debounce_mode_answers_a_burst_once_soon_after_the_pause(env
     assert [s["status"] for s in sent] == [200, 200, 200]
     assert [r["body"] for r in replies] == ["Thanks, we received your 3 messages."]
     assert waited <= 1 + 2  # QUIET_SECONDS + 2 s
+
+
+def test_a_live_serve_records_stop_and_delivery_status_callbacks(env):
+    with serving(env) as (url, _):
+        post_text(url, "hello")
+        [reply] = wait_for(lambda: cli_json(env, "outbox", "list"), BATCH_DELAY + 2)
+        callback = {"MessageSid": reply["message_id"], "MessageStatus": "delivered"}
+        recorded = post_signed(url, callback, channel="twilio/status")
+        forged = post_signed(url, {**callback, "MessageStatus": "failed"}, "twilio/status", "Zm9yZ2Vk")
+        assert post_signed(url, whatsapp_text("STOP")).status_code == 200
+        post_text(url, "one more thing")
+        time.sleep(BATCH_DELAY + 1)  # time enough for a reply, were one to come
+        outbox = cli_json(env, "outbox", "list")
+
+    assert (recorded.status_code, recorded.json()["status"]) == (200, "recorded")
+    assert forged.status_code == 403
+    assert len(outbox) == 1  # nothing after STOP
+    record = cli_json(env, "conversations", "show", "c1")
+    assert record["opted_out"] is True
+    assert [m.get("delivery_status") for m in record["messages"] if m["role"] == "assistant"][
+        -1
+    ] == "delivered"
+    assert [m.get("no_reply") for m in record["messages"][-2:]] == ["stop", "opted_out"]

@@ -240,7 +240,7 @@ def test_twilio_sender_creates_a_message_with_twilios_client():
 
     sid = sender.send(note("Sure, which day?"), 0)
 
-    assert sid == f"SM{1:032x}"
+    assert sid == f"SMf{1:031x}"
     [request] = http.requests
     assert request["method"] == "POST"
     assert request["uri"] == f"https://api.twilio.com/2010-04-01/Accounts/AC{'1' * 32}/Messages.json"

@@ -21,6 +21,7 @@ from ..channels import AI_QUEUE, CHANNELS
 from ..config import SQS_MAX_DELAY_SECONDS
 from ..conversation import (
     HISTORY_FIELDS,
+    awaits_reply,
     flush_delay,
     flush_due,
     is_locked,
@@ -172,7 +173,7 @@ def unanswered(runtime: Runtime, conversation_id: str) -> tuple[list[dict[str, A
         recent = runtime.store.messages(conversation_id, last=last)
         split = split_unanswered(recent)
         if len(recent) < last or last >= MAX_UNANSWERED:
-            answered, waiting = split or ([], [m for m in recent if m.get("role") == "user"])
+            answered, waiting = split or ([], [m for m in recent if awaits_reply(m)])
             return answered[-HISTORY_MESSAGES:], waiting[-MAX_UNANSWERED:]
         if split and len(split[0]) >= HISTORY_MESSAGES:
             return split[0][-HISTORY_MESSAGES:], split[1]
