@@ -122,7 +122,7 @@ def dead_letters(stack: Any) -> int:
 def verdict(accepted: dict[str, str], stack: Any) -> Counter:
     """Counts over the run's conversations (see the module's docstring)."""
     store, counts = get_runtime().store, Counter()
-    sent = Counter(entry.get("batch_id") for entry in outbox(stack))
+    sent = Counter((entry.get("batch_id"), entry.get("part", 0)) for entry in outbox(stack))
     for n in range(PEOPLE):
         cid = f"p{n}"
         record, messages = store.get(cid), store.messages(cid)
@@ -135,10 +135,10 @@ def verdict(accepted: dict[str, str], stack: Any) -> Counter:
         counts["unanswered"] += bool(pending or any(m["role"] == "user" for m in messages[last_reply + 1 :]))
         answered = Counter(sid for r in replies for sid in r.get("answers", []))
         counts["double"] += sum(1 for times in answered.values() if times > 1)
-        counts["double"] += sum(1 for r in replies if sent[r["batch_id"]] > 1)  # one reply, sent twice
-        doubtful = [r for r in replies if r.get("delivery") == "unknown"]
+        counts["double"] += sum(1 for r in replies if sent[r["batch_id"], 0] > 1)  # one reply, sent twice
+        doubtful = [r for r in replies if r.get("delivery_status") == "unknown"]
         counts["in doubt"] += len(doubtful)
-        counts["never sent"] += sum(1 for r in doubtful if not sent[r["batch_id"]])
+        counts["never sent"] += sum(1 for r in doubtful if not sent[r["batch_id"], 0])
         counts["locked"] += record["conversation_status"] == "processing_reply"
     counts["dead"] += dead_letters(stack)
     counts["lost"] -= min(counts["lost"], counts["dead"])  # a dead-lettered message is kept, not lost
