@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from replies_engine import conversation
 from replies_engine.handlers import reply_sender, stalled_sweeper
 from replies_engine.local.workers import sqs_event
-from replies_engine.replies import delivery, pipeline
+from replies_engine.replies import pipeline
 from replies_engine.replies.parts import twilio_length
 
 from .fakes import TwilioApi
@@ -351,7 +352,7 @@ def test_a_closed_window_sends_the_template_when_one_is_configured(twilio, monke
     twilio.env(WHATSAPP_TEMPLATE_CONTENT_SID="HX" + "a" * 32)
     twilio.runtime.senders["whatsapp"].http_client = twilio.api
     ai = locked(twilio)
-    monkeypatch.setattr(delivery, "WHATSAPP_WINDOW_SECONDS", 0)  # the person wrote "a day ago"
+    monkeypatch.setattr(conversation, "WHATSAPP_WINDOW_SECONDS", 0)  # the person wrote "a day ago"
 
     assert reply_stage(ai) == []
 
@@ -364,7 +365,7 @@ def test_a_closed_window_sends_the_template_when_one_is_configured(twilio, monke
 
 def test_a_closed_window_without_a_template_goes_to_a_human(twilio, monkeypatch):
     ai = locked(twilio)
-    monkeypatch.setattr(delivery, "WHATSAPP_WINDOW_SECONDS", 0)
+    monkeypatch.setattr(conversation, "WHATSAPP_WINDOW_SECONDS", 0)
 
     assert reply_stage(ai) == []
 

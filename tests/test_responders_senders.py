@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from replies_engine import clock
-from replies_engine.replies.responders import OpenAIResponder, ResponderError
+from replies_engine.ports import Handoff
+from replies_engine.replies.responders import LocalResponder, OpenAIResponder, ResponderError
 from replies_engine.replies.senders import TwilioSender
 
 from .fakes import TwilioApi
@@ -294,3 +295,42 @@ def test_replies_go_through_twilio_only_when_an_account_is_configured(engine):
 
     assert type(senders["whatsapp"]) is TwilioSender and senders["sms"] is senders["whatsapp"]
     assert type(senders["email"]).__name__ == "OutboxSender"
+
+
+def test_the_model_calling_hand_off_to_human_is_a_handoff_with_its_last_word(model_server):
+    call = {
+        "type": "function",
+        "function": {"name": "hand_off_to_human", "arguments": '{"reason": "wants a refund"}'},
+    }
+    model_server.answers = [
+        (
+            200,
+            {"choices": [{"message": {"role": "assistant", "content": "One moment.", "tool_calls": [call]}}]},
+        )
+    ]
+    context = {
+        **AI_CONTEXT,
+        "history": [
+            {"role": "agent", "content": "Hi, Sam from support here."},
+            {"role": "event", "content": "Handed back to the AI by sam: a human answered in between."},
+        ],
+    }
+
+    answer = responder(model_server).respond(context)
+
+    assert answer == Handoff("wants a refund", "One moment.")
+    sent = model_server.requests[0]["json"]
+    assert sent["tools"][0]["function"]["name"] == "hand_off_to_human"
+    assert sent["messages"][1:3] == [
+        {"role": "assistant", "content": "Hi, Sam from support here."},  # a colleague's reply is ours
+        {"role": "system", "content": "Handed back to the AI by sam: a human answered in between."},
+    ]
+
+
+def test_the_local_responder_hands_off_when_asked_for_a_human():
+    answer = LocalResponder().respond({"messages": [{"role": "user", "content": "Can I talk to a human?"}]})
+
+    assert isinstance(answer, Handoff) and answer.reason == "the person asked for a human"
+    assert (
+        LocalResponder().respond({"messages": [{"role": "user", "content": "humanity"}]}).startswith("Thanks")
+    )

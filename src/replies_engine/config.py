@@ -36,6 +36,7 @@ class Settings:
     help_reply_text: str | None = None  # the answer to HELP/INFO; unset: HELP is a message like any
     whatsapp_template_content_sid: str | None = None  # sent instead when WhatsApp's 24-hour window closed
     max_reply_parts: int = 10  # a long reply goes out in at most this many parts
+    operator_token: str | None = None  # the inbox's and its API's password (`serve`)
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
     batching_mode: str = "debounce"
@@ -96,6 +97,7 @@ class Settings:
             help_reply_text=env.text("HELP_REPLY_TEXT"),
             whatsapp_template_content_sid=env.text("WHATSAPP_TEMPLATE_CONTENT_SID"),
             max_reply_parts=env.integer("MAX_REPLY_PARTS", 10, 1, 50),
+            operator_token=env.text("OPERATOR_TOKEN"),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
             batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "debounce"),

@@ -16,6 +16,13 @@ HANDED_OFF = "handed_off"  # handed to a human while the AI worked: unlocked, no
 REPLY_FAILED = "reply_failed"  # the provider refused the reply for good (`last_error_code`): not retried
 OPTED_OUT = "opted_out"  # the person opted out (STOP) while the AI worked: unlocked, nothing sent
 
+AI, HUMAN = "ai", "human"  # a conversation's `owner`: who answers it
+WHATSAPP_WINDOW_SECONDS = 24 * 3600  # free-form messages only this long after the person's last one
+
+# What answers the person's messages before it: the AI's reply, a human's (`agent`), or an event of the
+# thread (a hand-off: a human takes them; a hand-back: a human took them).
+ANSWERS = frozenset({"assistant", "agent", "event"})
+
 # Delivery statuses (Twilio's StatusCallback), in the order they move; the final ones end it.
 DELIVERY_ORDER = ("unknown", "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read")
 DELIVERY_FINAL = frozenset({"undelivered", "failed", "canceled"})
@@ -144,13 +151,31 @@ def split_unanswered(
     recent: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """(answered, unanswered) of the newest messages `recent`, oldest first: the person's messages after
-    the last reply are the unanswered ones (a reply covers what its batch saw, and nothing joins the
+    the last reply (or agent reply, or hand-off event: `ANSWERS`) are the unanswered ones (a reply covers what its batch saw, and nothing joins the
     conversation under a lock but its holder's messages and those never to be answered, `no_reply`).
     None when `recent` holds no reply: read more."""
     for i in range(len(recent) - 1, -1, -1):
-        if recent[i].get("role") == "assistant":
+        if recent[i].get("role") in ANSWERS:
             return recent[: i + 1], [m for m in recent[i + 1 :] if awaits_reply(m)]
     return None
+
+
+def owned_by_human(record: dict[str, Any], honor_hand_off_to_human: bool = False) -> bool:
+    """Does a human answer this conversation? `owner: "human"` (a hand-off by rule, by the AI or by
+    an operator), or the rules' flags (`auto_queue_reply_message`, and `hand_off_to_human` when
+    honored) on a record that has not been handed back since."""
+    return (
+        record.get("owner") == HUMAN
+        or flag(record.get("auto_queue_reply_message"))
+        or (honor_hand_off_to_human and flag(record.get("hand_off_to_human")))
+    )
+
+
+def flag(value: Any) -> bool:
+    """A record's boolean: true, 1 or "true" (records imported by hand are not always typed)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return value is True or value == 1
 
 
 def awaits_reply(message: dict[str, Any]) -> bool:
@@ -199,3 +224,12 @@ def flush_delay(pending: list[dict[str, Any]], now: float, quiet: int, max_wait:
         return 0
     oldest = min((clock.parse_iso(m["timestamp"]) for m in pending if m.get("timestamp")), default=now)
     return max(0, min(quiet, math.ceil(max_wait - (now - oldest))))
+
+
+def outside_window(record: dict[str, Any], channel_type: str, messages: list[dict[str, Any]] = ()) -> bool:
+    """WhatsApp only: more than 24 hours since the person's last message (that the record or
+    `messages` know of; none known: inside)."""
+    if channel_type != "whatsapp":
+        return False
+    newest = max([record.get("last_inbound_at") or "", *(m.get("timestamp") or "" for m in messages)])
+    return bool(newest) and clock.now() - clock.parse_iso(newest) > WHATSAPP_WINDOW_SECONDS

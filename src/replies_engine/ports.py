@@ -122,10 +122,11 @@ class ConversationStore(Protocol):
         """
         ...
 
-    def note_inbound(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
-        """Stage 1's own write, lock or none: set `changes` (`opted_out`, `last_inbound_at`) and append
-        `message`, one never to be answered (`no_reply`), unless its id is there already. One conditional
-        write. Returns False when the message was there (nothing written), True otherwise."""
+    def write_unlocked(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
+        """A write that needs no lock (stage 1's keywords, an operator's hand-off or reply): set
+        `changes` (`last_inbound_at` only ever moves forward) and append `message` (one the AI never
+        answers: `no_reply`, an event, an agent's reply, indexed for status callbacks) unless its id is
+        there already. One conditional write. False when the message was there (nothing written)."""
         ...
 
     def lock_and_append(
@@ -261,10 +262,19 @@ class Outbox(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Handoff:
+    """A responder's answer that asks for a human: `reason` for the operator, and `text`, a last word to
+    the person ("a colleague will answer you here"), sent first unless empty."""
+
+    reason: str
+    text: str = ""
+
+
 class Responder(Protocol):
     """Produces the reply to a batch: the AI stage."""
 
-    def respond(self, ai_context: Record) -> str: ...
+    def respond(self, ai_context: Record) -> str | Handoff: ...
 
 
 class Sender(Protocol):

@@ -27,7 +27,10 @@ def serve(host: str, port: int) -> None:
     engine.start()
     logger.info("replies-engine serving", extra=startup)
     try:
-        uvicorn.run(create_app(), host=host, port=port, log_level="warning", access_log=False)
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        uvicorn.run(
+            create_app(loopback=loopback), host=host, port=port, log_level="warning", access_log=False
+        )
     finally:
         engine.stop()
         logger.info("replies-engine stopped")

@@ -26,9 +26,19 @@ from .. import clock
 from ..batching.processor import dead_letter_context, flush_if_pending
 from ..bootstrap import Runtime
 from ..channels import CHANNELS, HANDOFF_QUEUE
-from ..conversation import AI_RESPONSE_SENT, HANDED_OFF, OPTED_OUT, PROCESSING_ERROR, REPLY_FAILED
+from ..conversation import (
+    AI,
+    AI_RESPONSE_SENT,
+    HANDED_OFF,
+    OPTED_OUT,
+    PROCESSING_ERROR,
+    REPLY_FAILED,
+    flag,
+    outside_window,
+    owned_by_human,
+)
+from ..handoff import handoff_changes, notify_handoff
 from ..ports import TransientBackendError
-from ..webhook.routing import flag, handed_off
 from .parts import split_reply
 from .senders import (
     OPTED_OUT_CODES,
@@ -40,9 +50,8 @@ from .senders import (
 
 logger = logging.getLogger(__name__)
 
-WHATSAPP_WINDOW_SECONDS = 24 * 3600  # free-form messages only this long after the person's last one
 _UNLOCK_ATTEMPTS = 3
-_NOTE_ONLY = ("texts", "parts", "unsent", "in_doubt", "conversation_id")
+_NOTE_ONLY = ("texts", "parts", "unsent", "in_doubt", "conversation_id", "hand_off")
 
 
 def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, Any]:
@@ -129,11 +138,11 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
         if flag(record.get("opted_out")):
             logger.info("the person opted out: nothing more is sent", extra=log)
             return finish(runtime, context, note, OPTED_OUT)
-        if handed_off(record, runtime.settings.honor_hand_off_to_human):
+        if owned_by_human(record, runtime.settings.honor_hand_off_to_human):
             runtime.metrics.add("ReplySuperseded")
             logger.info("the conversation was handed to a human: the AI reply is not sent", extra=log)
             return finish(runtime, context, note, HANDED_OFF)
-        if not note.get("template") and _window_closed(record, context):
+        if not note.get("template") and outside_window(record, context["channel_type"], context["messages"]):
             return window_closed(runtime, context, note)
         part = len(note["parts"])
         try:
@@ -164,7 +173,27 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
     logger.info(
         "reply sent", extra={**log, "provider_message_id": note["parts"][0], "parts": len(note["parts"])}
     )
+    if note.get("hand_off"):
+        return hand_to_human(runtime, context, note, note["hand_off"])
     return finish(runtime, context, note, AI_RESPONSE_SENT)
+
+
+def hand_to_human(
+    runtime: Runtime, context: dict[str, Any], note: dict[str, Any] | None, reason: str
+) -> bool:
+    """The AI asked for a human: the unlock records its last word (if any) and makes a human the
+    owner in one write; then the handoff queue is told."""
+    now = clock.iso()
+    finish(runtime, context, note, HANDED_OFF, changes=handoff_changes(reason, AI, now))
+    notify_handoff(
+        runtime, {**context["conversation"], "conversation_id": context["conversation_id"]}, reason, AI
+    )
+    runtime.metrics.add("HandedOff", cause="ai")
+    logger.info(
+        "the AI handed the conversation to a human",
+        extra={"conversation_id": context["conversation_id"], "reason": reason},
+    )
+    return True
 
 
 def refused(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], exc: PermanentSendError) -> bool:
@@ -259,13 +288,3 @@ def _note(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> di
     return runtime.store.renew_lock(
         context["conversation_id"], context["batch_id"], now=clock.now(), changes={"sending": note}
     )
-
-
-def _window_closed(record: dict[str, Any], context: dict[str, Any]) -> bool:
-    """WhatsApp only: more than 24 hours since the person's last message (that the record or this
-    batch knows of; none known: open)."""
-    if context["channel_type"] != "whatsapp":
-        return False
-    stamps = [record.get("last_inbound_at") or "", *(m.get("timestamp") or "" for m in context["messages"])]
-    newest = max(stamps)
-    return bool(newest) and clock.now() - clock.parse_iso(newest) > WHATSAPP_WINDOW_SECONDS

@@ -25,9 +25,9 @@ from typing import Any
 from .. import clock
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
-from ..conversation import OPTED_OUT, REPLY_SUPERSEDED, holds
-from ..webhook.routing import flag
-from .delivery import deliver, finish, new_note, settle
+from ..conversation import HANDED_OFF, OPTED_OUT, REPLY_SUPERSEDED, flag, holds, owned_by_human
+from ..ports import Handoff
+from .delivery import deliver, finish, hand_to_human, new_note, settle
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,21 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     if flag(held.get("opted_out")):
         logger.info("the person opted out: no reply is made", extra=log)
         return finish(runtime, context, None, OPTED_OUT)
+    if owned_by_human(held, runtime.settings.honor_hand_off_to_human):
+        logger.info("a human owns the conversation: no AI reply is made", extra=log)
+        return finish(runtime, context, None, HANDED_OFF)
 
     with Heartbeat(runtime, conversation_id, batch_id, typing=_typing(runtime, context)):
-        text = runtime.responder.respond(context)  # a slow model keeps the lock; a dead one not
+        answer = runtime.responder.respond(context)  # a slow model keeps the lock; a dead one not
+    if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
+        if not answer.text:
+            return hand_to_human(runtime, context, None, answer.reason)
+        note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason}
+        record = runtime.store.renew_lock(
+            conversation_id, batch_id, now=clock.now(), changes={"sending": note}
+        )
+        return True if record is None else deliver(runtime, context, note, record)
+    text = answer
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+
+from ..ports import Handoff
 
 if TYPE_CHECKING:
     import httpx2
 
 SYSTEM_PROMPT = (
     "You answer people who replied to a company's message on WhatsApp, SMS or email. "
-    "Answer their latest messages together, briefly and kindly, in their language."
+    "Answer their latest messages together, briefly and kindly, in their language. "
+    "When they ask for a human, or you cannot help, call hand_off_to_human."
 )
+HANDOFF_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "hand_off_to_human",
+        "description": "Hand the conversation to a human colleague, who answers from then on.",
+        "parameters": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "description": "Why, for the colleague."}},
+            "required": ["reason"],
+        },
+    },
+}
+HANDOFF_TEXT = "I'm handing you over to a colleague, who will answer you here shortly."
+_ASKS_FOR_A_HUMAN = re.compile(r"\b(human|agent|mensch|humano|humain)\b", re.IGNORECASE)  # the demo's rule
 BACKOFF_SECONDS = 0.5  # before the 2nd attempt; doubled before each next one, with jitter
 MAX_BACKOFF_SECONDS = 20.0  # cap on any wait between attempts, a server's Retry-After included
 
@@ -23,14 +42,17 @@ class ResponderError(RuntimeError):
 
 
 class LocalResponder:
-    """Deterministic, offline: acknowledges the batch. `delay_seconds` simulates thinking time."""
+    """Deterministic, offline: acknowledges the batch, or hands it to a human when a message asks for
+    one ("can I talk to a human?"). `delay_seconds` simulates thinking time."""
 
     def __init__(self, delay_seconds: float = 0.0) -> None:
         self.delay_seconds = delay_seconds
 
-    def respond(self, ai_context: dict[str, Any]) -> str:
+    def respond(self, ai_context: dict[str, Any]) -> str | Handoff:
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
+        if any(_ASKS_FOR_A_HUMAN.search(m.get("content") or "") for m in ai_context["messages"]):
+            return Handoff("the person asked for a human", HANDOFF_TEXT)
         count = len(ai_context["messages"])
         return f"Thanks, we received your {count} message{'' if count == 1 else 's'}."
 
@@ -73,16 +95,17 @@ class OpenAIResponder:
         attempt = self.connect_timeout_seconds + self.timeout_seconds
         return self.attempts * attempt + (self.attempts - 1) * MAX_BACKOFF_SECONDS
 
-    def respond(self, ai_context: dict[str, Any]) -> str:
-        """The model's reply to the batch's messages, given the conversation's history."""
+    def respond(self, ai_context: dict[str, Any]) -> str | Handoff:
+        """The model's reply to the batch's messages, given the conversation's history; a Handoff when
+        it calls `hand_off_to_human`."""
         import httpx2
 
         chat = [{"role": "system", "content": SYSTEM_PROMPT}]
         for message in [*ai_context.get("history", []), *ai_context["messages"]]:
-            if message.get("content") and message.get("role") in ("user", "assistant"):
-                chat.append({"role": message["role"], "content": message["content"]})
+            if entry := _chat_entry(message):
+                chat.append(entry)
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        body = {"model": self.model, "messages": chat}
+        body = {"model": self.model, "messages": chat, "tools": [HANDOFF_TOOL]}
         for attempt in range(1, self.attempts + 1):
             retry_after = None
             try:
@@ -118,14 +141,41 @@ class OpenAIResponder:
                 )
             return self._http
 
-    def _text(self, response: httpx2.Response) -> str:
+    def _text(self, response: httpx2.Response) -> str | Handoff:
         try:
-            text = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            message = response.json()["choices"][0]["message"]
+            text = message.get("content") or ""
+            calls = message.get("tool_calls") or []
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ResponderError(f"{self.url}: malformed answer: {exc!r}") from exc
+        for call in calls:
+            function = (call or {}).get("function") or {}
+            if function.get("name") == HANDOFF_TOOL["function"]["name"]:
+                try:
+                    reason = json.loads(function.get("arguments") or "{}").get("reason")
+                except (ValueError, AttributeError):
+                    reason = None
+                return Handoff(
+                    str(reason or "the AI asked for a human"), text.strip() if isinstance(text, str) else ""
+                )
         if not isinstance(text, str) or not text.strip():
             raise ResponderError(f"{self.url}: the reply is empty")
         return text.strip()
+
+
+def _chat_entry(message: dict[str, Any]) -> dict[str, str] | None:
+    """A thread's message as the model reads it: the person's, ours (the AI's and a human
+    colleague's), and the thread's events (a hand-off, a hand-back) as system notes."""
+    content, role = message.get("content"), message.get("role")
+    if not content:
+        return None
+    if role in ("user", "assistant"):
+        return {"role": role, "content": content}
+    if role == "agent":
+        return {"role": "assistant", "content": content}
+    if role == "event":
+        return {"role": "system", "content": content}
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:

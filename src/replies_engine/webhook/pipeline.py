@@ -12,12 +12,13 @@ from .. import clock
 from ..bootstrap import Runtime, get_runtime
 from ..channels import HANDOFF_QUEUE
 from ..config import ConfigurationError
-from ..conversation import DELIVERY_FINAL, DELIVERY_ORDER, message_key, user_message
+from ..conversation import DELIVERY_FINAL, DELIVERY_ORDER, HUMAN, flag, message_key, user_message
+from ..handoff import handoff_changes
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
 from .keywords import HELP, START, STOP, keyword
 from .parsing import InboundRequest, ParsingError, build_context_object, channel_from_event, parse_event
 from .responses import ERROR_STATUS, final_response, json_response, success_response
-from .routing import determine_target_queue, flag
+from .routing import determine_target_queue
 from .signature import verify_email, verify_twilio
 from .validation import check_conversation_exists, validate_conversation_rules
 
@@ -106,6 +107,10 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         return Outcome(
             "ROUTING_ERROR", f"no queue for channel {context_object.get('channel_type')!r}", log=log
         )
+    if queue == HANDOFF_QUEUE:
+        refusal = _for_a_human(context_object, runtime, log)
+        if refusal is not None:
+            return refusal
     try:
         queue_message_id = runtime.queue.send(
             queue,
@@ -154,12 +159,23 @@ def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) 
     return Outcome(log=log, reply_text=reply_text)
 
 
+def _for_a_human(context_object: dict[str, Any], runtime: Runtime, log: dict) -> Outcome | None:
+    """A human answers: the message is recorded in the thread for them (never for the AI), and the
+    rule that routed it makes a human the owner. An error Outcome when the write failed."""
+    now = context_object["received_at"]
+    changes: dict[str, Any] = {"last_inbound_at": now}
+    if context_object.get("owner") != HUMAN:
+        changes.update(handoff_changes("a routing rule", "rule", now))
+        runtime.metrics.add("HandedOff", cause="rule")
+    return _note(runtime, context_object, log, changes, {**user_message(context_object), "no_reply": HUMAN})
+
+
 def _note(
     runtime: Runtime, context_object: dict[str, Any], log: dict, changes: dict[str, Any], message: dict | None
 ) -> Outcome | None:
     """Stage 1's own write to the conversation; an error Outcome when it failed."""
     try:
-        runtime.store.note_inbound(context_object["conversation_id"], changes=changes, message=message)
+        runtime.store.write_unlocked(context_object["conversation_id"], changes=changes, message=message)
     except TransientBackendError as exc:
         return Outcome("DB_TRANSIENT_ERROR", f"cannot record the message: {exc}", log=log)
     except BackendError as exc:

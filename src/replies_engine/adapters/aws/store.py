@@ -200,7 +200,7 @@ class DynamoConversationStore:
                 continue
         raise _contended(conversation_id)
 
-    def note_inbound(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
+    def write_unlocked(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
         for _ in range(_ATTEMPTS):
             record = self._current(conversation_id)
             if record is None:
@@ -210,13 +210,15 @@ class DynamoConversationStore:
             if message is not None:
                 fields = {**fields, "last_message_seq": seq + 1}
             unchanged, values = _unchanged("last_message_seq", seq)
+            items = []
+            if message is not None:
+                items.append(self._put(conversation_id, message, seq + 1))
+                if message.get("role") == "agent":
+                    items.extend(self._pointers(conversation_id, message))
             try:
-                self._commit(
-                    self._update_op(conversation_id, fields, unchanged, values),
-                    [self._put(conversation_id, message, seq + 1)] if message is not None else [],
-                )
+                self._commit(self._update_op(conversation_id, fields, unchanged, values), items)
             except _ConditionFailed as failed:
-                if failed.reasons == ["None", "ConditionalCheckFailed"]:
+                if failed.reasons[:2] == ["None", "ConditionalCheckFailed"]:
                     return False  # the message is there already
                 continue
             return True
@@ -731,13 +733,16 @@ class DynamoConversationStore:
         values: dict[str, Any],
         remove: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """The record's conditional Update (an UpdateItem's or a transaction's): `fields` set, `remove` gone."""
-        expression = "SET " + ", ".join(f"{name} = :{name}" for name in fields)
+        """The record's conditional Update (an UpdateItem's or a transaction's): `fields` set, `remove` gone.
+        Their names go through placeholders: a record's fields may be DynamoDB reserved words (`owner`)."""
+        expression = "SET " + ", ".join(f"#{name} = :{name}" for name in fields)
         if remove:
-            expression += " REMOVE " + ", ".join(remove)
-        return self._op(
+            expression += " REMOVE " + ", ".join(f"#{name}" for name in remove)
+        update = self._op(
             conversation_id, expression, condition, {**values, **{f":{k}": v for k, v in fields.items()}}
         )
+        update["ExpressionAttributeNames"] = {f"#{name}": name for name in [*fields, *remove]}
+        return update
 
     def _op(
         self, conversation_id: str, expression: str, condition: str, values: dict[str, Any]

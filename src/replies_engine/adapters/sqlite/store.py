@@ -49,6 +49,14 @@ def _present(conn: sqlite3.Connection, conversation_id: str, messages: list[Reco
     return [{"message_id": row["message_id"]} for row in rows]
 
 
+def _index_deliveries(conn: sqlite3.Connection, conversation_id: str, reply: Record) -> None:
+    """Where a status callback finds the reply that its provider id is (a part of)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO deliveries (provider_id, conversation_id, message_id) VALUES (?, ?, ?)",
+        [(pid, conversation_id, reply["message_id"]) for pid in provider_ids(reply)],
+    )
+
+
 class SqliteConversationStore:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -119,13 +127,15 @@ class SqliteConversationStore:
             raise StoreError(f"conversation {conversation_id} does not exist")
         return result
 
-    def note_inbound(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
+    def write_unlocked(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
         def note(record: Record, conn: sqlite3.Connection) -> bool:
             if message is not None and _present(conn, conversation_id, [message]):
                 return False
             record.update(inbound_changes(record, changes))
             if message is not None:
                 insert_messages(conn, conversation_id, [message])
+                if message.get("role") == "agent":
+                    _index_deliveries(conn, conversation_id, message)
             return True
 
         result = self._update(conversation_id, note)
@@ -229,11 +239,7 @@ class SqliteConversationStore:
             record.update(changes or {}, conversation_status=status, processing_completed_at=clock.iso(now))
             if reply is not None:
                 insert_messages(conn, conversation_id, [reply])
-                conn.executemany(
-                    "INSERT OR REPLACE INTO deliveries (provider_id, conversation_id, message_id)"
-                    " VALUES (?, ?, ?)",
-                    [(pid, conversation_id, reply["message_id"]) for pid in provider_ids(reply)],
-                )
+                _index_deliveries(conn, conversation_id, reply)
 
         return self._fenced(conversation_id, batch_id, now, release)
 

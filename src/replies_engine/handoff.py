@@ -1,0 +1,192 @@
+"""Who answers a conversation: the AI (`owner: "ai"`, the default) or a human (`owner: "human"`).
+
+Three ways to a human: a rule (stage 1: `auto_queue_reply_message`, the sender lists,
+`hand_off_to_human`), the AI (its responder asks for one, `Handoff`), an operator. Two ways back: an
+operator, or HANDOFF_AUTO_RETURN_HOURS of human silence (the sweeper). Each hand-off and hand-back is
+an event in the thread (`role: "event"`), so that the AI sees, once it answers again, that a human
+answered in between. While a human owns it, the person's messages are recorded and never answered
+by the AI; the reply stage checks again right before every part it sends.
+
+An operator's reply goes out through the channel's sender by the channel's rules (split, opt-out,
+WhatsApp's window) and is recorded as `role: "agent"` with the operator's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from . import clock
+from .bootstrap import Runtime
+from .channels import CHANNELS, HANDOFF_QUEUE
+from .conversation import AI, HUMAN, flag, outside_window, owned_by_human
+from .ports import TransientBackendError
+from .replies.parts import split_reply
+from .replies.senders import OPTED_OUT_CODES, AmbiguousSendError, PermanentSendError, TransientSendError
+
+logger = logging.getLogger(__name__)
+
+_THREAD = 50  # how far back an operator's reply looks for the person's last message
+
+
+class OperatorError(Exception):
+    """An operator's action refused: `status` the HTTP status that says why (404, 409, 502, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def handoff_changes(reason: str, by: str, now: str) -> dict[str, Any]:
+    """What a hand-off sets on the record."""
+    return {"owner": HUMAN, "handed_off_at": now, "handoff_reason": reason, "handed_off_by": by}
+
+
+def event(kind: str, text: str, now: str, **fields: Any) -> dict[str, Any]:
+    """An event of the thread: shown to humans, given to the AI as context, never answered."""
+    return {
+        "message_id": f"event-{uuid.uuid4().hex}",
+        "role": "event",
+        "event": kind,
+        "content": text,
+        "timestamp": now,
+        "no_reply": kind,
+        **fields,
+    }
+
+
+def hand_off(runtime: Runtime, conversation_id: str, reason: str, *, by: str) -> dict[str, Any]:
+    """A human answers from now on (`by`: "ai", or the operator's name); the handoff queue is told."""
+    record = _record(runtime, conversation_id)
+    now = clock.iso()
+    if record.get("owner") != HUMAN:
+        text = f"Handed to a human by {by}: {reason}"
+        runtime.store.write_unlocked(
+            conversation_id,
+            changes=handoff_changes(reason, by, now),
+            message=event("handed_off", text, now, by=by),
+        )
+        notify_handoff(runtime, record, reason, by)
+        runtime.metrics.add("HandedOff", cause="ai" if by == AI else "operator")
+        logger.info(
+            "handed to a human", extra={"conversation_id": conversation_id, "by": by, "reason": reason}
+        )
+    return runtime.store.get(conversation_id) or record
+
+
+def hand_back(runtime: Runtime, conversation_id: str, *, by: str) -> dict[str, Any]:
+    """The AI answers again; the rules' flags that handed it off are cleared, or the next message would
+    hand it off again (a sender listed in `auto_queue_reply_message_from_*` still goes to a human)."""
+    record = _record(runtime, conversation_id)
+    now = clock.iso()
+    if owned_by_human(record, runtime.settings.honor_hand_off_to_human):
+        text = f"Handed back to the AI by {by}: a human answered in between."
+        runtime.store.write_unlocked(
+            conversation_id,
+            changes={
+                "owner": AI,
+                "handed_back_at": now,
+                "auto_queue_reply_message": False,
+                "hand_off_to_human": False,
+            },
+            message=event("handed_back", text, now, by=by),
+        )
+        runtime.metrics.add("HandedBack", by="timeout" if by == "timeout" else "operator")
+        logger.info("handed back to the AI", extra={"conversation_id": conversation_id, "by": by})
+    return runtime.store.get(conversation_id) or record
+
+
+def notify_handoff(runtime: Runtime, record: dict[str, Any], reason: str, by: str) -> None:
+    """Tell whoever consumes the handoff queue that a human is needed."""
+    notice = {
+        "kind": "handoff",
+        "conversation_id": record["conversation_id"],
+        "handoff_reason": reason,
+        "by": by,
+        "conversation": {
+            k: v for k, v in record.items() if k not in ("pending_messages", "refused_messages")
+        },
+    }
+    runtime.queue.send(
+        HANDOFF_QUEUE,
+        json.dumps(notice, ensure_ascii=False),
+        attributes={"conversation_id": record["conversation_id"], "HandoffReason": reason[:200]},
+    )
+
+
+def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str) -> dict[str, Any]:
+    """Send an operator's reply to the person, by the channel's rules, and record it. Replying takes the
+    conversation over (a human owns it from then on, so the AI never answers beside them)."""
+    text, operator = (text or "").strip(), (operator or "").strip() or "operator"
+    if not text:
+        raise OperatorError(400, "the reply is empty")
+    record = _record(runtime, conversation_id)
+    if flag(record.get("opted_out")):
+        raise OperatorError(409, "the person opted out (STOP): nothing is sent to them")
+    latest = next(
+        (
+            m
+            for m in reversed(runtime.store.messages(conversation_id, last=_THREAD))
+            if m.get("role") == "user"
+        ),
+        None,
+    )
+    if latest is None or latest.get("channel_type") not in CHANNELS:
+        raise OperatorError(409, "the person has not written yet: there is nobody to answer")
+    channel = CHANNELS[latest["channel_type"]]
+    if outside_window(record, channel.name, [latest]):
+        raise OperatorError(409, "WhatsApp's 24-hour window closed: only an approved template may go now")
+    if not owned_by_human(record, runtime.settings.honor_hand_off_to_human):
+        hand_off(runtime, conversation_id, "an operator replied", by=operator)
+    texts, _ = split_reply(text, channel.max_reply_length, runtime.settings.max_reply_parts)
+    now = clock.iso()
+    note = {
+        "batch_id": f"agent-{uuid.uuid4().hex}",
+        "conversation_id": conversation_id,
+        "channel_type": channel.name,
+        "texts": texts,
+        "to": latest.get("from"),
+        "from": latest.get("to"),
+        "timestamp": now,
+    }
+    sender, sent, failure = runtime.senders[channel.name], [], None
+    for part in range(len(texts)):
+        try:
+            sent.append(sender.send(note, part))
+        except PermanentSendError as exc:
+            failure = OperatorError(502, f"the provider refused the reply: {exc}")
+            if exc.code in OPTED_OUT_CODES:
+                runtime.store.write_unlocked(
+                    conversation_id, changes={"opted_out": True, "opted_out_at": now}
+                )
+            break
+        except (TransientSendError, AmbiguousSendError, TransientBackendError) as exc:
+            failure = OperatorError(503, f"the reply could not be sent now, try again: {exc}")
+            break
+    if sent:
+        message = {
+            "message_id": sent[0],
+            "role": "agent",
+            "operator": operator,
+            "content": "".join(texts[: len(sent)]),
+            "timestamp": now,
+            "channel_type": channel.name,
+            "to": note["to"],
+            "from": note["from"],
+            "delivery_status": "queued",
+            **({"parts": sent} if len(texts) > 1 else {}),
+        }
+        runtime.store.write_unlocked(conversation_id, changes={"last_agent_reply_at": now}, message=message)
+        runtime.metrics.add("AgentReplies")
+    if failure is not None:
+        raise failure
+    return message
+
+
+def _record(runtime: Runtime, conversation_id: str) -> dict[str, Any]:
+    record = runtime.store.get(conversation_id)
+    if record is None:
+        raise OperatorError(404, f"no conversation {conversation_id!r}")
+    return record

@@ -1,0 +1,210 @@
+"""Human handoff as a loop (issue 10), on both backends: a hand-off by rule, by the AI and by an
+operator; a human's reply sent and recorded; the hand-back, then an AI reply that sees what the human
+said; no AI reply while a human owns the conversation. The operators' API is driven over HTTP through
+the same Starlette app `serve` runs (httpx2's ASGI transport), with the engine's real queues and
+workers behind it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx2
+import pytest
+
+from replies_engine.local.server import create_app
+
+from .conftest import conversation
+from .payloads import twilio_event, whatsapp_text
+
+TOKEN = "operator-secret"
+
+
+class Api:
+    """The operators' API of a `serve` (on loopback unless told otherwise)."""
+
+    def __init__(self, loopback: bool = True) -> None:
+        self.app = create_app(loopback=loopback)
+
+    def __call__(
+        self, method: str, path: str, body=None, token: str | None = TOKEN, **kwargs
+    ) -> httpx2.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+        async def call() -> httpx2.Response:
+            transport = httpx2.ASGITransport(app=self.app)
+            async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
+                return await client.request(method, path, json=body, headers=headers, **kwargs)
+
+        return asyncio.run(call())
+
+
+class Recorder:
+    """A responder that answers `text` and keeps the contexts it was given."""
+
+    def __init__(self, text: str = "an AI answer") -> None:
+        self.text, self.contexts = text, []
+
+    def respond(self, ai_context):
+        self.contexts.append(ai_context)
+        return self.text
+
+
+@pytest.fixture
+def inbox(engine):
+    engine.env(OPERATOR_TOKEN=TOKEN, BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0")
+    engine.api = Api()
+    return engine
+
+
+def post(engine, text: str) -> str:
+    params = whatsapp_text(text)
+    assert engine.handle(twilio_event("whatsapp", params))["statusCode"] == 200
+    return params["MessageSid"]
+
+
+def answered_by_ai(engine, text: str) -> None:
+    post(engine, text)
+    assert engine.deliver("whatsapp") == 1
+    assert engine.deliver("ai") == 1
+
+
+def thread(engine) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in engine.get()["messages"]][1:]  # after the outreach
+
+
+def test_a_rule_hands_off_and_the_message_waits_in_the_thread_for_a_human(inbox):
+    inbox.put(conversation(auto_queue_reply_message=True))
+
+    sid = post(inbox, "I have a complaint")
+
+    record = inbox.get()
+    assert record["owner"] == "human" and record["handoff_reason"] == "a routing rule"
+    assert record["messages"][-1]["message_id"] == sid and record["messages"][-1]["no_reply"] == "human"
+    assert [m["body"]["message_sid"] for m in inbox.queued("handoff")] == [sid]
+    assert inbox.queued("whatsapp") == [] and inbox.queued("ai") == []
+    [row] = inbox.api("GET", "/api/conversations?owner=human").json()["conversations"]
+    assert row["label"] == "waiting_for_human" and row["waiting_seconds"] >= 0
+    assert row["last_message"]["content"] == "I have a complaint"
+    assert inbox.api("GET", "/api/conversations?owner=ai").json()["conversations"] == []
+
+
+def test_a_human_reply_is_sent_and_recorded_then_the_hand_back_lets_the_ai_answer_again(inbox):
+    inbox.put(conversation(auto_queue_reply_message=True))
+    post(inbox, "I have a complaint")
+
+    sent = inbox.api(
+        "POST", "/api/conversations/c1/reply", {"text": "Sorry! Sam here, sorting it.", "operator": "sam"}
+    )
+
+    assert sent.status_code == 200, sent.text
+    [entry] = inbox.outbox()
+    assert entry["body"] == "Sorry! Sam here, sorting it." and entry["to"].endswith("+4915112345678")
+    agent = inbox.get()["messages"][-1]
+    assert (agent["role"], agent["operator"], agent["message_id"]) == ("agent", "sam", entry["message_id"])
+    assert inbox.api("GET", "/api/conversations").json()["conversations"][0]["label"] == "agent"
+
+    assert inbox.api("POST", "/api/conversations/c1/handback", {"operator": "sam"}).json()["owner"] == "ai"
+    recorder = inbox.runtime.responder = Recorder()
+    answered_by_ai(inbox, "thanks, one more question")
+
+    record = inbox.get()
+    assert record["owner"] == "ai" and record["auto_queue_reply_message"] is False
+    assert thread(inbox)[-2:] == [("user", "thanks, one more question"), ("assistant", "an AI answer")]
+    [context] = recorder.contexts
+    assert [m["content"] for m in context["messages"]] == ["thanks, one more question"]
+    assert [m["role"] for m in context["history"]][-3:] == ["user", "agent", "event"]  # it sees the human
+
+
+def test_the_ai_hands_off_with_a_last_word_and_then_stays_silent(inbox):
+    answered_by_ai(inbox, "can I talk to a human please?")
+
+    record = inbox.get()
+    assert record["owner"] == "human" and record["conversation_status"] == "handed_off"
+    assert record["handed_off_by"] == "ai" and record["handoff_reason"] == "the person asked for a human"
+    assert [e["body"] for e in inbox.outbox()] == [
+        "I'm handing you over to a colleague, who will answer you here shortly."
+    ]
+    [notice] = inbox.queued("handoff")
+    assert notice["body"]["kind"] == "handoff" and notice["body"]["by"] == "ai"
+
+    post(inbox, "hello?")
+
+    assert inbox.queued("whatsapp") == [] and len(inbox.outbox()) == 1  # no AI reply while a human owns it
+    assert thread(inbox)[-1] == ("user", "hello?")
+
+
+def test_an_operator_taking_over_while_a_batch_is_in_flight_withholds_the_ai_reply(inbox):
+    post(inbox, "hello")
+    inbox.deliver("whatsapp")  # the batch holds the lock; its context waits for the AI
+
+    taken = inbox.api("POST", "/api/conversations/c1/handoff", {"reason": "VIP customer", "operator": "kim"})
+    inbox.deliver("ai")
+
+    assert taken.json() == {"status": "handed_off", "owner": "human"}
+    assert inbox.outbox() == [] and inbox.get()["conversation_status"] == "handed_off"
+    assert thread(inbox)[-1][0] == "event" and "VIP customer" in thread(inbox)[-1][1]
+
+
+def test_an_operator_reply_takes_the_conversation_over(inbox):
+    answered_by_ai(inbox, "hello")
+
+    inbox.api("POST", "/api/conversations/c1/reply", {"text": "Kim here.", "operator": "kim"})
+
+    record = inbox.get()
+    assert record["owner"] == "human" and record["handed_off_by"] == "kim"
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_a_missing_or_wrong_token_is_401_and_changes_nothing(inbox, token):
+    inbox.put(conversation(auto_queue_reply_message=True))
+    post(inbox, "hi")
+    before = inbox.get()
+
+    for method, path, body in [
+        ("GET", "/api/conversations", None),
+        ("POST", "/api/conversations/c1/reply", {"text": "x"}),
+        ("POST", "/api/conversations/c1/handback", {}),
+        ("POST", "/api/dlq/whatsapp/redrive", {}),
+    ]:
+        assert inbox.api(method, path, body, token=token).status_code == 401
+
+    assert inbox.get() == before and inbox.outbox() == []
+
+
+def test_without_a_token_only_loopback_is_served(engine):
+    assert Api(loopback=True)("GET", "/api/queues", token=None).status_code == 200
+    refused = Api(loopback=False)("GET", "/api/queues", token=None)
+
+    assert refused.status_code == 403 and "OPERATOR_TOKEN" in refused.json()["error"]
+
+
+def test_bad_requests_get_clear_errors(inbox):
+    post(inbox, "hi")
+
+    assert inbox.api("POST", "/api/conversations/nope/reply", {"text": "hi"}).status_code == 404
+    assert inbox.api("GET", "/api/conversations/nope").status_code == 404
+    assert inbox.api("POST", "/api/conversations/c1/reply", {"text": "  "}).status_code == 400
+    assert inbox.api("POST", "/api/conversations/c1/reply", {"text": 5}).status_code == 400
+    form = inbox.api("POST", "/api/conversations/c1/reply", content=b"text=hi", token=TOKEN)
+    assert form.status_code == 415  # a cross-site form cannot post JSON
+    assert inbox.api("GET", "/api/conversations?owner=robot").status_code == 400
+    assert inbox.api("GET", "/api/dlq/nowhere").status_code == 404
+    assert inbox.outbox() == []
+
+
+def test_nothing_is_sent_to_a_person_who_opted_out(inbox):
+    post(inbox, "STOP")
+
+    refused = inbox.api("POST", "/api/conversations/c1/reply", {"text": "but wait"})
+
+    assert refused.status_code == 409 and "opted out" in refused.json()["error"]
+    assert inbox.outbox() == []
+
+
+def test_queues_and_dead_letters_through_the_api(inbox):
+    post(inbox, "hello")
+
+    stats = inbox.api("GET", "/api/queues").json()
+
+    assert stats["whatsapp"]["available"] + stats["whatsapp"]["delayed"] == 1
+    assert inbox.api("POST", "/api/dlq/whatsapp/redrive", {}).json() == {"redriven": 0}
