@@ -20,7 +20,12 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.local-installed  ## install and start the local engine on http://127.0.0.1:8080
 	$(BIN)/replies-engine serve $(ARGS)
 
-test: $(VENV)/.test-installed  ## install the test dependencies, lint the SAM template, run the whole suite
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):  # the inbox page's tests drive Debian's Chromium (no browser download is possible here)
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: $(VENV)/.test-installed $(CHROMIUM)  ## install the test dependencies (and Chromium), lint the SAM template, run the whole suite
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/python -m pytest -q $(ARGS)
 

@@ -12,7 +12,7 @@ from replies_engine import conversation
 from replies_engine.handlers import reply_sender, stalled_sweeper
 from replies_engine.local.workers import sqs_event
 from replies_engine.replies import pipeline
-from replies_engine.replies.parts import twilio_length
+from replies_engine.replies.parts import split_reply, twilio_length
 
 from .fakes import TwilioApi
 from .payloads import BASE, twilio_event, whatsapp_text
@@ -495,3 +495,85 @@ def test_the_typing_indicator_is_refreshed_while_the_ai_works(twilio, monkeypatc
     typing = [r for r in twilio.api.requests if "Indicators/Typing" in r["uri"]]
     assert len(typing) >= 3
     assert twilio.api.requests.index(typing[-1]) < twilio.api.requests.index(created(twilio)[0])
+
+
+# --- found in review: a send retried after another kind of failure --------------------------------
+
+
+def test_a_throttled_send_then_a_timeout_after_twilio_created_it_is_sent_once(twilio):
+    twilio.api.failures = [429, "timeout"]
+    ai = locked(twilio)
+
+    assert reply_stage(ai) != []  # throttled: nothing went
+    assert reply_stage(ai) != []  # created, but the answer timed out: in doubt
+    assert reply_stage(ai) == []  # looked up, found: recorded, not sent again
+
+    assert len(twilio.api.bodies) == 1 and len(replies(twilio)) == 1
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_error_is_ambiguous_and_looked_up(twilio, status):
+    twilio.api.failures = [status]
+    ai = locked(twilio)
+
+    assert reply_stage(ai) != []
+    assert reply_stage(ai) == []
+
+    assert len(twilio.api.bodies) == 1  # the gateway failed, nothing was created: looked up, then sent
+
+
+def test_parts_with_the_same_text_are_told_apart(twilio, monkeypatch):
+    same = ("Same words again and again. " * 57).strip()  # 1,595 characters
+    twilio.runtime.responder = Answer(f"{same}\n\n{same}")
+    ai = locked(twilio)
+    sender = twilio.runtime.senders["whatsapp"]
+    send = sender.send
+
+    def die_after_the_second(note, part):
+        sid = send(note, part)
+        if part == 1:
+            raise Killed
+        return sid
+
+    monkeypatch.setattr(sender, "send", die_after_the_second)
+    with pytest.raises(Killed):
+        reply_stage(ai)
+    monkeypatch.undo()
+
+    assert reply_stage(ai) == []
+
+    [reply] = replies(twilio)
+    assert len(created(twilio)) == 2 and len(set(reply["parts"])) == 2
+    assert twilio.get()["conversation_status"] == "ai_response_sent"
+
+
+def test_a_half_sent_reply_redriven_too_often_keeps_its_sent_parts(twilio, monkeypatch):
+    twilio.env(LOCK_TIMEOUT_SECONDS="1", MAX_RETRY_ATTEMPTS="0")
+    twilio.runtime.senders["whatsapp"].http_client = twilio.api
+    twilio.runtime.responder = Answer(LONG)
+    ai = locked(twilio)
+    sender = twilio.runtime.senders["whatsapp"]
+    send = sender.send
+
+    def die_before_the_second(note, part):
+        if part == 1:
+            raise Killed
+        return send(note, part)
+
+    monkeypatch.setattr(sender, "send", die_before_the_second)
+    with pytest.raises(Killed):
+        reply_stage(ai)
+    time.sleep(1.2)
+
+    assert stalled_sweeper({}, None)["reset"] == 1
+
+    [reply] = replies(twilio)
+    assert reply["content"] == twilio.api.bodies[0] and len(twilio.queued("ai-dlq")) == 1
+
+
+def test_a_short_opening_paragraph_does_not_cost_a_part():
+    text = "Hi Zoë!\n\n" + "A sentence of the long answer. " * 113  # 3,512 characters: 3 parts
+
+    parts, truncated = split_reply(text, 1600, 3)
+
+    assert len(parts) == 3 and not truncated and "".join(parts) == text

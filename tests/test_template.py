@@ -29,6 +29,7 @@ LOCAL_ONLY = {
     "BATCH_WINDOW_SECONDS",
     "BATCH_CONCURRENCY",  # Lambda's concurrency is the event source mapping's
     "REPLY_CONCURRENCY",
+    "OPERATOR_TOKEN",  # the inbox of `serve`: no Lambda serves it
     "TWILIO_AUTH_TOKEN",
 }
 

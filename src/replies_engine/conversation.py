@@ -199,7 +199,7 @@ def provider_ids(message: dict[str, Any]) -> list[str]:
     """The provider's ids of a reply's parts (its `message_id` alone when it was not split), those in
     doubt (`unknown-…`) left out: what a status callback can name."""
     ids = message.get("parts") or [message.get("message_id")]
-    return [i for i in ids if i and not i.startswith("unknown-")]
+    return list(dict.fromkeys(i for i in ids if i and not i.startswith("unknown-")))
 
 
 def flush_due(

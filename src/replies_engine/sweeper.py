@@ -22,7 +22,7 @@ from . import clock
 from .batching.processor import build_ai_context, dead_letter_context, flush_if_pending, unanswered
 from .bootstrap import Runtime
 from .channels import AI_QUEUE
-from .conversation import AI_RESPONSE_SENT, lock_age
+from .conversation import AI_RESPONSE_SENT, PROCESSING_TIMEOUT, lock_age
 from .replies.delivery import complete, recorded_reply, settle
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,14 @@ def sweep(runtime: Runtime) -> dict[str, int]:
         age = lock_age(entry, now)
         if age is not None and age <= runtime.settings.lock_timeout_seconds:
             continue
-        moved = _recover(runtime, entry["conversation_id"], entry.get("lock_owner"), now, age)
+        try:
+            moved = _recover(runtime, entry["conversation_id"], entry.get("lock_owner"), now, age)
+        except Exception:  # one conversation's failure must not keep the others locked
+            logger.exception(
+                "recovery failed: the next sweep tries again",
+                extra={"conversation_id": entry["conversation_id"]},
+            )
+            continue
         if moved is not None:
             reset += 1
             redriven += moved
@@ -77,11 +84,18 @@ def _recover(
         return 0
     redrives = record.get("redrives", 0)
     if redrives >= runtime.settings.max_retry_attempts:
-        after = store.reset_stalled(conversation_id, owner, now=now)
+        reason = f"unanswered after {redrives} re-drives"
+        dead = build_ai_context(runtime, record, owner) if waiting else None  # read while they wait
+        if note.get("parts"):  # the parts that went stay in the thread
+            after = store.release_lock(
+                conversation_id, owner, status=PROCESSING_TIMEOUT, now=now, reply=recorded_reply(note)
+            )
+        else:
+            after = store.reset_stalled(conversation_id, owner, now=now)
         if after is None:
             return None
-        reason = f"unanswered after {redrives} re-drives"
-        dead_letter_context(runtime, build_ai_context(runtime, after, owner), reason)
+        if dead is not None:
+            dead_letter_context(runtime, dead, reason)
         metrics.add("LockTimeoutReset")
         logger.error(
             "stalled lock reset; its unanswered messages dead-lettered", extra={**log, "reason": reason}

@@ -1,5 +1,8 @@
-"""The operators' JSON API, served by `replies-engine serve` beside the webhooks (and runnable against the
-AWS backend from a laptop: `REPLIES_BACKEND=aws replies-engine serve`).
+"""The operators' inbox (`/inbox`) and its JSON API, served by `replies-engine serve` beside the
+webhooks (and runnable against the AWS backend from a laptop: `REPLIES_BACKEND=aws replies-engine serve`).
+
+The page is static HTML, CSS and a little JS shipped in the package (`static/`: no build step, no CDN);
+it renders what the API returns with textContent only, since message bodies come from strangers.
 
     GET  /api/conversations?owner=human|ai&status=S   the list: owner, status, last message, waiting
     GET  /api/conversations/{id}                      the record and its thread
@@ -7,25 +10,32 @@ AWS backend from a laptop: `REPLIES_BACKEND=aws replies-engine serve`).
     POST /api/conversations/{id}/handoff              {"reason", "operator"}: a human answers from now
     POST /api/conversations/{id}/handback             {"operator"}: the AI answers again
     GET  /api/queues                                  per queue: available, delayed, in flight
+    GET  /api/stats                                   received, answered, handed off…, time to first reply
     GET  /api/dlq/{name}                              what a DLQ holds (the embedded engine)
     POST /api/dlq/{name}/redrive                      back to its queue
 
-Every request needs OPERATOR_TOKEN, as `Authorization: Bearer …` or the inbox's login cookie; with no
-token configured, only a `serve` that listens on loopback answers. Writes take JSON bodies only: a
-cross-site form cannot post them (and the cookie is SameSite=Strict), so no CSRF token is needed.
+Every request needs OPERATOR_TOKEN, as `Authorization: Bearer …` or the cookie the page's login form
+sets; with no token configured, only a `serve` that listens on loopback answers. Writes take JSON
+bodies only: a cross-site form cannot post them (and the cookie is SameSite=Strict), so no CSRF token
+is needed.
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import json
+import statistics
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import clock
 from ..bootstrap import get_runtime
@@ -35,12 +45,68 @@ from ..handoff import OperatorError, hand_back, hand_off, human_reply
 
 COOKIE = "replies_operator"
 MAX_BODY_BYTES = 64 * 1024
+STATIC = Path(__file__).with_name("static")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def api_routes(loopback: bool) -> list[Route]:
-    """The API's routes; `loopback`: the server listens on loopback only (no token needed then)."""
+def inbox_routes(loopback: bool) -> list[Route | Mount]:
+    """The page and the API; `loopback`: the server listens on loopback only (no token needed then)."""
+
+    async def page(request: Request) -> Response:
+        if refused(request, loopback) is not None:
+            return _login_page(request, status=200)
+        return FileResponse(STATIC / "inbox.html", headers=_PAGE_HEADERS)
+
+    async def login(request: Request) -> Response:
+        # the form is urlencoded: read here, not with Starlette's parser (it needs python-multipart)
+        form = parse_qs((await request.body())[:MAX_BODY_BYTES].decode("utf-8", "replace"))
+        token = get_runtime().settings.operator_token
+        offered = (form.get("token") or [""])[0]
+        if token is None or not hmac.compare_digest(offered.encode(), token.encode()):
+            return _login_page(request, status=401, error="That is not the operator token.")
+        response = RedirectResponse("/inbox", status_code=303)
+        response.set_cookie(
+            COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("/inbox", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    return [
+        Route("/inbox", page, methods=["GET"]),
+        Route("/inbox/login", login, methods=["POST"]),
+        Route("/inbox/logout", logout, methods=["POST"]),
+        Mount("/inbox/static", StaticFiles(directory=STATIC)),
+        *_api_routes(loopback),
+    ]
+
+
+# the page runs only its own script, and never in a frame
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def _login_page(request: Request, status: int, error: str = "") -> HTMLResponse:
+    notice = f'<p class="error">{html.escape(error)}</p>' if error else ""
+    if get_runtime().settings.operator_token is None:
+        notice = '<p class="error">Set OPERATOR_TOKEN, or serve on 127.0.0.1: the inbox is closed.</p>'
+    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>replies-engine · log in</title><link rel="stylesheet" href="/inbox/static/inbox.css">
+<link rel="icon" href="/inbox/static/icon.svg"></head>
+<body><form class="login" method="post" action="/inbox/login"><h1>replies-engine inbox</h1>{notice}
+<label>Operator token <input name="token" type="password" autocomplete="current-password" required autofocus></label>
+<button type="submit">Log in</button></form></body></html>"""
+    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+
+
+def _api_routes(loopback: bool) -> list[Route]:
 
     def guarded(work: Callable[..., Any]) -> Endpoint:
         async def endpoint(request: Request) -> Response:
@@ -65,6 +131,7 @@ def api_routes(loopback: bool) -> list[Route]:
         Route("/api/conversations/{conversation_id}/handoff", guarded(_handoff), methods=["POST"]),
         Route("/api/conversations/{conversation_id}/handback", guarded(_handback), methods=["POST"]),
         Route("/api/queues", guarded(_queues), methods=["GET"]),
+        Route("/api/stats", guarded(_stats), methods=["GET"]),
         Route("/api/dlq/{name}", guarded(_dlq), methods=["GET"]),
         Route("/api/dlq/{name}/redrive", guarded(_redrive), methods=["POST"]),
     ]
@@ -185,6 +252,58 @@ def _handback(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]
 
 def _queues(body: dict, *, query: Any) -> dict[str, Any]:
     return get_runtime().queue.stats()
+
+
+def _stats(body: dict, *, query: Any) -> dict[str, Any]:
+    """What the inbox shows above the list, from the conversations as stored (a read of every
+    thread: an operator's tool, not a hot path) and the queues' counts."""
+    runtime = get_runtime()
+    counts = dict.fromkeys(
+        (
+            "received",
+            "answered_by_ai",
+            "answered_by_humans",
+            "handed_off_by_rule",
+            "handed_off_by_ai",
+            "handed_off_by_operators",
+            "handed_back",
+        ),
+        0,
+    )
+    firsts = []
+    for record in runtime.store.list():
+        messages = runtime.store.messages(record["conversation_id"])
+        roles = [m.get("role") for m in messages]
+        counts["received"] += roles.count("user")
+        counts["answered_by_ai"] += sum(
+            1 for m in messages if m.get("role") == "assistant" and "answers" in m
+        )
+        counts["answered_by_humans"] += roles.count("agent")
+        counts["handed_back"] += sum(1 for m in messages if m.get("event") == "handed_back")
+        if record.get("handed_off_at"):
+            by = record.get("handed_off_by")
+            counts["handed_off_by_" + ("rule" if by == "rule" else "ai" if by == AI else "operators")] += 1
+        firsts.extend(_first_reply_seconds(messages))
+    queues = runtime.queue.stats()
+    counts["dead_lettered"] = sum(sum(q.values()) for name, q in queues.items() if name.endswith("-dlq"))
+    counts["superseded"] = int(runtime.metrics.snapshot().get("ReplySuperseded", 0))  # since this serve began
+    counts["first_reply_median_seconds"] = round(statistics.median(firsts), 1) if firsts else None
+    counts["first_reply_p95_seconds"] = (
+        round(statistics.quantiles(firsts, n=20, method="inclusive")[-1], 1) if len(firsts) > 1 else None
+    )
+    return counts
+
+
+def _first_reply_seconds(messages: list[dict[str, Any]]) -> list[float]:
+    """From the person's first message to the first reply after it (the AI's or a human's)."""
+    first = next((m for m in messages if m.get("role") == "user" and m.get("timestamp")), None)
+    if first is None:
+        return []
+    after = messages[messages.index(first) + 1 :]
+    reply = next((m for m in after if m.get("role") in ("assistant", "agent") and m.get("timestamp")), None)
+    if reply is None:
+        return []
+    return [max(0.0, clock.parse_iso(reply["timestamp"]) - clock.parse_iso(first["timestamp"]))]
 
 
 def _dead_letters(name: str) -> str:

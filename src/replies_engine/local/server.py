@@ -68,7 +68,7 @@ async def to_proxy_event(request: Request) -> dict[str, Any] | None:
 def create_app(handler: Handler = webhook_handler, *, loopback: bool = True) -> Starlette:
     """The webhooks (any other path: the handler answers, as API Gateway would pass it on) and the
     operators' API (`inbox.py`); `loopback`: the server listens on loopback only."""
-    from .inbox import api_routes
+    from .inbox import inbox_routes
 
     async def endpoint(request: Request) -> Response:
         event = await to_proxy_event(request)
@@ -85,4 +85,4 @@ def create_app(handler: Handler = webhook_handler, *, loopback: bool = True) -> 
             body = base64.b64decode(body)
         return Response(body, status_code=result["statusCode"], headers=result.get("headers") or {})
 
-    return Starlette(routes=[*api_routes(loopback), Route("/{path:path}", endpoint, methods=_METHODS)])
+    return Starlette(routes=[*inbox_routes(loopback), Route("/{path:path}", endpoint, methods=_METHODS)])

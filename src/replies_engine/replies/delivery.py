@@ -86,21 +86,22 @@ def complete(note: dict[str, Any]) -> bool:
 
 
 def in_flight(note: dict[str, Any]) -> bool:
-    """May the next part have gone out (a holder stopped while sending it)?"""
+    """May the next part have gone out (a holder stopped while sending it)? Not when its last send
+    was refused before it reached the provider (`unsent`, cleared again before the next send)."""
     return not complete(note) and not note.get("unsent")
 
 
 def settle(runtime: Runtime, note: dict[str, Any]) -> dict[str, Any]:
     """The note, with the part that was in flight when its holder stopped found out: recorded if it
     went, and also if the provider cannot tell (`in_doubt`: it may have reached the person, so it is
-    never sent twice); `unsent` if it surely did not."""
+    never sent twice); unchanged if it surely did not (the next send puts it in flight again)."""
     note = {"texts": [note.get("content", "")], "parts": [], **note}  # a note from before parts
     if not in_flight(note):
         return note
     part = len(note["parts"])
     went = runtime.senders[note["channel_type"]].went_out(note, part)
     if went is False:
-        return {**note, "unsent": True}
+        return note
     runtime.metrics.add("ReplyInDoubt" if went is None else "ReplyRecovered")
     logger.warning(
         "a part in flight when its holder stopped is recorded, never sent twice",
@@ -144,12 +145,17 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
             return finish(runtime, context, note, HANDED_OFF)
         if not note.get("template") and outside_window(record, context["channel_type"], context["messages"]):
             return window_closed(runtime, context, note)
+        if note.get("unsent"):  # in flight again from here: a crash during this send means "look first"
+            note = {**note, "unsent": False}
+            record = write_note(runtime, context, note)
+            if record is None:
+                return True
         part = len(note["parts"])
         try:
             provider_id = sender.send(note, part)
         except (TransientSendError, TransientBackendError):
             logger.warning("sending failed for now: retried, the lock kept", extra=log, exc_info=True)
-            _note(runtime, context, {**note, "unsent": True})
+            write_note(runtime, context, {**note, "unsent": True})
             return False
         except AmbiguousSendError:
             logger.warning(
@@ -162,9 +168,9 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
             logger.exception("sending the reply failed", extra=log)
             dead_letter_context(runtime, context, f"the reply could not be sent: {exc}")
             return finish(runtime, context, note, PROCESSING_ERROR, error=str(exc))
-        note = {**note, "parts": [*note["parts"], provider_id], "unsent": False}
+        note = {**note, "parts": [*note["parts"], provider_id]}
         if not complete(note):
-            record = _note(runtime, context, note)
+            record = write_note(runtime, context, note)
             if record is None:
                 logger.warning("lock lost between parts: its new holder sends the rest", extra=log)
                 return True
@@ -227,9 +233,8 @@ def window_closed(runtime: Runtime, context: dict[str, Any], note: dict[str, Any
             "template_variables": variables,
             "content": f"[template {template}]",
             "texts": [f"[template {template}]"],
-            "unsent": True,
         }
-        record = _note(runtime, context, note)
+        record = write_note(runtime, context, note)
         return True if record is None else deliver(runtime, context, note, record)
     logger.warning("WhatsApp's 24-hour window closed: handed to a human", extra=log)
     handoff = {**context, "handoff_reason": "whatsapp_window_closed", "draft_reply": note["content"]}
@@ -283,7 +288,7 @@ def finish(
     return True
 
 
-def _note(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> dict[str, Any] | None:
+def write_note(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> dict[str, Any] | None:
     """Write the note (the lease starts again); the record after, None when the lock was lost."""
     return runtime.store.renew_lock(
         context["conversation_id"], context["batch_id"], now=clock.now(), changes={"sending": note}

@@ -59,10 +59,11 @@ def _fits(text: str, max_length: int) -> int:
 
 def _cut(text: str, window: int) -> int:
     """Where to end the next part within its first `window` characters: after the last paragraph
-    break, else the last sentence, else the last space (the whitespace stays with the part before)."""
+    break, else the last sentence, else the last space, in the window's second half so that no part
+    is needlessly short (the whitespace stays with the part before); else where the window ends."""
     head = text[:window]
     for boundary in (_PARAGRAPH, _SENTENCE, _SPACE):
-        ends = [m.end() for m in boundary.finditer(head)]
+        ends = [m.end() for m in boundary.finditer(head) if m.end() >= window // 2]
         if ends:
             return ends[-1]
     return window

@@ -27,7 +27,7 @@ from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
 from ..conversation import HANDED_OFF, OPTED_OUT, REPLY_SUPERSEDED, flag, holds, owned_by_human
 from ..ports import Handoff
-from .delivery import deliver, finish, hand_to_human, new_note, settle
+from .delivery import deliver, finish, hand_to_human, new_note, settle, write_note
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,13 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         return True
     if held.get("sending"):  # an earlier attempt began sending: it is finished, nothing sent twice
         note = settle(runtime, held["sending"])
-        held = runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": note})
+        held = write_note(runtime, context, note)
         return True if held is None else deliver(runtime, context, note, held)
     if flag(held.get("opted_out")):
         logger.info("the person opted out: no reply is made", extra=log)
         return finish(runtime, context, None, OPTED_OUT)
     if owned_by_human(held, runtime.settings.honor_hand_off_to_human):
+        runtime.metrics.add("ReplySuperseded")
         logger.info("a human owns the conversation: no AI reply is made", extra=log)
         return finish(runtime, context, None, HANDED_OFF)
 
@@ -95,9 +96,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         if not answer.text:
             return hand_to_human(runtime, context, None, answer.reason)
         note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason}
-        record = runtime.store.renew_lock(
-            conversation_id, batch_id, now=clock.now(), changes={"sending": note}
-        )
+        record = write_note(runtime, context, note)
         return True if record is None else deliver(runtime, context, note, record)
     text = answer
     for _ in range(_ATTEMPTS):
@@ -143,7 +142,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
     # which parts went, and sends only the others. Nobody gets the same answer twice.
     note = new_note(runtime, context, text)
-    record = runtime.store.renew_lock(conversation_id, batch_id, now=clock.now(), changes={"sending": note})
+    record = write_note(runtime, context, note)
     if record is None:
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
         return True

@@ -19,7 +19,8 @@ from ..ports import Outbox
 
 OPTED_OUT_CODES = frozenset({"21610", "63014"})  # unsubscribed (STOP); the person blocked the sender
 WINDOW_CLOSED_CODE = "63016"  # WhatsApp: free-form outside the 24-hour window
-_TRANSIENT_CODES = frozenset({"20429", "20500", "20503"})
+_TRANSIENT_CODES = frozenset({"20429", "20500", "20503", "20003"})  # 20003: credentials (a rotated token)
+_GATEWAY_STATUSES = frozenset({502, 504})  # a gateway's failure: Twilio may have created the message
 
 
 class SendError(RuntimeError):
@@ -29,7 +30,8 @@ class SendError(RuntimeError):
 
 
 class TransientSendError(SendError):
-    """The provider refused for now, before anything was sent: retry."""
+    """The provider refused for now, before anything was sent: retry (bad credentials too: a rotated
+    token must not fail every reply for good; past the queue's retries, the AI queue's DLQ)."""
 
 
 class AmbiguousSendError(SendError):
@@ -118,7 +120,9 @@ class TwilioSender:
         except TwilioRestException as exc:
             code = str(exc.code or exc.status)
             message = f"Twilio answered {exc.status} (error {code}): {exc.msg}"
-            if exc.status == 429 or exc.status >= 500 or code in _TRANSIENT_CODES:
+            if exc.status in _GATEWAY_STATUSES:
+                raise AmbiguousSendError(message, code) from exc
+            if exc.status in (401, 429) or exc.status >= 500 or code in _TRANSIENT_CODES:
                 raise TransientSendError(message, code) from exc
             raise PermanentSendError(message, code) from exc
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
@@ -134,11 +138,13 @@ class TwilioSender:
 
         # Twilio's dates are whole seconds
         noted = datetime.fromisoformat(note["timestamp"].replace("Z", "+00:00")) - timedelta(seconds=1)
-        body = None if note.get("template") else note["texts"][part]
+        body = None if note.get("template") else note["texts"][part].strip()
+        recorded = set(note.get("parts") or [])  # a part whose text repeats an earlier one's is not it
         try:
             for message in self.client().messages.list(to=note["to"], from_=note["from"], limit=20):
                 if (
-                    (body is None or message.body == body)
+                    message.sid not in recorded
+                    and (body is None or (message.body or "").strip() == body)
                     and message.date_created
                     and message.date_created >= noted
                 ):

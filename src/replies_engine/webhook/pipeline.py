@@ -136,11 +136,11 @@ def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) 
     changes: dict[str, Any] = {"last_inbound_at": now}
     reply_text = None
     if kind == STOP:
-        changes.update(opted_out=True, opted_out_at=now)
+        changes.update(opted_out=True, **({} if opted_out else {"opted_out_at": now}))
         no_reply = STOP
     elif kind == START:
         if opted_out:
-            return _note(runtime, context_object, log, {"opted_out": False}, None)
+            return _write(runtime, context_object, log, {"opted_out": False}, None)
         return None
     elif opted_out:
         no_reply = "opted_out"  # nothing is sent to them, HELP's answer included
@@ -149,7 +149,7 @@ def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) 
     else:
         return None
     message = {**user_message(context_object), "no_reply": no_reply}
-    refusal = _note(runtime, context_object, log, changes, message)
+    refusal = _write(runtime, context_object, log, changes, message)
     if refusal is not None:
         return refusal
     runtime.metrics.add(
@@ -167,10 +167,10 @@ def _for_a_human(context_object: dict[str, Any], runtime: Runtime, log: dict) ->
     if context_object.get("owner") != HUMAN:
         changes.update(handoff_changes("a routing rule", "rule", now))
         runtime.metrics.add("HandedOff", cause="rule")
-    return _note(runtime, context_object, log, changes, {**user_message(context_object), "no_reply": HUMAN})
+    return _write(runtime, context_object, log, changes, {**user_message(context_object), "no_reply": HUMAN})
 
 
-def _note(
+def _write(
     runtime: Runtime, context_object: dict[str, Any], log: dict, changes: dict[str, Any], message: dict | None
 ) -> Outcome | None:
     """Stage 1's own write to the conversation; an error Outcome when it failed."""
@@ -183,7 +183,7 @@ def _note(
     return None
 
 
-_DELIVERY_STATUSES = frozenset({*DELIVERY_ORDER[1:], *DELIVERY_FINAL})
+_DELIVERY_STATUSES = frozenset({*DELIVERY_ORDER, *DELIVERY_FINAL} - {"unknown"})  # "unknown" is ours
 
 
 def _record_delivery_status(request: InboundRequest, runtime: Runtime) -> Outcome:

@@ -1,0 +1,167 @@
+// The operators' inbox: the JSON API of replies-engine, rendered with textContent only (message
+// bodies come from strangers), refreshed every 2 seconds.
+"use strict";
+
+const state = { owner: "", selected: null, rendered: "" };
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+async function api(path, body) {
+  const options = { credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    options.method = "POST";
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  if (response.status === 401) {
+    window.location.reload(); // the login form
+    throw new Error("logged out");
+  }
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+function waited(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 60) return `waiting ${Math.round(seconds)} s`;
+  if (seconds < 3600) return `waiting ${Math.round(seconds / 60)} min`;
+  return `waiting ${(seconds / 3600).toFixed(1)} h`;
+}
+
+const LABELS = { ai: "AI", waiting_for_human: "waiting for human", agent: "agent" };
+
+function renderList(rows) {
+  const list = $("#conversations");
+  list.replaceChildren(
+    ...rows.map((row) => {
+      const item = element("li");
+      item.dataset.id = row.conversation_id;
+      if (row.conversation_id === state.selected) item.classList.add("selected");
+      const top = element("div", "row");
+      top.append(element("b", "", row.conversation_id), element("span", `label ${row.label}`, LABELS[row.label]));
+      const bottom = element("div", "row");
+      bottom.append(
+        element("span", "last", row.last_message ? row.last_message.content : ""),
+        element("span", "waiting", waited(row.waiting_seconds)),
+      );
+      item.append(top, bottom);
+      item.addEventListener("click", () => select(row.conversation_id));
+      return item;
+    }),
+  );
+}
+
+function renderStats(queues, stats) {
+  const parts = [];
+  for (const [name, counts] of Object.entries(queues)) {
+    const waiting = counts.available + counts.delayed + counts.in_flight;
+    if (waiting || name.endsWith("-dlq")) parts.push([name, waiting]);
+  }
+  for (const [name, value] of Object.entries(stats)) parts.push([name.replaceAll("_", " "), value]);
+  $("#stats").replaceChildren(
+    ...parts.map(([name, value]) => {
+      const span = element("span", "", `${name} `);
+      span.append(element("b", "", value ?? "–"));
+      return span;
+    }),
+  );
+}
+
+function renderThread(record) {
+  const section = $("#conversation");
+  const key = JSON.stringify(record);
+  if (key === state.rendered) return; // unchanged: keep the reply box as the operator left it
+  state.rendered = key;
+  let view = $(".thread", section);
+  if (!view || section.dataset.id !== record.conversation_id) {
+    section.replaceChildren($("#thread-template").content.cloneNode(true));
+    section.dataset.id = record.conversation_id;
+    $(".handoff", section).addEventListener("click", () => act("handoff", { reason: "an operator took over" }));
+    $(".handback", section).addEventListener("click", () => act("handback", {}));
+    $(".reply", section).addEventListener("submit", reply);
+    view = $(".thread", section);
+  }
+  $("h2", section).textContent = record.conversation_id;
+  const human = record.owner === "human";
+  $(".owner", section).textContent = human ? "a human answers" : "the AI answers";
+  $(".handoff", section).hidden = human;
+  $(".handback", section).hidden = !human;
+  view.replaceChildren(
+    ...record.messages.map((message) => {
+      const item = element("li", message.role, message.content);
+      const who = message.role === "agent" ? message.operator : message.role;
+      const meta = [who, message.timestamp, message.delivery_status].filter(Boolean).join(" · ");
+      item.append(element("span", "meta", meta));
+      return item;
+    }),
+  );
+  view.scrollTop = view.scrollHeight;
+}
+
+async function refresh() {
+  try {
+    const query = state.owner ? `?owner=${state.owner}` : "";
+    const [list, queues, stats] = await Promise.all([
+      api(`/api/conversations${query}`),
+      api("/api/queues"),
+      api("/api/stats"),
+    ]);
+    renderList(list.conversations);
+    renderStats(queues, stats);
+    if (state.selected) renderThread(await api(`/api/conversations/${encodeURIComponent(state.selected)}`));
+  } catch (error) {
+    console.warn("refresh failed:", error.message);
+  }
+}
+
+function select(id) {
+  state.selected = id;
+  state.rendered = "";
+  refresh();
+}
+
+function operator() {
+  const name = $("#operator").value.trim() || "operator";
+  localStorage.setItem("operator", name);
+  return name;
+}
+
+async function act(action, body) {
+  await api(`/api/conversations/${encodeURIComponent(state.selected)}/${action}`, { ...body, operator: operator() });
+  state.rendered = "";
+  refresh();
+}
+
+async function reply(event) {
+  event.preventDefault();
+  const form = event.target;
+  const error = $(".error", form);
+  error.textContent = "";
+  try {
+    await act("reply", { text: form.text.value });
+    form.text.value = "";
+  } catch (failure) {
+    error.textContent = failure.message;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#operator").value = localStorage.getItem("operator") || "operator";
+  for (const button of document.querySelectorAll(".filters button")) {
+    button.addEventListener("click", () => {
+      document.querySelectorAll(".filters button").forEach((b) => b.classList.toggle("active", b === button));
+      state.owner = button.dataset.owner;
+      refresh();
+    });
+  }
+  refresh();
+  setInterval(refresh, 2000);
+});
