@@ -208,3 +208,23 @@ def test_queues_and_dead_letters_through_the_api(inbox):
 
     assert stats["whatsapp"]["available"] + stats["whatsapp"]["delayed"] == 1
     assert inbox.api("POST", "/api/dlq/whatsapp/redrive", {}).json() == {"redriven": 0}
+
+
+@pytest.mark.parametrize(("hours_ago", "owner"), [(30, "ai"), (2, "human")])
+def test_a_human_silent_for_handoff_auto_return_hours_hands_back_when_the_person_writes(
+    inbox, hours_ago, owner
+):
+    from replies_engine import clock
+
+    inbox.env(HANDOFF_AUTO_RETURN_HOURS="24")
+    inbox.api = Api()
+    inbox.put(conversation(owner="human", handed_off_at=clock.iso(clock.now() - hours_ago * 3600)))
+
+    post(inbox, "anyone there?")
+
+    assert inbox.get()["owner"] == owner
+    if owner == "ai":
+        assert thread(inbox)[-1][0] == "event" and "by timeout" in thread(inbox)[-1][1]  # the message: queued
+        assert len(inbox.queued("whatsapp")) == 1 and inbox.queued("handoff") == []
+    else:
+        assert inbox.queued("whatsapp") == [] and len(inbox.queued("handoff")) == 1

@@ -37,6 +37,7 @@ class Settings:
     whatsapp_template_content_sid: str | None = None  # sent instead when WhatsApp's 24-hour window closed
     max_reply_parts: int = 10  # a long reply goes out in at most this many parts
     operator_token: str | None = None  # the inbox's and its API's password (`serve`)
+    handoff_auto_return_hours: float = 0  # a human silent this long hands the conversation back; 0: never
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
     batching_mode: str = "debounce"
@@ -98,6 +99,7 @@ class Settings:
             whatsapp_template_content_sid=env.text("WHATSAPP_TEMPLATE_CONTENT_SID"),
             max_reply_parts=env.integer("MAX_REPLY_PARTS", 10, 1, 50),
             operator_token=env.text("OPERATOR_TOKEN"),
+            handoff_auto_return_hours=env.number("HANDOFF_AUTO_RETURN_HOURS", 0, 0, 24 * 365),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
             batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "debounce"),

@@ -98,6 +98,15 @@ def hand_back(runtime: Runtime, conversation_id: str, *, by: str) -> dict[str, A
     return runtime.store.get(conversation_id) or record
 
 
+def human_silent_too_long(record: dict[str, Any], hours: float) -> bool:
+    """HANDOFF_AUTO_RETURN_HOURS: has the human who owns this conversation said nothing for `hours`
+    (since the hand-off, or their last reply)?"""
+    if not hours or record.get("owner") != HUMAN:
+        return False
+    since = max(record.get("handed_off_at") or "", record.get("last_agent_reply_at") or "")
+    return bool(since) and clock.now() - clock.parse_iso(since) > hours * 3600
+
+
 def notify_handoff(runtime: Runtime, record: dict[str, Any], reason: str, by: str) -> None:
     """Tell whoever consumes the handoff queue that a human is needed."""
     notice = {

@@ -13,7 +13,7 @@ from ..bootstrap import Runtime, get_runtime
 from ..channels import HANDOFF_QUEUE
 from ..config import ConfigurationError
 from ..conversation import DELIVERY_FINAL, DELIVERY_ORDER, HUMAN, flag, message_key, user_message
-from ..handoff import handoff_changes
+from ..handoff import hand_back, handoff_changes, human_silent_too_long
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
 from .keywords import HELP, START, STOP, keyword
 from .parsing import InboundRequest, ParsingError, build_context_object, channel_from_event, parse_event
@@ -102,6 +102,15 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
             return _record_refused(context_object, rules["message"], runtime, log)
         logger.info("conversation locked: message kept for the next batch", extra=log)
 
+    if human_silent_too_long(context_object, settings.handoff_auto_return_hours):
+        # checked when the person writes again: no scan of the table for silent humans
+        try:
+            record = hand_back(runtime, context_object["conversation_id"], by="timeout")
+        except TransientBackendError as exc:
+            return Outcome("DB_TRANSIENT_ERROR", f"cannot hand the conversation back: {exc}", log=log)
+        except BackendError as exc:
+            return Outcome("DB_QUERY_ERROR", f"cannot hand the conversation back: {exc}", log=log)
+        context_object = {**context_object, **record}
     queue = determine_target_queue(context_object, settings.honor_hand_off_to_human)
     if queue is None or not runtime.queue.has_queue(queue):
         return Outcome(
