@@ -26,9 +26,9 @@ class Api:
         self.app = create_app(loopback=loopback)
 
     def __call__(
-        self, method: str, path: str, body=None, token: str | None = TOKEN, **kwargs
+        self, method: str, path: str, body=None, token: str | None = TOKEN, headers=None, **kwargs
     ) -> httpx2.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
 
         async def call() -> httpx2.Response:
             transport = httpx2.ASGITransport(app=self.app)
@@ -224,7 +224,104 @@ def test_a_human_silent_for_handoff_auto_return_hours_hands_back_when_the_person
 
     assert inbox.get()["owner"] == owner
     if owner == "ai":
-        assert thread(inbox)[-1][0] == "event" and "by timeout" in thread(inbox)[-1][1]  # the message: queued
+        assert (
+            thread(inbox)[-1][0] == "event" and "no human answered" in thread(inbox)[-1][1]
+        )  # the message: queued
         assert len(inbox.queued("whatsapp")) == 1 and inbox.queued("handoff") == []
     else:
         assert inbox.queued("whatsapp") == [] and len(inbox.queued("handoff")) == 1
+
+
+# --- found in review -----------------------------------------------------------------------------------
+
+
+def test_without_a_token_a_page_that_rebinds_its_name_to_loopback_is_refused(engine):
+    api = Api(loopback=True)
+
+    rebound = api("GET", "/api/conversations/c1", token=None, headers={"Host": "evil.example:8080"})
+
+    assert rebound.status_code == 403 and engine.outbox() == []
+
+
+def test_a_retried_webhook_for_a_human_is_recorded_and_queued_once(inbox):
+    inbox.put(conversation(auto_queue_reply_message=True))
+    params = whatsapp_text("I have a complaint")
+
+    for _ in range(2):  # Twilio's retry of the same message
+        assert inbox.handle(twilio_event("whatsapp", params))["statusCode"] == 200
+
+    assert len(inbox.queued("handoff")) == 1
+    assert [m["message_id"] for m in inbox.get()["messages"]].count(params["MessageSid"]) == 1
+
+
+def test_a_locked_conversation_a_human_owns_takes_the_message_for_them(inbox):
+    inbox.env(LOCKED_POLICY="reply")  # delay mode: a locked conversation would answer LOCKED_REPLY_TEXT
+    inbox.api = Api()
+    post(inbox, "hello")
+    inbox.deliver("whatsapp")  # locked by the AI's batch
+    inbox.api("POST", "/api/conversations/c1/handoff", {"reason": "VIP", "operator": "kim"})
+
+    answer = inbox.handle(twilio_event("whatsapp", whatsapp_text("are you there?")))
+
+    assert "<Message>" not in answer["body"]
+    assert thread(inbox)[-1] == ("user", "are you there?") and "refused_messages" not in inbox.get()
+
+
+def test_a_holder_that_died_after_the_ais_last_word_still_hands_off(inbox, monkeypatch):
+    import time
+
+    from replies_engine.handlers import stalled_sweeper
+    from replies_engine.replies import delivery
+
+    inbox.env(LOCK_TIMEOUT_SECONDS="1")
+    inbox.api = Api()
+    post(inbox, "can I talk to a human?")
+    inbox.deliver("whatsapp")
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(delivery, "hand_to_human", die)  # the last word went; the process died
+    with pytest.raises(Killed):
+        inbox.deliver("ai")
+    monkeypatch.undo()
+    time.sleep(1.2)
+
+    assert stalled_sweeper({}, None)["reset"] == 1
+
+    record = inbox.get()
+    assert record["owner"] == "human" and record["conversation_status"] == "handed_off"
+    assert len(inbox.outbox()) == 1 and [n["body"]["kind"] for n in inbox.queued("handoff")] == ["handoff"]
+
+
+def test_an_operator_reply_that_may_have_gone_is_recorded_and_not_sent_again(inbox):
+    from .fakes import TwilioApi
+
+    inbox.env(TWILIO_ACCOUNT_SID="AC" + "1" * 32)
+    inbox.api = Api()
+    api = TwilioApi(failures=["timeout"])
+    inbox.runtime.senders["whatsapp"].http_client = api
+    post(inbox, "hello")
+    inbox.deliver("whatsapp")  # in the thread
+
+    answer = inbox.api("POST", "/api/conversations/c1/reply", {"text": "Kim here.", "operator": "kim"})
+
+    assert answer.status_code == 502 and "may have been sent" in answer.json()["error"]
+    agent = inbox.get()["messages"][-1]
+    assert agent["role"] == "agent" and agent["message_id"].startswith("unknown-")
+    assert len(api.created) == 1
+
+
+def test_a_backend_failure_is_a_json_error_not_a_crash(inbox, monkeypatch):
+    from replies_engine.ports import TransientStoreError
+
+    def busy(*args, **kwargs):
+        raise TransientStoreError("throttled")
+
+    monkeypatch.setattr(inbox.runtime.store, "list", busy)
+    answer = inbox.api("GET", "/api/conversations")
+
+    assert answer.status_code == 503 and "busy" in answer.json()["error"]

@@ -29,6 +29,7 @@ from .replies.senders import OPTED_OUT_CODES, AmbiguousSendError, PermanentSendE
 logger = logging.getLogger(__name__)
 
 _THREAD = 50  # how far back an operator's reply looks for the person's last message
+TIMEOUT = "timeout"  # who hands back after HANDOFF_AUTO_RETURN_HOURS
 
 
 class OperatorError(Exception):
@@ -59,7 +60,7 @@ def event(kind: str, text: str, now: str, **fields: Any) -> dict[str, Any]:
 
 def hand_off(runtime: Runtime, conversation_id: str, reason: str, *, by: str) -> dict[str, Any]:
     """A human answers from now on (`by`: "ai", or the operator's name); the handoff queue is told."""
-    record = _record(runtime, conversation_id)
+    record = conversation(runtime, conversation_id)
     now = clock.iso()
     if record.get("owner") != HUMAN:
         text = f"Handed to a human by {by}: {reason}"
@@ -79,10 +80,14 @@ def hand_off(runtime: Runtime, conversation_id: str, reason: str, *, by: str) ->
 def hand_back(runtime: Runtime, conversation_id: str, *, by: str) -> dict[str, Any]:
     """The AI answers again; the rules' flags that handed it off are cleared, or the next message would
     hand it off again (a sender listed in `auto_queue_reply_message_from_*` still goes to a human)."""
-    record = _record(runtime, conversation_id)
+    record = conversation(runtime, conversation_id)
     now = clock.iso()
     if owned_by_human(record, runtime.settings.honor_hand_off_to_human):
-        text = f"Handed back to the AI by {by}: a human answered in between."
+        text = (
+            f"Handed back to the AI by {by}: a human answered in between."
+            if by != TIMEOUT
+            else "Handed back to the AI: no human answered the messages above."
+        )
         runtime.store.write_unlocked(
             conversation_id,
             changes={
@@ -93,7 +98,7 @@ def hand_back(runtime: Runtime, conversation_id: str, *, by: str) -> dict[str, A
             },
             message=event("handed_back", text, now, by=by),
         )
-        runtime.metrics.add("HandedBack", by="timeout" if by == "timeout" else "operator")
+        runtime.metrics.add("HandedBack", by=TIMEOUT if by == TIMEOUT else "operator")
         logger.info("handed back to the AI", extra={"conversation_id": conversation_id, "by": by})
     return runtime.store.get(conversation_id) or record
 
@@ -131,7 +136,7 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
     text, operator = (text or "").strip(), (operator or "").strip() or "operator"
     if not text:
         raise OperatorError(400, "the reply is empty")
-    record = _record(runtime, conversation_id)
+    record = conversation(runtime, conversation_id)
     if flag(record.get("opted_out")):
         raise OperatorError(409, "the person opted out (STOP): nothing is sent to them")
     latest = next(
@@ -171,9 +176,17 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
                     conversation_id, changes={"opted_out": True, "opted_out_at": now}
                 )
             break
-        except (TransientSendError, AmbiguousSendError, TransientBackendError) as exc:
+        except AmbiguousSendError as exc:  # it may have gone: recorded as such, so nobody sends it again
+            sent.append(f"unknown-{note['batch_id']}-{part}")
+            failure = OperatorError(502, f"the reply may have been sent (no answer from the provider): {exc}")
+            break
+        except (TransientSendError, TransientBackendError) as exc:
             failure = OperatorError(503, f"the reply could not be sent now, try again: {exc}")
             break
+    if failure is not None and sent:
+        failure = OperatorError(
+            failure.status, f"{failure}; {len(sent)} of {len(texts)} parts went and are in the thread"
+        )
     if sent:
         message = {
             "message_id": sent[0],
@@ -194,7 +207,8 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
     return message
 
 
-def _record(runtime: Runtime, conversation_id: str) -> dict[str, Any]:
+def conversation(runtime: Runtime, conversation_id: str) -> dict[str, Any]:
+    """The record, or OperatorError 404."""
     record = runtime.store.get(conversation_id)
     if record is None:
         raise OperatorError(404, f"no conversation {conversation_id!r}")

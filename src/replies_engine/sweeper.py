@@ -22,8 +22,9 @@ from . import clock
 from .batching.processor import build_ai_context, dead_letter_context, flush_if_pending, unanswered
 from .bootstrap import Runtime
 from .channels import AI_QUEUE
-from .conversation import AI_RESPONSE_SENT, PROCESSING_TIMEOUT, lock_age
-from .replies.delivery import complete, recorded_reply, settle
+from .conversation import AI, PROCESSING_TIMEOUT, lock_age
+from .handoff import notify_handoff
+from .replies.delivery import closing, complete, recorded_reply, settle
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,15 @@ def _recover(
         return None
     note = settle(runtime, record["sending"]) if record.get("sending") else {}
     if note and complete(note):
+        status, changes = closing(note)
         after = store.release_lock(
-            conversation_id, owner, status=AI_RESPONSE_SENT, now=now, reply=recorded_reply(note)
+            conversation_id, owner, status=status, now=now, reply=recorded_reply(note), changes=changes
         )
         if after is None:
             return None
         logger.warning("holder died while sending: its reply is recorded, never sent twice", extra=log)
+        if note.get("hand_off"):  # the AI's last word went: the hand-off it asked for stands
+            notify_handoff(runtime, after, note["hand_off"], AI)
         flush_if_pending(runtime, after)
         return 0
     _, waiting = unanswered(runtime, conversation_id)

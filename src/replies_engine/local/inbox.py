@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import logging
 import statistics
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,9 +42,13 @@ from .. import clock
 from ..bootstrap import get_runtime
 from ..channels import QUEUES
 from ..conversation import AI, HUMAN, owned_by_human
-from ..handoff import OperatorError, hand_back, hand_off, human_reply
+from ..handoff import OperatorError, conversation, hand_back, hand_off, human_reply
+from ..ports import BackendError, TransientBackendError
+
+logger = logging.getLogger(__name__)
 
 COOKIE = "replies_operator"
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MAX_BODY_BYTES = 64 * 1024
 STATIC = Path(__file__).with_name("static")
 
@@ -60,7 +65,7 @@ def inbox_routes(loopback: bool) -> list[Route | Mount]:
 
     async def login(request: Request) -> Response:
         # the form is urlencoded: read here, not with Starlette's parser (it needs python-multipart)
-        form = parse_qs((await request.body())[:MAX_BODY_BYTES].decode("utf-8", "replace"))
+        form = parse_qs((await _bounded_body(request)).decode("utf-8", "replace"))
         token = get_runtime().settings.operator_token
         offered = (form.get("token") or [""])[0]
         if token is None or not hmac.compare_digest(offered.encode(), token.encode()):
@@ -120,6 +125,13 @@ def _api_routes(loopback: bool) -> list[Route]:
                 )
             except OperatorError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            except TransientBackendError as exc:
+                return JSONResponse({"error": f"the backend is busy, try again: {exc}"}, status_code=503)
+            except BackendError as exc:
+                return JSONResponse({"error": f"the backend failed: {exc}"}, status_code=502)
+            except Exception:
+                logger.exception("operator API request failed", extra={"path": request.url.path})
+                return JSONResponse({"error": "unexpected error (logged)"}, status_code=500)
             return JSONResponse(result)
 
         return endpoint
@@ -142,7 +154,9 @@ def refused(request: Request, loopback: bool) -> Response | None:
     token is configured and the server is reachable from beyond loopback)."""
     token = get_runtime().settings.operator_token
     if token is None:
-        if loopback:
+        # loopback only, and for a loopback name: a page elsewhere that rebinds its own name to
+        # 127.0.0.1 (DNS rebinding) sends its own Host, and is refused
+        if loopback and request.url.hostname in _LOOPBACK_NAMES:
             return None
         return JSONResponse(
             {"error": "set OPERATOR_TOKEN: without one the inbox answers on loopback only"}, status_code=403
@@ -163,9 +177,7 @@ def refused(request: Request, loopback: bool) -> Response | None:
 async def _json_body(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise OperatorError(415, "send a JSON body (Content-Type: application/json)")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise OperatorError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    raw = await _bounded_body(request)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -173,6 +185,20 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise OperatorError(400, "the body is not a JSON object")
     return body
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The body, read no further than MAX_BODY_BYTES (anyone who reaches the port may post)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise OperatorError(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
+def _operator(body: dict[str, Any]) -> str:
+    return _text(body, "operator").strip() or "operator"
 
 
 def _text(body: dict[str, Any], name: str, default: str = "") -> str:
@@ -224,29 +250,22 @@ def summary(record: dict[str, Any], last: dict[str, Any] | None, is_human: bool)
 
 def _conversation(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
     runtime = get_runtime()
-    record = runtime.store.get(conversation_id)
-    if record is None:
-        raise OperatorError(404, f"no conversation {conversation_id!r}")
-    return {**record, "messages": runtime.store.messages(conversation_id)}
+    return {**conversation(runtime, conversation_id), "messages": runtime.store.messages(conversation_id)}
 
 
 def _reply(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
-    message = human_reply(
-        get_runtime(), conversation_id, _text(body, "text"), _text(body, "operator", "operator")
-    )
+    message = human_reply(get_runtime(), conversation_id, _text(body, "text"), _operator(body))
     return {"status": "sent", "message": message}
 
 
 def _handoff(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
     reason = _text(body, "reason").strip() or "an operator took over"
-    record = hand_off(
-        get_runtime(), conversation_id, reason, by=_text(body, "operator", "operator") or "operator"
-    )
+    record = hand_off(get_runtime(), conversation_id, reason, by=_operator(body))
     return {"status": "handed_off", "owner": record.get("owner")}
 
 
 def _handback(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
-    record = hand_back(get_runtime(), conversation_id, by=_text(body, "operator", "operator") or "operator")
+    record = hand_back(get_runtime(), conversation_id, by=_operator(body))
     return {"status": "handed_back", "owner": record.get("owner")}
 
 

@@ -65,7 +65,7 @@ async def to_proxy_event(request: Request) -> dict[str, Any] | None:
     }
 
 
-def create_app(handler: Handler = webhook_handler, *, loopback: bool = True) -> Starlette:
+def create_app(handler: Handler = webhook_handler, *, loopback: bool = False) -> Starlette:
     """The webhooks (any other path: the handler answers, as API Gateway would pass it on) and the
     operators' API (`inbox.py`); `loopback`: the server listens on loopback only."""
     from .inbox import inbox_routes

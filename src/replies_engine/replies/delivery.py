@@ -189,11 +189,11 @@ def hand_to_human(
 ) -> bool:
     """The AI asked for a human: the unlock records its last word (if any) and makes a human the
     owner in one write; then the handoff queue is told."""
-    now = clock.iso()
-    finish(runtime, context, note, HANDED_OFF, changes=handoff_changes(reason, AI, now))
-    notify_handoff(
-        runtime, {**context["conversation"], "conversation_id": context["conversation_id"]}, reason, AI
-    )
+    status, changes = closing({**(note or {}), "hand_off": reason})
+    released = unlock(runtime, context, note, status, changes=changes)
+    if released is None:
+        return True  # not ours to hand off: the lock's new holder decides
+    notify_handoff(runtime, released, reason, AI)
     runtime.metrics.add("HandedOff", cause="ai")
     logger.info(
         "the AI handed the conversation to a human",
@@ -256,8 +256,31 @@ def finish(
     changes: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> bool:
-    """Unlock to `status`, recording the parts that went out. The reply's record is acknowledged
-    whatever the unlock does (it never raises): a person never gets the same part twice."""
+    """Unlock, and acknowledge the reply's record whatever the unlock does: a person never gets the
+    same part twice."""
+    unlock(runtime, context, note, status, changes=changes, error=error)
+    return True
+
+
+def closing(note: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """The status and changes with which a fully sent note unlocks: a hand-off the AI asked for makes
+    a human the owner in the same write."""
+    if note.get("hand_off"):
+        return HANDED_OFF, handoff_changes(note["hand_off"], AI, clock.iso())
+    return AI_RESPONSE_SENT, None
+
+
+def unlock(
+    runtime: Runtime,
+    context: dict[str, Any],
+    note: dict[str, Any] | None,
+    status: str,
+    *,
+    changes: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> dict[str, Any] | None:
+    """Unlock to `status`, recording the parts that went out; never raises. The record after, or
+    None when the unlock did not happen (the lease expires, or another batch holds the lock)."""
     log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"], "status": status}
     reply = recorded_reply(note) if note and note["parts"] else None
     for attempt in range(_UNLOCK_ATTEMPTS):
@@ -275,17 +298,17 @@ def finish(
             time.sleep(0.2 * (attempt + 1))
         except Exception:
             logger.exception("unlock failed: the lease will expire", extra=log)
-            return True
+            return None
     else:
         logger.error("unlock kept failing: the lease will expire", extra=log)
-        return True
+        return None
     if not released:
         logger.warning("unlock refused: this batch no longer holds the lock", extra=log)
-        return True
+        return None
     flush_if_pending(runtime, released)  # messages that waited for the lock get their batch
     if error:
         logger.error("conversation unlocked after a failed send", extra={**log, "error": error})
-    return True
+    return released
 
 
 def write_note(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> dict[str, Any] | None:

@@ -12,8 +12,16 @@ from .. import clock
 from ..bootstrap import Runtime, get_runtime
 from ..channels import HANDOFF_QUEUE
 from ..config import ConfigurationError
-from ..conversation import DELIVERY_FINAL, DELIVERY_ORDER, HUMAN, flag, message_key, user_message
-from ..handoff import hand_back, handoff_changes, human_silent_too_long
+from ..conversation import (
+    DELIVERY_FINAL,
+    DELIVERY_ORDER,
+    HUMAN,
+    flag,
+    message_key,
+    owned_by_human,
+    user_message,
+)
+from ..handoff import TIMEOUT, hand_back, handoff_changes, human_silent_too_long
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
 from .keywords import HELP, START, STOP, keyword
 from .parsing import InboundRequest, ParsingError, build_context_object, channel_from_event, parse_event
@@ -96,16 +104,19 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     if not rules["valid"]:
         if rules["error_code"] != "CONVERSATION_LOCKED":
             return Outcome(rules["error_code"], rules["message"], log=log)
+        # debounce: a locked conversation keeps collecting; a human's takes every message for them
         if (
-            settings.locked_policy == "reply" and not debounce
-        ):  # debounce: a locked conversation keeps collecting
+            settings.locked_policy == "reply"
+            and not debounce
+            and not owned_by_human(context_object, settings.honor_hand_off_to_human)
+        ):
             return _record_refused(context_object, rules["message"], runtime, log)
         logger.info("conversation locked: message kept for the next batch", extra=log)
 
     if human_silent_too_long(context_object, settings.handoff_auto_return_hours):
         # checked when the person writes again: no scan of the table for silent humans
         try:
-            record = hand_back(runtime, context_object["conversation_id"], by="timeout")
+            record = hand_back(runtime, context_object["conversation_id"], by=TIMEOUT)
         except TransientBackendError as exc:
             return Outcome("DB_TRANSIENT_ERROR", f"cannot hand the conversation back: {exc}", log=log)
         except BackendError as exc:
@@ -117,9 +128,11 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
             "ROUTING_ERROR", f"no queue for channel {context_object.get('channel_type')!r}", log=log
         )
     if queue == HANDOFF_QUEUE:
-        refusal = _for_a_human(context_object, runtime, log)
-        if refusal is not None:
-            return refusal
+        written = _for_a_human(context_object, runtime, log)
+        if isinstance(written, Outcome):
+            return written
+        if not written:  # Twilio's retry of a message already with a human: it was queued then
+            return Outcome(log={**log, "duplicate": True})
     try:
         queue_message_id = runtime.queue.send(
             queue,
@@ -148,9 +161,8 @@ def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) 
         changes.update(opted_out=True, **({} if opted_out else {"opted_out_at": now}))
         no_reply = STOP
     elif kind == START:
-        if opted_out:
-            return _write(runtime, context_object, log, {"opted_out": False}, None)
-        return None
+        written = _write(runtime, context_object, log, {"opted_out": False}, None) if opted_out else True
+        return written if isinstance(written, Outcome) else None
     elif opted_out:
         no_reply = "opted_out"  # nothing is sent to them, HELP's answer included
     elif kind == HELP and runtime.settings.help_reply_text:
@@ -158,38 +170,47 @@ def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) 
     else:
         return None
     message = {**user_message(context_object), "no_reply": no_reply}
-    refusal = _write(runtime, context_object, log, changes, message)
-    if refusal is not None:
-        return refusal
-    runtime.metrics.add(
-        "KeywordReceived" if kind else "OptedOutMessage", channel_type=context_object["channel_type"]
-    )
+    written = _write(runtime, context_object, log, changes, message)
+    if isinstance(written, Outcome):
+        return written
+    if written:  # not for a retry of the same message
+        runtime.metrics.add(
+            "KeywordReceived" if kind else "OptedOutMessage", channel_type=context_object["channel_type"]
+        )
     logger.info("recorded, not for the AI", extra={**log, "no_reply": no_reply})
     return Outcome(log=log, reply_text=reply_text)
 
 
-def _for_a_human(context_object: dict[str, Any], runtime: Runtime, log: dict) -> Outcome | None:
+def _for_a_human(context_object: dict[str, Any], runtime: Runtime, log: dict) -> Outcome | bool:
     """A human answers: the message is recorded in the thread for them (never for the AI), and the
-    rule that routed it makes a human the owner. An error Outcome when the write failed."""
+    rule that routed it makes a human the owner. Whether it was written (False: it was there), or an
+    error Outcome."""
     now = context_object["received_at"]
     changes: dict[str, Any] = {"last_inbound_at": now}
-    if context_object.get("owner") != HUMAN:
+    handed_now = context_object.get("owner") != HUMAN
+    if handed_now:
         changes.update(handoff_changes("a routing rule", "rule", now))
+    written = _write(
+        runtime, context_object, log, changes, {**user_message(context_object), "no_reply": HUMAN}
+    )
+    if written is True and handed_now:
         runtime.metrics.add("HandedOff", cause="rule")
-    return _write(runtime, context_object, log, changes, {**user_message(context_object), "no_reply": HUMAN})
+    return written
 
 
 def _write(
     runtime: Runtime, context_object: dict[str, Any], log: dict, changes: dict[str, Any], message: dict | None
-) -> Outcome | None:
-    """Stage 1's own write to the conversation; an error Outcome when it failed."""
+) -> Outcome | bool:
+    """Stage 1's own write to the conversation: whether it wrote (False: the message was there), or an
+    error Outcome."""
     try:
-        runtime.store.write_unlocked(context_object["conversation_id"], changes=changes, message=message)
+        return runtime.store.write_unlocked(
+            context_object["conversation_id"], changes=changes, message=message
+        )
     except TransientBackendError as exc:
         return Outcome("DB_TRANSIENT_ERROR", f"cannot record the message: {exc}", log=log)
     except BackendError as exc:
         return Outcome("DB_QUERY_ERROR", f"cannot record the message: {exc}", log=log)
-    return None
 
 
 _DELIVERY_STATUSES = frozenset({*DELIVERY_ORDER, *DELIVERY_FINAL} - {"unknown"})  # "unknown" is ours

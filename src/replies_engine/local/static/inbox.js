@@ -2,7 +2,8 @@
 // bodies come from strangers), refreshed every 2 seconds.
 "use strict";
 
-const state = { owner: "", selected: null, rendered: "" };
+const state = { owner: "", selected: null, rendered: "", polls: 0 };
+const STATS_EVERY = 5; // the figures read every thread: every 10 s, not every 2 s
 const $ = (selector, root = document) => root.querySelector(selector);
 
 function element(tag, className, text) {
@@ -109,13 +110,10 @@ function renderThread(record) {
 async function refresh() {
   try {
     const query = state.owner ? `?owner=${state.owner}` : "";
-    const [list, queues, stats] = await Promise.all([
-      api(`/api/conversations${query}`),
-      api("/api/queues"),
-      api("/api/stats"),
-    ]);
+    const [list, queues] = await Promise.all([api(`/api/conversations${query}`), api("/api/queues")]);
+    if (state.polls++ % STATS_EVERY === 0) state.stats = await api("/api/stats");
     renderList(list.conversations);
-    renderStats(queues, stats);
+    renderStats(queues, state.stats || {});
     if (state.selected) renderThread(await api(`/api/conversations/${encodeURIComponent(state.selected)}`));
   } catch (error) {
     console.warn("refresh failed:", error.message);
