@@ -166,3 +166,16 @@ def test_timeouts_hold_end_to_end():
     trigger = reply["Events"]["Ai"]["Properties"]
     assert trigger["BatchSize"] == 1
     assert trigger["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "ReplyConcurrency"}
+
+
+def test_a_plain_install_serves_and_the_lambda_package_stays_lean():
+    """`pip install replies-engine` then `replies-engine serve` works (issue 11); `sam build` installs
+    src/requirements.txt, which leaves the local server's libraries out of the functions."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    installed = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    packaged = (root / "src" / "requirements.txt").read_text()
+
+    assert {"starlette", "uvicorn"} <= {d.split(">")[0].split("[")[0] for d in installed}
+    assert "starlette" not in packaged and "uvicorn" not in packaged

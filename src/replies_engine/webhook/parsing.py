@@ -1,4 +1,10 @@
-"""Stage 1, step 1: an API Gateway proxy event → the provider's fields → `context_object`."""
+"""Stage 1, step 1: an HTTP event → the provider's fields → `context_object`.
+
+The event is any of AWS's front doors, found by its shape: API Gateway REST (payload 1.0: `httpMethod`,
+`path`, `requestContext.path` with the stage), HTTP API and Lambda Function URL (payload 2.0:
+`requestContext.http.method`, `rawPath`, `rawQueryString`, lower-case headers, the host in
+`requestContext.domainName`), Application Load Balancer (`requestContext.elb`; query parameters as
+sent, not decoded)."""
 
 from __future__ import annotations
 
@@ -51,19 +57,27 @@ def is_status_callback(event: dict[str, Any]) -> bool:
 
 
 def _event_path(event: dict[str, Any]) -> str | None:
-    request_context = event.get("requestContext")
-    path = event.get("path") or (request_context.get("path") if isinstance(request_context, dict) else None)
+    path = event.get("path") or event.get("rawPath") or _context(event).get("path")
     return path.rstrip("/") if isinstance(path, str) else None
+
+
+def _context(event: dict[str, Any]) -> dict[str, Any]:
+    request_context = event.get("requestContext")
+    return request_context if isinstance(request_context, dict) else {}
+
+
+def is_alb(event: Any) -> bool:
+    """An Application Load Balancer's event (it wants `statusDescription` in the answer)."""
+    return isinstance(event, dict) and "elb" in _context(event)
 
 
 def parse_event(event: dict[str, Any]) -> InboundRequest:
     """Read the request; raise ParsingError with a clear reason when it is not a webhook."""
     if not isinstance(event, dict):
-        raise ParsingError("the event is not an API Gateway proxy event")
-    request_context = event.get("requestContext")
-    if not isinstance(request_context, dict):
-        request_context = {}
-    method = event.get("httpMethod") or request_context.get("httpMethod")
+        raise ParsingError("the event is not an API Gateway, Function URL or ALB event")
+    request_context = _context(event)
+    http = request_context.get("http") if isinstance(request_context.get("http"), dict) else {}
+    method = event.get("httpMethod") or request_context.get("httpMethod") or http.get("method")
     if method != "POST":
         raise ParsingError(f"method {method} is not allowed: webhooks are POSTed")
     channel = channel_from_event(event)
@@ -73,12 +87,17 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
         )
     text = _body_text(event)
     params = _email_json(text) if channel is not None and not channel.twilio else _twilio_form(text)
+    headers = _headers(event)
+    if "host" not in headers and request_context.get("domainName"):  # payload 2.0 may leave it out
+        headers["host"] = request_context["domainName"]
     return InboundRequest(
         channel=channel,
         endpoint=f"/{channel.name}" if channel is not None else STATUS_PATH,
         params=params,
-        headers=_headers(event),
-        path=request_context.get("path") or event.get("path"),
+        headers=headers,
+        # as called: REST's requestContext.path keeps the stage its event["path"] drops; 2.0's rawPath
+        # has the stage (none on $default)
+        path=request_context.get("path") or event.get("rawPath") or event.get("path"),
         query=_query(event),
     )
 
@@ -182,6 +201,16 @@ def _headers(event: dict[str, Any]) -> dict[str, str]:
 
 
 def _query(event: dict[str, Any]) -> str:
+    if "rawQueryString" in event:  # payload 2.0: exactly as sent
+        return event["rawQueryString"] or ""
+    if is_alb(event):  # ALB passes the parameters as sent, still percent-encoded
+        multi = event.get("multiValueQueryStringParameters")
+        pairs = (
+            [(k, v) for k, values in multi.items() for v in values]
+            if multi
+            else list((event.get("queryStringParameters") or {}).items())
+        )
+        return "&".join(f"{k}={v}" for k, v in pairs)
     multi = event.get("multiValueQueryStringParameters")
     if multi:
         return urlencode([(k, v) for k, values in multi.items() for v in values])

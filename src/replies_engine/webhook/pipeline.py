@@ -24,8 +24,15 @@ from ..conversation import (
 from ..handoff import TIMEOUT, hand_back, handoff_changes, human_silent_too_long
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
 from .keywords import HELP, START, STOP, keyword
-from .parsing import InboundRequest, ParsingError, build_context_object, channel_from_event, parse_event
-from .responses import ERROR_STATUS, final_response, json_response, success_response
+from .parsing import (
+    InboundRequest,
+    ParsingError,
+    build_context_object,
+    channel_from_event,
+    is_alb,
+    parse_event,
+)
+from .responses import ERROR_STATUS, final_response, for_alb, json_response, success_response
 from .routing import determine_target_queue
 from .signature import verify_email, verify_twilio
 from .validation import check_conversation_exists, validate_conversation_rules
@@ -45,6 +52,11 @@ class Outcome:
 
 def handle_webhook(event: dict[str, Any]) -> dict[str, Any]:
     """Answer one webhook request; raises TransientWebhookError only to make Twilio retry."""
+    answer = _answer(event)
+    return for_alb(answer) if is_alb(event) else answer
+
+
+def _answer(event: dict[str, Any]) -> dict[str, Any]:
     channel = channel_from_event(event) if isinstance(event, dict) else None
     runtime: Runtime | None = None
     try:

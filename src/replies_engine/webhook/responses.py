@@ -75,6 +75,18 @@ def final_response(channel: Channel | None, error_code: str, message: str, locke
     return twiml_response()
 
 
+def for_alb(response: dict) -> dict:
+    """An Application Load Balancer wants the status's description and the body's encoding too."""
+    from http import HTTPStatus
+
+    status = response["statusCode"]
+    return {
+        **response,
+        "statusDescription": f"{status} {HTTPStatus(status).phrase}",
+        "isBase64Encoded": False,
+    }
+
+
 def json_response(status: int, payload: dict) -> dict:
     return {
         "statusCode": status,
