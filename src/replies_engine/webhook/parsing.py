@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from .. import clock
 from ..channels import CHANNELS, Channel
+from . import email_providers
 
 # Twilio's webhooks are a few KB; anything near this is not one, and it keeps queue messages small.
 MAX_BODY_BYTES = 262_144
@@ -37,7 +38,8 @@ class InboundRequest:
     """What a provider sent, before any interpretation."""
 
     channel: Channel | None  # None: a Twilio status callback
-    endpoint: str  # the webhook's own path, without any stage prefix: `/whatsapp`, `/twilio/status`
+    endpoint: str  # the webhook's own path, without any stage prefix: `/whatsapp`, `/email/mailgun`
+    provider: str | None  # an email provider whose shape the body has (`email_providers.py`)
     params: dict[str, Any]  # Twilio's form fields, or the email JSON, names as sent
     headers: dict[str, str]  # names lowercased
     path: str  # the path the provider called, API Gateway stage included
@@ -45,9 +47,21 @@ class InboundRequest:
 
 
 def channel_from_event(event: dict[str, Any]) -> Channel | None:
-    """The channel named by the path's last segment: `/whatsapp`, `/prod/sms`, `/email/`."""
+    """The channel named by the path's last segment: `/whatsapp`, `/prod/sms`, `/email/`, or an email
+    provider's `/email/mailgun`."""
     path = _event_path(event)
-    return CHANNELS.get(path.rpartition("/")[2]) if path is not None else None
+    if path is None:
+        return None
+    if email_provider(event):
+        return CHANNELS["email"]
+    return CHANNELS.get(path.rpartition("/")[2])
+
+
+def email_provider(event: dict[str, Any]) -> str | None:
+    """`mailgun` for `/email/mailgun` (a stage prefix allowed), None for any other path."""
+    path = _event_path(event) or ""
+    parent, _, last = path.rpartition("/")
+    return last if last in email_providers.PROVIDERS and parent.endswith("/email") else None
 
 
 def is_status_callback(event: dict[str, Any]) -> bool:
@@ -86,13 +100,23 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
             f"unknown path {event.get('path')!r}: expected /whatsapp, /sms, /email or {STATUS_PATH}"
         )
     text = _body_text(event)
-    params = _email_json(text) if channel is not None and not channel.twilio else _twilio_form(text)
+    provider = email_provider(event)
+    if provider:
+        try:
+            params = email_providers.read(provider, text)
+        except email_providers.ProviderError as exc:
+            raise ParsingError(str(exc)) from None
+    elif channel is not None and not channel.twilio:
+        params = _email_json(text)
+    else:
+        params = _twilio_form(text)
     headers = _headers(event)
     if "host" not in headers and request_context.get("domainName"):  # payload 2.0 may leave it out
         headers["host"] = request_context["domainName"]
     return InboundRequest(
         channel=channel,
-        endpoint=f"/{channel.name}" if channel is not None else STATUS_PATH,
+        endpoint=f"/email/{provider}" if provider else f"/{channel.name}" if channel else STATUS_PATH,
+        provider=provider,
         params=params,
         headers=headers,
         # as called: REST's requestContext.path keeps the stage its event["path"] drops; 2.0's rawPath
@@ -118,9 +142,18 @@ def build_context_object(request: InboundRequest, received_at: str | None = None
     else:
         # Only the email's own fields: anything else in the JSON could pose as a record field.
         context.update(
-            (k, request.params[k]) for k in ("from", "to", "subject", "message_id") if k in request.params
+            (k, request.params[k]) for k in ("from", "to", "subject", "message_id") if request.params.get(k)
         )
-        context["body"] = request.params.get("text") or ""
+        raw = request.params.get("raw_text") or request.params.get("text") or ""
+        # what the AI sees: the provider's stripped text, or ours
+        if request.provider:
+            context["body"] = request.params.get("text") or ""
+        else:
+            context["body"] = email_providers.strip_quoted(raw)
+        if context["body"] != raw:
+            context["raw_text"] = raw  # the text as written; `body`, what the AI sees, without the quotes
+        if request.params.get("attachments"):
+            context["attachments"] = request.params["attachments"]
     context["received_at"] = received_at or clock.iso()
     return context
 

@@ -23,6 +23,7 @@ from ..conversation import (
 )
 from ..handoff import TIMEOUT, hand_back, handoff_changes, human_silent_too_long
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
+from .email_providers import verify_mailgun
 from .keywords import HELP, START, STOP, keyword
 from .parsing import (
     InboundRequest,
@@ -271,6 +272,10 @@ def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
         if not token:
             return Outcome("CONFIGURATION_ERROR", "no Twilio auth token: set TWILIO_AUTH_TOKEN")
         problem = verify_twilio(request, token, settings.public_base_url)
+    elif request.provider == "mailgun":
+        if not settings.mailgun_signing_key:
+            return Outcome("CONFIGURATION_ERROR", "set MAILGUN_SIGNING_KEY to verify Mailgun's webhooks")
+        problem = verify_mailgun(request.params["signature"], settings.mailgun_signing_key, clock.now())
     elif settings.email_webhook_token:
         problem = verify_email(request, settings.email_webhook_token)
     else:

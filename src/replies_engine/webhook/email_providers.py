@@ -1,0 +1,126 @@
+"""Inbound email as the providers send it, each at its own path under `/email/`, mapped onto the plain
+JSON shape (`from`, `to`, `subject`, `text`, `message_id`; DESIGN.md §4.2) plus `raw_text` (the text
+as written, quoted history and all) and `attachments` (name, type and size: the content stays with
+the provider):
+
+- `/email/mailgun`: a Mailgun route's forward (form: `sender`/`from`, `recipient`, `subject`,
+  `body-plain`, `stripped-text`, `Message-Id`), signed with HMAC-SHA256 over `timestamp` + `token`
+  with the webhook signing key (MAILGUN_SIGNING_KEY); a timestamp older than 5 minutes is refused;
+- `/email/postmark`: Postmark's inbound webhook (JSON: `From`, `To`, `Subject`, `TextBody`,
+  `StrippedTextReply`, `MessageID`, `Headers`, `Attachments`), behind basic auth (EMAIL_WEBHOOK_TOKEN
+  as the password in the URL Postmark calls).
+
+The text the AI sees has the quoted history and the signature stripped: the provider's own stripped
+text when it sends one, else `strip_quoted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+PROVIDERS = ("mailgun", "postmark")
+MAILGUN_MAX_AGE_SECONDS = 300
+
+# Where a reply's own text ends: a quote's header line, a forwarded block, a signature's delimiter.
+_QUOTE_HEADER = re.compile(
+    r"^\s*(On .+ wrote:|Am .+ schrieb .+:|Le .+ a écrit ?:|El .+ escribió:|-----\s*Original Message\s*-----"
+    r"|From: .+|Von: .+)\s*$",
+    re.IGNORECASE,
+)
+_SIGNATURE = re.compile(r"^-- ?$")
+
+
+class ProviderError(ValueError):
+    """The provider's payload cannot be read: the message says why."""
+
+
+def read(provider: str, text: str) -> dict[str, Any]:
+    """The provider's body → the plain shape (and what its authenticity check needs)."""
+    return _mailgun(text) if provider == "mailgun" else _postmark(text)
+
+
+def _mailgun(text: str) -> dict[str, Any]:
+    try:
+        form = dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True))
+    except ValueError as exc:
+        raise ProviderError(f"the body is not a Mailgun form: {exc}") from None
+    raw = form.get("body-plain", "")
+    return {
+        "from": form.get("from") or form.get("sender"),
+        "to": form.get("recipient") or form.get("To"),
+        "subject": form.get("subject") or form.get("Subject"),
+        "message_id": form.get("Message-Id") or form.get("message-id"),
+        "text": form.get("stripped-text") or strip_quoted(raw),
+        "raw_text": raw,
+        "attachments": [],
+        "signature": {k: form.get(k, "") for k in ("timestamp", "token", "signature")},
+    }
+
+
+def _postmark(text: str) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProviderError(f"the body is not Postmark's JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProviderError("the body is not a JSON object")
+    headers = {
+        h.get("Name", "").lower(): h.get("Value") for h in body.get("Headers") or [] if isinstance(h, dict)
+    }
+    raw = body.get("TextBody") or ""
+    return {
+        "from": body.get("From"),
+        "to": body.get("To"),
+        "subject": body.get("Subject"),
+        # the email's own Message-ID (what a reply's In-Reply-To names), else Postmark's id
+        "message_id": headers.get("message-id") or body.get("MessageID"),
+        "text": body.get("StrippedTextReply") or strip_quoted(raw),
+        "raw_text": raw,
+        "attachments": [
+            {"name": a.get("Name"), "content_type": a.get("ContentType"), "size": a.get("ContentLength")}
+            for a in body.get("Attachments") or []
+            if isinstance(a, dict)
+        ],
+    }
+
+
+def verify_mailgun(signature: dict[str, str], signing_key: str, now: float) -> str | None:
+    """None when Mailgun signed it (and lately), else the reason it did not."""
+    timestamp, token, offered = (
+        signature.get("timestamp", ""),
+        signature.get("token", ""),
+        signature.get("signature", ""),
+    )
+    if not (timestamp and token and offered):
+        return "the Mailgun signature fields (timestamp, token, signature) are missing"
+    try:
+        age = now - float(timestamp)
+    except ValueError:
+        return f"the Mailgun timestamp {timestamp!r} is not a number"
+    if abs(age) > MAILGUN_MAX_AGE_SECONDS:
+        return f"the Mailgun timestamp is {age:.0f} s old: a replay is refused"
+    expected = hmac.new(signing_key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return (
+        None
+        if hmac.compare_digest(expected, offered)
+        else "the Mailgun signature does not match the signing key"
+    )
+
+
+def strip_quoted(text: str) -> str:
+    """The reply's own text: what comes before the quoted history (a "On … wrote:" line, "> " lines,
+    an original-message block) and before the signature ("-- ")."""
+    kept = []
+    for line in text.splitlines():
+        if _QUOTE_HEADER.match(line) or _SIGNATURE.match(line):
+            break
+        if line.lstrip().startswith(">"):
+            continue
+        kept.append(line)
+    stripped = "\n".join(kept).strip()
+    return stripped or text.strip()

@@ -1,0 +1,190 @@
+"""Inbound email as real providers send it (issue 11), through `webhook_handler` on both backends:
+Postmark's inbound webhook and a Mailgun route's forward, each with its authenticity check, mapped onto
+the same `context_object`; quoted history stripped from what the AI sees, the raw text kept."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+from replies_engine.webhook.email_providers import strip_quoted
+
+from .payloads import EMAIL_TOKEN, api_event, email_event, email_json
+
+SIGNING_KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+
+# Postmark developer docs, "Inbound webhook", the example payload (names and addresses ours)
+POSTMARK = {
+    "FromName": "Zoë Example",
+    "MessageStream": "inbound",
+    "From": "zoe@example.org",
+    "FromFull": {"Email": "zoe@example.org", "Name": "Zoë Example", "MailboxHash": ""},
+    "To": "support@company.example",
+    "ToFull": [{"Email": "support@company.example", "Name": "", "MailboxHash": ""}],
+    "Cc": "",
+    "CcFull": [],
+    "Bcc": "",
+    "BccFull": [],
+    "OriginalRecipient": "support@company.example",
+    "Subject": "Re: your appointment",
+    "MessageID": "73e6d360-66eb-11e1-8e72-a8904824019b",
+    "ReplyTo": "",
+    "MailboxHash": "",
+    "Date": "Fri, 1 Aug 2014 16:45:32 -04:00",
+    "TextBody": "Friday works for me.\n\nOn Thu, 31 Jul 2014, Support <support@company.example> wrote:\n> Can we move it?",
+    "HtmlBody": "<html><body><p>Friday works for me.</p></body></html>",
+    "StrippedTextReply": "Friday works for me.",
+    "Tag": "",
+    "Headers": [
+        {"Name": "X-Spam-Status", "Value": "No"},
+        {"Name": "Message-ID", "Value": "<CAE6aW=ZcWQGC0J8yRq3U9@mail.example.org>"},
+    ],
+    "Attachments": [
+        {
+            "Name": "myimage.png",
+            "Content": "[BASE64-ENCODED CONTENT]",
+            "ContentType": "image/png",
+            "ContentLength": 4096,
+        }
+    ],
+}
+
+# Mailgun docs, "Receiving, Forwarding and Storing Messages", the fields a route's forward() POSTs
+MAILGUN = {
+    "recipient": "support@company.example",
+    "sender": "zoe@example.org",
+    "from": "Zoë Example <zoe@example.org>",
+    "subject": "Re: your appointment",
+    "body-plain": "Friday works for me.\n\n-- \nZoë\n\nOn Thu, Support wrote:\n> Can we move it?",
+    "stripped-text": "Friday works for me.",
+    "stripped-signature": "Zoë",
+    "body-html": "<p>Friday works for me.</p>",
+    "attachment-count": "0",
+    "Message-Id": "<CAE6aW=mailgun1@mail.example.org>",
+    "Subject": "Re: your appointment",
+    "message-headers": json.dumps([["Message-Id", "<CAE6aW=mailgun1@mail.example.org>"]]),
+}
+
+
+def mailgun_form(key: str = SIGNING_KEY, age: float = 0, **overrides: str) -> dict[str, str]:
+    timestamp, token = str(int(time.time() - age)), "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0"
+    signature = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return {**MAILGUN, "timestamp": timestamp, "token": token, "signature": signature, **overrides}
+
+
+def provider_event(provider: str, body: str, content_type: str, auth: str | None = EMAIL_TOKEN) -> dict:
+    headers = {"Content-Type": content_type}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"postmark:{auth}".encode()).decode()
+    return api_event(f"/email/{provider}", body, headers)
+
+
+@pytest.fixture
+def mail(engine):
+    engine.env(MAILGUN_SIGNING_KEY=SIGNING_KEY)
+    return engine
+
+
+def queued(engine) -> list[dict]:
+    return [m["body"] for m in engine.queued("email")]
+
+
+def test_postmark_is_mapped_and_the_ai_sees_the_stripped_reply(mail):
+    answer = mail.handle(provider_event("postmark", json.dumps(POSTMARK), "application/json"))
+
+    assert answer["statusCode"] == 200, answer["body"]
+    [context] = queued(mail)
+    assert context["body"] == "Friday works for me." and context["raw_text"] == POSTMARK["TextBody"]
+    assert context["message_id"] == "<CAE6aW=ZcWQGC0J8yRq3U9@mail.example.org>"  # the header, for threading
+    assert context["attachments"] == [{"name": "myimage.png", "content_type": "image/png", "size": 4096}]
+    assert context["conversation_id"] == "c1" and context["subject"] == "Re: your appointment"
+
+
+def test_postmark_without_the_basic_auth_password_is_refused(mail):
+    for auth in (None, "wrong"):
+        answer = mail.handle(provider_event("postmark", json.dumps(POSTMARK), "application/json", auth=auth))
+        assert answer["statusCode"] == 403
+
+    assert queued(mail) == []
+
+
+def test_a_signed_mailgun_forward_is_mapped(mail):
+    answer = mail.handle(
+        provider_event("mailgun", urlencode(mailgun_form()), "application/x-www-form-urlencoded", auth=None)
+    )
+
+    assert answer["statusCode"] == 200, answer["body"]
+    [context] = queued(mail)
+    assert context["body"] == "Friday works for me." and context["raw_text"] == MAILGUN["body-plain"]
+    assert (
+        context["message_id"] == "<CAE6aW=mailgun1@mail.example.org>" and context["conversation_id"] == "c1"
+    )
+
+
+@pytest.mark.parametrize(
+    "form",
+    [mailgun_form(key="key-forged"), mailgun_form(age=600), {k: v for k, v in MAILGUN.items()}],
+    ids=["forged", "stale", "unsigned"],
+)
+def test_a_forged_stale_or_unsigned_mailgun_forward_is_refused(mail, form):
+    answer = mail.handle(
+        provider_event("mailgun", urlencode(form), "application/x-www-form-urlencoded", auth=None)
+    )
+
+    assert answer["statusCode"] == 403 and "INVALID_SIGNATURE" in answer["body"]
+    assert queued(mail) == []
+
+
+def test_mailgun_without_a_signing_key_is_a_configuration_error(engine):
+    answer = engine.handle(
+        provider_event("mailgun", urlencode(mailgun_form()), "application/x-www-form-urlencoded", auth=None)
+    )
+
+    assert answer["statusCode"] == 500 and "MAILGUN_SIGNING_KEY" in answer["body"]
+    assert queued(engine) == []
+
+
+@pytest.mark.parametrize(
+    ("provider", "body"), [("postmark", "{not json"), ("postmark", "[1, 2]"), ("mailgun", "a=%zz&&")]
+)
+def test_a_provider_body_that_cannot_be_read_is_a_400(mail, provider, body):
+    answer = mail.handle(provider_event(provider, body, "application/json"))
+
+    assert answer["statusCode"] == 400 and "PARSING_ERROR" in answer["body"]
+
+
+def test_the_plain_json_shape_stays_and_its_quoted_history_is_stripped(mail):
+    text = "Yes, Friday.\n\nOn Thu, 31 Jul 2014 Support wrote:\n> Can we move it?\n"
+
+    assert mail.handle(email_event(email_json(text)))["statusCode"] == 200
+
+    [context] = queued(mail)
+    assert context["body"] == "Yes, Friday." and context["raw_text"] == text
+
+
+@pytest.mark.parametrize(
+    ("text", "own"),
+    [
+        ("Thanks!\n\nOn Tue, 2 Dec 2026 at 10:00, Support <s@x.example> wrote:\n> hi", "Thanks!"),
+        ("Danke!\n\nAm 2. Dez. 2026 um 10:00 schrieb Support <s@x.example>:\n> hallo", "Danke!"),
+        ("See below.\n-----Original Message-----\nFrom: Support", "See below."),
+        ("Fine.\n-- \nZoë Example\nCEO", "Fine."),
+        ("> only a quote", "> only a quote"),  # nothing of its own: kept whole rather than emptied
+    ],
+)
+def test_strip_quoted_keeps_the_replys_own_text(text, own):
+    assert strip_quoted(text) == own
+
+
+def test_a_stage_prefixed_provider_path_is_found(mail):
+    event = provider_event("postmark", json.dumps(copy.deepcopy(POSTMARK)), "application/json")
+    event["requestContext"]["path"] = "/prod/email/postmark"
+
+    assert mail.handle(event)["statusCode"] == 200
