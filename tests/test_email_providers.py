@@ -188,3 +188,78 @@ def test_a_stage_prefixed_provider_path_is_found(mail):
     event["requestContext"]["path"] = "/prod/email/postmark"
 
     assert mail.handle(event)["statusCode"] == 200
+
+
+# --- outbound: the reply by SMTP, in the person's thread ----------------------------------------------
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
+    from aiosmtpd.controller import Controller
+
+    from .processes import free_port
+
+    class Keep:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(envelope)
+            return "250 OK"
+
+    handler = Keep()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, handler
+    controller.stop()
+
+
+def test_an_email_reply_goes_out_by_smtp_in_the_persons_thread(mail, smtp_server):
+    from email import message_from_bytes, policy
+
+    controller, received = smtp_server
+    mail.env(
+        SMTP_URL=f"smtp://127.0.0.1:{controller.port}", BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0"
+    )
+    inbound = email_json("Can we talk tomorrow?")
+
+    assert mail.handle(email_event(inbound))["statusCode"] == 200
+    mail.deliver("email")
+    mail.deliver("ai")
+
+    [envelope] = received.messages
+    sent = message_from_bytes(envelope.content, policy=policy.default)
+    assert envelope.rcpt_tos == ["Zoe@Example.org"] and envelope.mail_from == "support@company.example"
+    assert sent["In-Reply-To"] == sent["References"] == inbound["message_id"]
+    assert sent["Subject"] == "Re: your appointment"  # theirs already had its "Re:"
+    assert sent.get_content().strip() == "Thanks, we received your 1 message."
+    [reply] = [m for m in mail.get()["messages"] if m["role"] == "assistant"][1:]
+    assert reply["message_id"] == sent["Message-ID"] and mail.outbox() == []
+
+
+def test_an_smtp_server_that_is_down_keeps_the_reply_for_a_retry(mail):
+    from replies_engine.handlers import reply_sender
+    from replies_engine.local.workers import sqs_event
+
+    from .processes import free_port
+
+    mail.env(SMTP_URL=f"smtp://127.0.0.1:{free_port()}", BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0")
+    assert mail.handle(email_event(email_json("hello")))["statusCode"] == 200
+    mail.deliver("email")
+    [ai] = mail.runtime.queue.receive("ai")
+
+    assert reply_sender(sqs_event("ai", [ai]), None)["batchItemFailures"] != []  # refused: retried
+
+    assert mail.get()["conversation_status"] == "processing_reply"
+
+
+def test_a_bad_smtp_url_is_a_configuration_error(engine):
+    from replies_engine.config import ConfigurationError
+
+    engine.monkeypatch.setenv("SMTP_URL", "http://mail.example")
+    from replies_engine.bootstrap import reset_runtime
+
+    reset_runtime()
+    with pytest.raises(ConfigurationError, match="SMTP_URL"):
+        engine.runtime  # noqa: B018

@@ -30,7 +30,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         from .replies.responders import LocalResponder, OpenAIResponder
-        from .replies.senders import OutboxSender, TwilioSender
+        from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
         if settings.responder == "openai":
@@ -51,7 +51,13 @@ class Runtime:
             if settings.twilio_account_configured
             else outbox
         )
-        self.senders = {"whatsapp": twilio, "sms": twilio, "email": outbox}
+        email = outbox
+        if settings.smtp_url:
+            try:
+                email = SmtpSender(settings.smtp_url)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
+        self.senders = {"whatsapp": twilio, "sms": twilio, "email": email}
 
     def twilio_auth_token(self) -> str | None:
         """The token Twilio signs with: TWILIO_AUTH_TOKEN, else the backend's own source."""

@@ -64,8 +64,9 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
         "from": context_object.get("from"),
         "to": context_object.get("to"),
     }
-    if context_object.get("media"):
-        entry["media"] = context_object["media"]
+    for name in ("media", "subject", "raw_text", "attachments"):  # those a message has (email: a subject)
+        if context_object.get(name):
+            entry[name] = context_object[name]
     return entry
 
 

@@ -65,7 +65,14 @@ def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, 
             extra={"conversation_id": context["conversation_id"], "length": len(text)},
         )
     address = context.get("reply_address") or {}
+    latest = context["messages"][-1] if context["messages"] else {}
+    threading = (
+        {"subject": latest.get("subject"), "in_reply_to": latest.get("message_id")}
+        if not channel.twilio
+        else {}
+    )
     return {
+        **threading,  # email: the reply goes in the person's thread
         "message_id": None,
         "role": "assistant",
         "content": "".join(texts),

@@ -68,6 +68,73 @@ class OutboxSender:
         return found["message_id"] if found else found
 
 
+class SmtpSender:
+    """Email through an SMTP server (SMTP_URL): `smtp://user:password@host:587` (STARTTLS when the
+    server offers it) or `smtps://…:465` (TLS from the start). The reply goes in the person's thread:
+    `In-Reply-To` and `References` name their message, the subject is theirs with "Re: ". SMTP cannot
+    be asked afterwards whether a message went: a send in doubt is recorded as such, never resent."""
+
+    def __init__(self, url: str, timeout_seconds: float = 10) -> None:
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"SMTP_URL={url!r}: expected smtp://[user:password@]host[:port] or smtps://…")
+        self.tls = parts.scheme == "smtps"
+        self.host, self.port = parts.hostname, parts.port or (465 if self.tls else 587)
+        self.user, self.password = unquote(parts.username or ""), unquote(parts.password or "")
+        self.timeout_seconds = timeout_seconds
+
+    def send(self, note: dict[str, Any], part: int) -> str:
+        import smtplib
+        import ssl
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid, parseaddr
+
+        message = EmailMessage()
+        message["From"], message["To"] = note["from"], note["to"]
+        subject = note.get("subject") or ""
+        message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".rstrip()
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=parseaddr(note["from"])[1].rpartition("@")[2] or None)
+        if note.get("in_reply_to"):
+            message["In-Reply-To"] = message["References"] = note["in_reply_to"]
+        message.set_content(note["texts"][part])
+        sent = False
+        try:
+            connect = smtplib.SMTP_SSL if self.tls else smtplib.SMTP
+            with connect(
+                self.host,
+                self.port,
+                timeout=self.timeout_seconds,
+                **({"context": ssl.create_default_context()} if self.tls else {}),
+            ) as smtp:
+                if not self.tls:
+                    smtp.ehlo()
+                    if smtp.has_extn("starttls"):
+                        smtp.starttls(context=ssl.create_default_context())
+                if self.user:
+                    smtp.login(self.user, self.password)
+                sent = True  # from here on, the server may have the message
+                smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reason = next(iter(exc.recipients.values()))
+            raise (TransientSendError if 400 <= code < 500 else PermanentSendError)(
+                f"SMTP refused the recipient: {code} {reason!r}", str(code)
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            kind = TransientSendError if 400 <= exc.smtp_code < 500 else PermanentSendError
+            raise kind(f"SMTP answered {exc.smtp_code} {exc.smtp_error!r}", str(exc.smtp_code)) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            if sent:
+                raise AmbiguousSendError(f"SMTP failed during the send: {exc}") from exc
+            raise TransientSendError(f"SMTP unreachable: {exc}") from exc
+        return message["Message-ID"]
+
+    def went_out(self, note: dict[str, Any], part: int) -> None:
+        return None
+
+
 class TwilioSender:
     """WhatsApp and SMS through Twilio's REST API (twilio's Client, imported only here: ~140 ms)."""
 
