@@ -263,3 +263,96 @@ def test_a_bad_smtp_url_is_a_configuration_error(engine):
     reset_runtime()
     with pytest.raises(ConfigurationError, match="SMTP_URL"):
         engine.runtime  # noqa: B018
+
+
+# --- SendGrid Inbound Parse (multipart/form-data) ------------------------------------------------------
+
+BOUNDARY = "xYzZY"
+
+
+def sendgrid_body(fields: dict[str, str], files: tuple = ()) -> bytes:
+    """A multipart/form-data body as SendGrid's Inbound Parse posts it (SendGrid docs, "Inbound Parse
+    Webhook", the default, non-raw payload: one part per field, attachments as file parts)."""
+    chunks = []
+    for name, value in fields.items():
+        chunks.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        )
+    for name, filename, content_type, content in files:
+        chunks.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n".encode()
+            + content
+            + b"\r\n"
+        )
+    return b"".join(chunks) + f"--{BOUNDARY}--\r\n".encode()
+
+
+SENDGRID = {
+    "headers": "Received: by mx0047p1mdw1.sendgrid.net\nMessage-ID: <CAE6aW=sendgrid1@mail.example.org>\n"
+    "From: Zoë Example <zoe@example.org>\nTo: support@company.example\nSubject: Re: your appointment\n",
+    "dkim": "{@example.org : pass}",
+    "to": "support@company.example",
+    "from": "Zoë Example <zoe@example.org>",
+    "text": "Friday works.\n\nOn Thu, Support <support@company.example> wrote:\n> Can we move it?\n",
+    "html": "<p>Friday works.</p>",
+    "sender_ip": "209.85.223.176",
+    "envelope": '{"to":["support@company.example"],"from":"zoe@example.org"}',
+    "attachments": "1",
+    "subject": "Re: your appointment",
+    "charsets": '{"to":"UTF-8","html":"UTF-8","subject":"UTF-8","from":"UTF-8","text":"UTF-8"}',
+    "SPF": "pass",
+}
+
+
+def sendgrid_event(
+    body: bytes, content_type: str = f"multipart/form-data; boundary={BOUNDARY}", auth=EMAIL_TOKEN
+):
+    event = provider_event("sendgrid", base64.b64encode(body).decode(), content_type, auth=auth)
+    event["isBase64Encoded"] = True  # API Gateway passes multipart bodies as binary
+    return event
+
+
+def test_sendgrid_inbound_parse_is_mapped_with_its_attachments(mail):
+    pdf = b"%PDF-1.4 \x00\xff binary"
+    body = sendgrid_body(SENDGRID, files=[("attachment1", "plan.pdf", "application/pdf", pdf)])
+
+    answer = mail.handle(sendgrid_event(body))
+
+    assert answer["statusCode"] == 200, answer["body"]
+    [context] = queued(mail)
+    assert context["body"] == "Friday works." and context["raw_text"] == SENDGRID["text"]
+    assert context["message_id"] == "<CAE6aW=sendgrid1@mail.example.org>"
+    assert context["attachments"] == [
+        {"name": "plan.pdf", "content_type": "application/pdf", "size": len(pdf)}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", sendgrid_body(SENDGRID)),  # no boundary
+        ("multipart/form-data; boundary=other", sendgrid_body(SENDGRID)),  # not this body's
+        ("application/json", b"{}"),
+    ],
+    ids=["no-boundary", "wrong-boundary", "not-multipart"],
+)
+def test_a_sendgrid_body_that_is_not_its_multipart_is_a_400(mail, content_type, body):
+    answer = mail.handle(sendgrid_event(body, content_type))
+
+    assert answer["statusCode"] == 400 and "PARSING_ERROR" in answer["body"] and queued(mail) == []
+
+
+def test_sendgrid_without_the_basic_auth_password_is_refused(mail):
+    assert mail.handle(sendgrid_event(sendgrid_body(SENDGRID), auth="wrong"))["statusCode"] == 403
+    assert queued(mail) == []
+
+
+def test_a_10_mb_attachment_is_refused_with_a_clear_error(mail):
+    body = sendgrid_body(
+        SENDGRID, files=[("attachment1", "big.bin", "application/octet-stream", b"\0" * 10_000_000)]
+    )
+
+    answer = mail.handle(sendgrid_event(body))
+
+    assert answer["statusCode"] == 400 and "bytes, more than the" in answer["body"] and queued(mail) == []

@@ -209,3 +209,14 @@ def test_queue_stats_count_delayed_messages(served):
     stats = json.loads(cli(env, "queues", "stats").stdout)
     assert stats["whatsapp"] == {"available": 0, "delayed": 1, "in_flight": 0}
     assert stats["whatsapp-dlq"] == {"available": 0, "delayed": 0, "in_flight": 0}
+
+
+def test_the_openai_responder_without_a_key_for_api_openai_com_is_a_one_line_error(engine_env):
+    from replies_engine.config import ConfigurationError, Settings
+
+    with pytest.raises(ConfigurationError, match="needs OPENAI_API_KEY"):
+        Settings.from_env({**engine_env, "RESPONDER": "openai"})
+    local = Settings.from_env(
+        {**engine_env, "RESPONDER": "openai", "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}
+    )
+    assert local.openai_api_key is None  # a local server that needs none

@@ -71,7 +71,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: os.environ); a bad value raises ConfigurationError."""
         env = _Env(os.environ if environ is None else environ)
-        return cls(
+        settings = cls(
             backend=env.choice("REPLIES_BACKEND", ("sqlite", "aws"), "sqlite"),
             sqlite_path=env.text("REPLIES_SQLITE_PATH") or "./replies-engine.db",
             sqlite_busy_timeout_ms=env.integer("REPLIES_SQLITE_BUSY_TIMEOUT_MS", 2000, 0, 600_000),
@@ -125,6 +125,16 @@ class Settings:
             batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
             reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
+        if (
+            settings.responder == "openai"
+            and not settings.openai_api_key
+            and "api.openai.com" in settings.openai_base_url
+        ):
+            raise ConfigurationError(
+                "RESPONDER=openai calls api.openai.com, which needs OPENAI_API_KEY"
+                " (or set OPENAI_BASE_URL to a server that needs no key)"
+            )
+        return settings
 
 
 class _Env:

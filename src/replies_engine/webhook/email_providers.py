@@ -3,6 +3,10 @@ JSON shape (`from`, `to`, `subject`, `text`, `message_id`; DESIGN.md §4.2) plus
 as written, quoted history and all) and `attachments` (name, type and size: the content stays with
 the provider):
 
+- `/email/sendgrid`: SendGrid's Inbound Parse (multipart/form-data: `from`, `to`, `subject`, `text`,
+  `headers`, where the Message-ID is, `envelope`, the attachments as file parts), behind basic auth
+  (EMAIL_WEBHOOK_TOKEN as the password in the URL SendGrid calls); parsed with the standard library's
+  `email` package;
 - `/email/mailgun`: a Mailgun route's forward (form: `sender`/`from`, `recipient`, `subject`,
   `body-plain`, `stripped-text`, `Message-Id`), signed with HMAC-SHA256 over `timestamp` + `token`
   with the webhook signing key (MAILGUN_SIGNING_KEY); a timestamp older than 5 minutes is refused;
@@ -23,7 +27,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-PROVIDERS = ("mailgun", "postmark")
+PROVIDERS = ("sendgrid", "mailgun", "postmark")
 MAILGUN_MAX_AGE_SECONDS = 300
 
 # Where a reply's own text ends: a quote's header line, a forwarded block, a signature's delimiter.
@@ -39,9 +43,50 @@ class ProviderError(ValueError):
     """The provider's payload cannot be read: the message says why."""
 
 
-def read(provider: str, text: str) -> dict[str, Any]:
+def read(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
     """The provider's body → the plain shape (and what its authenticity check needs)."""
+    if provider == "sendgrid":
+        return _sendgrid(body, content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProviderError("the body is not UTF-8") from None
     return _mailgun(text) if provider == "mailgun" else _postmark(text)
+
+
+def _sendgrid(body: bytes, content_type: str) -> dict[str, Any]:
+    from email import policy
+    from email.parser import BytesParser, HeaderParser
+
+    if not content_type.lower().startswith("multipart/form-data") or "boundary=" not in content_type:
+        raise ProviderError("SendGrid's Inbound Parse posts multipart/form-data with a boundary")
+    form = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    if not form.is_multipart():
+        raise ProviderError("the multipart body has no parts (a wrong boundary?)")
+    fields: dict[str, str] = {}
+    attachments = []
+    for part in form.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if part.get_filename():
+            attachments.append(
+                {"name": part.get_filename(), "content_type": part.get_content_type(), "size": len(payload)}
+            )
+        elif name:
+            fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8", "replace")
+    if not fields:
+        raise ProviderError("the multipart body holds no form fields")
+    headers = HeaderParser().parsestr(fields.get("headers", ""))
+    raw = fields.get("text", "")
+    return {
+        "from": fields.get("from"),
+        "to": fields.get("to"),
+        "subject": fields.get("subject"),
+        "message_id": (headers.get("Message-ID") or "").strip() or None,
+        "text": strip_quoted(raw),
+        "raw_text": raw,
+        "attachments": attachments,
+    }
 
 
 def _mailgun(text: str) -> dict[str, Any]:

@@ -99,18 +99,18 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
         raise ParsingError(
             f"unknown path {event.get('path')!r}: expected /whatsapp, /sms, /email or {STATUS_PATH}"
         )
-    text = _body_text(event)
+    raw = _body_bytes(event)
+    headers = _headers(event)
     provider = email_provider(event)
     if provider:
         try:
-            params = email_providers.read(provider, text)
+            params = email_providers.read(provider, raw, headers.get("content-type", ""))
         except email_providers.ProviderError as exc:
             raise ParsingError(str(exc)) from None
     elif channel is not None and not channel.twilio:
-        params = _email_json(text)
+        params = _email_json(_utf8(raw))
     else:
-        params = _twilio_form(text)
-    headers = _headers(event)
+        params = _twilio_form(_utf8(raw))
     if "host" not in headers and request_context.get("domainName"):  # payload 2.0 may leave it out
         headers["host"] = request_context["domainName"]
     return InboundRequest(
@@ -171,7 +171,7 @@ def snake_case(name: str) -> str:
     return _WORD_BOUNDARY.sub("_", name).lower()
 
 
-def _body_text(event: dict[str, Any]) -> str:
+def _body_bytes(event: dict[str, Any]) -> bytes:
     body = event.get("body")
     if body is None or body == "":
         raise ParsingError("the body is empty")
@@ -186,6 +186,10 @@ def _body_text(event: dict[str, Any]) -> str:
         raw = body.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_BODY_BYTES:
         raise ParsingError(f"the body is {len(raw)} bytes, more than the {MAX_BODY_BYTES} allowed")
+    return raw
+
+
+def _utf8(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
