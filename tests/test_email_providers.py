@@ -16,6 +16,7 @@ import pytest
 
 from replies_engine.webhook.email_providers import strip_quoted
 
+from .conftest import conversation
 from .payloads import EMAIL_TOKEN, api_event, email_event, email_json
 
 SIGNING_KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
@@ -356,3 +357,55 @@ def test_a_10_mb_attachment_is_refused_with_a_clear_error(mail):
     answer = mail.handle(sendgrid_event(body))
 
     assert answer["statusCode"] == 400 and "bytes, more than the" in answer["body"] and queued(mail) == []
+
+
+# --- outbound on AWS: Amazon SES (moto's server, the same process) --------------------------------------
+
+
+def ses_sent(engine) -> list[str]:
+    """The raw messages moto's SES accepted in the stack's region."""
+    from moto.backends import get_backend
+
+    from .aws import REGION
+
+    return [m.raw_data for m in get_backend("ses")["123456789012"][REGION].sent_messages]
+
+
+@pytest.mark.aws_only
+def test_an_email_reply_goes_out_through_ses_in_the_persons_thread(mail):
+    import boto3
+
+    mail.env(EMAIL_SENDER="ses", BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0")
+    ses = boto3.client(
+        "sesv2",
+        endpoint_url=mail.stack.endpoint,
+        region_name=mail.stack.dynamodb.meta.region_name,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    ses.create_email_identity(EmailIdentity="company.example")  # the company's domain, verified
+    before = len(ses_sent(mail))
+    inbound = email_json("Can we talk tomorrow?")
+
+    assert mail.handle(email_event(inbound))["statusCode"] == 200
+    mail.deliver("email")
+    mail.deliver("ai")
+
+    [raw] = ses_sent(mail)[before:]
+    assert f"In-Reply-To: {inbound['message_id']}" in raw and "Subject: Re: your appointment" in raw
+    [reply] = [m for m in mail.get()["messages"] if m["role"] == "assistant"][1:]
+    assert reply["delivery_status"] == "queued" and mail.outbox() == []
+
+
+@pytest.mark.aws_only
+def test_ses_refusing_an_unverified_sender_is_reply_failed(mail):
+    mail.env(EMAIL_SENDER="ses", BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0")
+    unverified = email_json("hello", to="sales@unverified.example")
+    mail.put(conversation(gsi_company_email="sales@unverified.example"))
+
+    assert mail.handle(email_event(unverified))["statusCode"] == 200
+    mail.deliver("email")
+    mail.deliver("ai")
+
+    record = mail.get()
+    assert record["conversation_status"] == "reply_failed" and record["last_error_code"] == "MessageRejected"

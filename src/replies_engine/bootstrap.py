@@ -52,11 +52,15 @@ class Runtime:
             else outbox
         )
         email = outbox
-        if settings.smtp_url:
+        if settings.email_sender == "smtp":
             try:
                 email = SmtpSender(settings.smtp_url)
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
+        elif settings.email_sender == "ses":
+            from .adapters.aws.ses import SesSender
+
+            email = SesSender()
         self.senders = {"whatsapp": twilio, "sms": twilio, "email": email}
 
     def twilio_auth_token(self) -> str | None:

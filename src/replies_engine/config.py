@@ -33,6 +33,7 @@ class Settings:
     email_webhook_token: str | None = None
     mailgun_signing_key: str | None = None  # Mailgun's webhook signing key (`/email/mailgun`)
     smtp_url: str | None = None  # email replies go out through this SMTP server (else the outbox)
+    email_sender: str = "outbox"  # outbox, smtp (SMTP_URL) or ses (AWS)
     locked_reply_text: str = "We're still working on your previous message and will answer shortly."
     locked_policy: str = "reply"
     help_reply_text: str | None = None  # the answer to HELP/INFO; unset: HELP is a message like any
@@ -97,6 +98,9 @@ class Settings:
             email_webhook_token=env.text("EMAIL_WEBHOOK_TOKEN"),
             mailgun_signing_key=env.text("MAILGUN_SIGNING_KEY"),
             smtp_url=env.text("SMTP_URL"),
+            email_sender=env.choice(
+                "EMAIL_SENDER", ("outbox", "smtp", "ses"), "smtp" if env.text("SMTP_URL") else "outbox"
+            ),
             locked_reply_text=env.text("LOCKED_REPLY_TEXT") or cls.locked_reply_text,
             locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
             help_reply_text=env.text("HELP_REPLY_TEXT"),

@@ -68,6 +68,24 @@ class OutboxSender:
         return found["message_id"] if found else found
 
 
+def reply_email(note: dict[str, Any], part: int) -> Any:
+    """Part `part` of the note as an email in the person's thread: `In-Reply-To` and `References` name
+    their message, the subject is theirs with "Re: " (once)."""
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid, parseaddr
+
+    message = EmailMessage()
+    message["From"], message["To"] = note["from"], note["to"]
+    subject = note.get("subject") or ""
+    message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".rstrip()
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain=parseaddr(note["from"])[1].rpartition("@")[2] or None)
+    if note.get("in_reply_to"):
+        message["In-Reply-To"] = message["References"] = note["in_reply_to"]
+    message.set_content(note["texts"][part])
+    return message
+
+
 class SmtpSender:
     """Email through an SMTP server (SMTP_URL): `smtp://user:password@host:587` (STARTTLS when the
     server offers it) or `smtps://…:465` (TLS from the start). The reply goes in the person's thread:
@@ -88,18 +106,8 @@ class SmtpSender:
     def send(self, note: dict[str, Any], part: int) -> str:
         import smtplib
         import ssl
-        from email.message import EmailMessage
-        from email.utils import formatdate, make_msgid, parseaddr
 
-        message = EmailMessage()
-        message["From"], message["To"] = note["from"], note["to"]
-        subject = note.get("subject") or ""
-        message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".rstrip()
-        message["Date"] = formatdate(localtime=False)
-        message["Message-ID"] = make_msgid(domain=parseaddr(note["from"])[1].rpartition("@")[2] or None)
-        if note.get("in_reply_to"):
-            message["In-Reply-To"] = message["References"] = note["in_reply_to"]
-        message.set_content(note["texts"][part])
+        message = reply_email(note, part)
         sent = False
         try:
             connect = smtplib.SMTP_SSL if self.tls else smtplib.SMTP

@@ -36,14 +36,15 @@ _MISSING_RESOURCE_CODES = frozenset(
 
 
 @cache
-def client(service: str) -> Any:
-    """The container's client for `service`; endpoints from the environment (AWS_ENDPOINT_URL…)."""
+def client(service: str, attempts: int = 3) -> Any:
+    """The container's client for `service`; endpoints from the environment (AWS_ENDPOINT_URL…).
+    `attempts` 1 for a call that must not be repeated blindly (a send: it may have gone)."""
     import boto3
     from botocore.config import Config
 
     from .tracing import trace
 
-    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": attempts})
     with _lock:  # boto3's sessions are not thread-safe; their clients are
         made = boto3.session.Session().client(service, config=config)
     trace(made)
