@@ -409,3 +409,18 @@ def test_ses_refusing_an_unverified_sender_is_reply_failed(mail):
 
     record = mail.get()
     assert record["conversation_status"] == "reply_failed" and record["last_error_code"] == "MessageRejected"
+
+
+def test_a_mailgun_forward_with_an_attachment_comes_as_multipart(mail):
+    form = {**mailgun_form(), "attachment-count": "1"}
+    body = sendgrid_body(form, files=[("attachment-1", "plan.pdf", "application/pdf", b"%PDF")])
+    event = provider_event(
+        "mailgun", base64.b64encode(body).decode(), f"multipart/form-data; boundary={BOUNDARY}", auth=None
+    )
+    event["isBase64Encoded"] = True
+
+    answer = mail.handle(event)
+
+    assert answer["statusCode"] == 200, answer["body"]
+    [context] = queued(mail)
+    assert context["body"] == "Friday works for me." and context["attachments"][0]["name"] == "plan.pdf"

@@ -7,7 +7,7 @@ the provider):
   `headers`, where the Message-ID is, `envelope`, the attachments as file parts), behind basic auth
   (EMAIL_WEBHOOK_TOKEN as the password in the URL SendGrid calls); parsed with the standard library's
   `email` package;
-- `/email/mailgun`: a Mailgun route's forward (form: `sender`/`from`, `recipient`, `subject`,
+- `/email/mailgun`: a Mailgun route's forward (a form, multipart when it has attachments: `sender`/`from`, `recipient`, `subject`,
   `body-plain`, `stripped-text`, `Message-Id`), signed with HMAC-SHA256 over `timestamp` + `token`
   with the webhook signing key (MAILGUN_SIGNING_KEY); a timestamp older than 5 minutes is refused;
 - `/email/postmark`: Postmark's inbound webhook (JSON: `From`, `To`, `Subject`, `TextBody`,
@@ -46,20 +46,29 @@ class ProviderError(ValueError):
 def read(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
     """The provider's body → the plain shape (and what its authenticity check needs)."""
     if provider == "sendgrid":
-        return _sendgrid(body, content_type)
+        return _sendgrid(*multipart_form(body, content_type))
+    if provider == "mailgun" and content_type.lower().startswith("multipart/"):  # with attachments
+        return _mailgun(*multipart_form(body, content_type))
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ProviderError("the body is not UTF-8") from None
-    return _mailgun(text) if provider == "mailgun" else _postmark(text)
+    if provider == "mailgun":
+        try:
+            return _mailgun(dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True)), [])
+        except ValueError as exc:
+            raise ProviderError(f"the body is not a Mailgun form: {exc}") from None
+    return _postmark(text)
 
 
-def _sendgrid(body: bytes, content_type: str) -> dict[str, Any]:
+def multipart_form(body: bytes, content_type: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """(the fields, the attachments: name, type, size) of a multipart/form-data body, read with the
+    standard library's `email` package."""
     from email import policy
-    from email.parser import BytesParser, HeaderParser
+    from email.parser import BytesParser
 
     if not content_type.lower().startswith("multipart/form-data") or "boundary=" not in content_type:
-        raise ProviderError("SendGrid's Inbound Parse posts multipart/form-data with a boundary")
+        raise ProviderError("expected multipart/form-data with a boundary")
     form = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
     if not form.is_multipart():
         raise ProviderError("the multipart body has no parts (a wrong boundary?)")
@@ -76,6 +85,12 @@ def _sendgrid(body: bytes, content_type: str) -> dict[str, Any]:
             fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8", "replace")
     if not fields:
         raise ProviderError("the multipart body holds no form fields")
+    return fields, attachments
+
+
+def _sendgrid(fields: dict[str, str], attachments: list[dict[str, Any]]) -> dict[str, Any]:
+    from email.parser import HeaderParser
+
     headers = HeaderParser().parsestr(fields.get("headers", ""))
     raw = fields.get("text", "")
     return {
@@ -89,11 +104,7 @@ def _sendgrid(body: bytes, content_type: str) -> dict[str, Any]:
     }
 
 
-def _mailgun(text: str) -> dict[str, Any]:
-    try:
-        form = dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True))
-    except ValueError as exc:
-        raise ProviderError(f"the body is not a Mailgun form: {exc}") from None
+def _mailgun(form: dict[str, str], attachments: list[dict[str, Any]]) -> dict[str, Any]:
     raw = form.get("body-plain", "")
     return {
         "from": form.get("from") or form.get("sender"),
@@ -102,7 +113,7 @@ def _mailgun(text: str) -> dict[str, Any]:
         "message_id": form.get("Message-Id") or form.get("message-id"),
         "text": form.get("stripped-text") or strip_quoted(raw),
         "raw_text": raw,
-        "attachments": [],
+        "attachments": attachments,
         "signature": {k: form.get(k, "") for k in ("timestamp", "token", "signature")},
     }
 
