@@ -43,7 +43,7 @@ class PermanentSendError(SendError):
 
 
 class OutboxSender:
-    """Keeps the reply in the outbox (the embedded engine; email until a mail adapter exists), one
+    """Keeps the reply in the outbox (the embedded engine; email with EMAIL_SENDER=outbox), one
     entry per part."""
 
     def __init__(self, outbox: Outbox) -> None:
