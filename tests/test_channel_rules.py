@@ -60,6 +60,26 @@ def locked(engine, text: str = "hello"):
     return ai
 
 
+def crash_at(engine, monkeypatch, ai, part: int, *, after_it_went: bool) -> None:
+    """Stage 3 on `ai`, the process killed at part `part` (0-based): before it reaches Twilio, or after
+    Twilio created it but before it was recorded."""
+    sender = engine.runtime.senders["whatsapp"]
+    send = sender.send
+
+    def dying(note, n):
+        if n == part and not after_it_went:
+            raise Killed
+        sid = send(note, n)
+        if n == part:
+            raise Killed
+        return sid
+
+    monkeypatch.setattr(sender, "send", dying)
+    with pytest.raises(Killed):
+        reply_stage(ai)
+    monkeypatch.setattr(sender, "send", send)
+
+
 def reply_stage(ai) -> list:
     """Stage 3 on one AI-queue record (a redelivery is the same record again): the failed ones."""
     return reply_sender(sqs_event("ai", [ai]), None)["batchItemFailures"]
@@ -120,19 +140,7 @@ def test_an_email_reply_is_never_split(engine):
 def test_a_crash_after_part_2_of_3_sends_only_part_3_on_retry(twilio, monkeypatch):
     twilio.runtime.responder = Answer(LONG)
     ai = locked(twilio)
-    sender = twilio.runtime.senders["whatsapp"]
-    send = sender.send
-
-    def die_after_the_second(note, part):
-        sid = send(note, part)
-        if part == 1:
-            raise Killed  # part 2 went out; the process died before it was recorded
-        return sid
-
-    monkeypatch.setattr(sender, "send", die_after_the_second)
-    with pytest.raises(Killed):
-        reply_stage(ai)
-    monkeypatch.undo()
+    crash_at(twilio, monkeypatch, ai, 1, after_it_went=True)  # part 2 went; it was never recorded
 
     assert reply_stage(ai) == []  # the same record, redelivered
 
@@ -148,18 +156,7 @@ def test_the_sweeper_hands_a_half_sent_reply_to_a_new_batch_that_sends_the_rest(
     twilio.runtime.senders["whatsapp"].http_client = twilio.api
     twilio.runtime.responder = Answer(LONG)
     ai = locked(twilio)
-    sender = twilio.runtime.senders["whatsapp"]
-    send = sender.send
-
-    def die_before_the_third(note, part):
-        if part == 2:
-            raise Killed
-        return send(note, part)
-
-    monkeypatch.setattr(sender, "send", die_before_the_third)
-    with pytest.raises(Killed):
-        reply_stage(ai)
-    monkeypatch.undo()
+    crash_at(twilio, monkeypatch, ai, 2, after_it_went=False)
     time.sleep(1.2)  # the lease runs out
 
     assert stalled_sweeper({}, None)["reset"] == 1
@@ -526,19 +523,7 @@ def test_parts_with_the_same_text_are_told_apart(twilio, monkeypatch):
     same = ("Same words again and again. " * 57).strip()  # 1,595 characters
     twilio.runtime.responder = Answer(f"{same}\n\n{same}")
     ai = locked(twilio)
-    sender = twilio.runtime.senders["whatsapp"]
-    send = sender.send
-
-    def die_after_the_second(note, part):
-        sid = send(note, part)
-        if part == 1:
-            raise Killed
-        return sid
-
-    monkeypatch.setattr(sender, "send", die_after_the_second)
-    with pytest.raises(Killed):
-        reply_stage(ai)
-    monkeypatch.undo()
+    crash_at(twilio, monkeypatch, ai, 1, after_it_went=True)
 
     assert reply_stage(ai) == []
 
@@ -552,17 +537,7 @@ def test_a_half_sent_reply_redriven_too_often_keeps_its_sent_parts(twilio, monke
     twilio.runtime.senders["whatsapp"].http_client = twilio.api
     twilio.runtime.responder = Answer(LONG)
     ai = locked(twilio)
-    sender = twilio.runtime.senders["whatsapp"]
-    send = sender.send
-
-    def die_before_the_second(note, part):
-        if part == 1:
-            raise Killed
-        return send(note, part)
-
-    monkeypatch.setattr(sender, "send", die_before_the_second)
-    with pytest.raises(Killed):
-        reply_stage(ai)
+    crash_at(twilio, monkeypatch, ai, 1, after_it_went=False)
     time.sleep(1.2)
 
     assert stalled_sweeper({}, None)["reset"] == 1

@@ -143,13 +143,9 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
     log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"]}
     sender = runtime.senders[note["channel_type"]]
     while not complete(note):
-        if flag(record.get("opted_out")):
-            logger.info("the person opted out: nothing more is sent", extra=log)
-            return finish(runtime, context, note, OPTED_OUT)
-        if owned_by_human(record, runtime.settings.honor_hand_off_to_human):
-            runtime.metrics.add("ReplySuperseded")
-            logger.info("the conversation was handed to a human: the AI reply is not sent", extra=log)
-            return finish(runtime, context, note, HANDED_OFF)
+        if status := withheld(runtime, record):
+            logger.info("nothing more is sent", extra={**log, "status": status})
+            return finish(runtime, context, note, status)
         if not note.get("template") and outside_window(record, context["channel_type"], context["messages"]):
             return window_closed(runtime, context, note)
         if note.get("unsent"):  # in flight again from here: a crash during this send means "look first"
@@ -189,6 +185,17 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
     if note.get("hand_off"):
         return hand_to_human(runtime, context, note, note["hand_off"])
     return finish(runtime, context, note, AI_RESPONSE_SENT)
+
+
+def withheld(runtime: Runtime, record: dict[str, Any]) -> str | None:
+    """Why no AI reply may go out now: the person opted out (OPTED_OUT), or a human owns the
+    conversation (HANDED_OFF, a reply superseded); None when one may."""
+    if flag(record.get("opted_out")):
+        return OPTED_OUT
+    if owned_by_human(record, runtime.settings.honor_hand_off_to_human):
+        runtime.metrics.add("ReplySuperseded")
+        return HANDED_OFF
+    return None
 
 
 def hand_to_human(

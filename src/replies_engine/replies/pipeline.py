@@ -25,9 +25,9 @@ from typing import Any
 from .. import clock
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
-from ..conversation import HANDED_OFF, OPTED_OUT, REPLY_SUPERSEDED, flag, holds, owned_by_human
+from ..conversation import REPLY_SUPERSEDED, holds
 from ..ports import Handoff
-from .delivery import deliver, finish, hand_to_human, new_note, settle, write_note
+from .delivery import deliver, finish, hand_to_human, new_note, settle, withheld, write_note
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,9 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         note = settle(runtime, held["sending"])
         held = write_note(runtime, context, note)
         return True if held is None else deliver(runtime, context, note, held)
-    if flag(held.get("opted_out")):
-        logger.info("the person opted out: no reply is made", extra=log)
-        return finish(runtime, context, None, OPTED_OUT)
-    if owned_by_human(held, runtime.settings.honor_hand_off_to_human):
-        runtime.metrics.add("ReplySuperseded")
-        logger.info("a human owns the conversation: no AI reply is made", extra=log)
-        return finish(runtime, context, None, HANDED_OFF)
+    if status := withheld(runtime, held):  # checked before the AI is paid for, and again before each part
+        logger.info("no reply is made", extra={**log, "status": status})
+        return finish(runtime, context, None, status)
 
     with Heartbeat(runtime, conversation_id, batch_id, typing=_typing(runtime, context)):
         answer = runtime.responder.respond(context)  # a slow model keeps the lock; a dead one not
