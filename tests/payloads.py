@@ -116,12 +116,14 @@ def api_event(
     method: str = "POST",
     base64_body: bool = False,
 ) -> dict[str, Any]:
-    """An API Gateway REST proxy event as the execute-api host delivers it: `path` without the stage."""
+    """An API Gateway REST proxy event as the execute-api host delivers it through the template's
+    `/{proxy+}` route: `path` without the stage."""
     if base64_body and body is not None:
         body = base64.b64encode(body.encode()).decode()
     return {
-        "resource": path,
+        "resource": "/{proxy+}",
         "path": path,
+        "pathParameters": {"proxy": path.lstrip("/")},
         "httpMethod": method,
         "headers": {"Host": "hooks.example.com", "X-Forwarded-Proto": "https", **(headers or {})},
         "requestContext": {

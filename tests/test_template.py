@@ -179,3 +179,72 @@ def test_a_plain_install_serves_and_the_lambda_package_stays_lean():
 
     assert {"starlette", "uvicorn"} <= {d.split(">")[0].split("[")[0] for d in installed}
     assert "starlette" not in packaged and "uvicorn" not in packaged
+
+
+def deployed(api_type: str) -> dict:
+    """The translated template's resources and outputs as CloudFormation creates them with
+    ApiType=`api_type`: conditional resources left out, `Fn::If` resolved."""
+    document = translate(template())
+    conditions = {"UseRestApi": api_type == "REST", "UseHttpApi": api_type == "HTTP"}
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if set(node) == {"Fn::If"}:
+                condition, then, otherwise = node["Fn::If"]
+                return resolve(then if conditions[condition] else otherwise)
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    def kept(item):
+        return conditions.get(item.get("Condition"), True)
+
+    return {
+        "Resources": {k: resolve(v) for k, v in document["Resources"].items() if kept(v)},
+        "Outputs": {k: resolve(v) for k, v in document["Outputs"].items() if kept(v)},
+    }
+
+
+def references(node) -> set[str]:
+    """The logical ids `node` names through Ref, GetAtt and Sub."""
+    import re
+
+    if isinstance(node, list):
+        return set().union(*map(references, node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    found = set().union(*map(references, node.values())) if node else set()
+    if "Ref" in node:
+        found.add(node["Ref"])
+    if "Fn::GetAtt" in node:
+        target = node["Fn::GetAtt"]
+        found.add(target[0] if isinstance(target, list) else target.split(".")[0])
+    if "Fn::Sub" in node:
+        text = node["Fn::Sub"] if isinstance(node["Fn::Sub"], str) else node["Fn::Sub"][0]
+        local = set(node["Fn::Sub"][1]) if isinstance(node["Fn::Sub"], list) else set()
+        found |= {name.split(".")[0] for name in re.findall(r"\$\{([^}!]+)\}", text)} - local
+    return found
+
+
+@pytest.mark.parametrize("api_type, api", [("REST", "RepliesApi"), ("HTTP", "RepliesHttpApi")])
+def test_either_api_type_deploys_one_api_that_reaches_the_webhook_handler(api_type, api):
+    stack = deployed(api_type)
+    resources = stack["Resources"]
+    parameters = set(template()["Parameters"])
+
+    apis = {
+        k for k, v in resources.items() if v["Type"] in {"AWS::ApiGateway::RestApi", "AWS::ApiGatewayV2::Api"}
+    }
+    assert apis == {api}
+    # every POST reaches the handler, which routes by path
+    (route,) = resources[api]["Properties"]["Body"]["paths"].values()
+    assert "IncomingWebhookHandler" in references(route["post"]["x-amazon-apigateway-integration"]["uri"])
+    permission = resources["WebhookInvokePermission"]["Properties"]
+    assert references(permission["SourceArn"]) & set(resources) == {api}
+    for name in ["WhatsAppWebhookUrl", "SmsWebhookUrl", "EmailWebhookUrl", "StatusCallbackUrl"]:
+        assert api in references(stack["Outputs"][name]["Value"]), name
+    # nothing names a resource this choice leaves out
+    for name, resource in resources.items():
+        dangling = references(resource) - set(resources) - parameters
+        assert {r for r in dangling if not r.startswith("AWS::")} == set(), name
