@@ -57,19 +57,13 @@ class LocalResponder:
         return f"Thanks, we received your {count} message{'' if count == 1 else 's'}."
 
 
-class OpenAIResponder:
-    """An OpenAI-compatible chat completions endpoint (OpenAI, or any server that speaks its API).
-
-    One httpx2 client per instance (connections reused, safe to share between threads). An attempt
-    that fails on a connection error, a timeout, 429 or 5xx is retried after a backoff (the server's
-    Retry-After when it sends one), up to `attempts` in all; other errors are not retried.
-    """
+class RetryingHttpClient:
+    """POSTs over one pooled httpx2 client (connections reused, safe to share between threads). An
+    attempt that fails on a connection error, a timeout, 429 or 5xx is retried after a backoff (the
+    server's Retry-After when it sends one), up to `attempts` in all; other errors are not retried."""
 
     def __init__(
         self,
-        base_url: str,
-        api_key: str | None,
-        model: str,
         timeout_seconds: float = 30,
         attempts: int = 3,
         connect_timeout_seconds: float = 5,
@@ -77,9 +71,6 @@ class OpenAIResponder:
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        self.url = f"{base_url}/chat/completions"
-        self.api_key = api_key
-        self.model = model
         self.timeout_seconds = timeout_seconds
         self.attempts = attempts
         self.connect_timeout_seconds = connect_timeout_seconds
@@ -89,44 +80,38 @@ class OpenAIResponder:
 
     @property
     def max_seconds(self) -> float:
-        """Worst-case duration of `respond`: every attempt connecting and waiting for the answer up to
+        """Worst-case duration of a `post`: every attempt connecting and waiting for the answer up to
         its timeouts, and the longest wait between attempts (with at most `max_connections` calls at
         once on this instance: more would also wait for a free connection)."""
         attempt = self.connect_timeout_seconds + self.timeout_seconds
         return self.attempts * attempt + (self.attempts - 1) * MAX_BACKOFF_SECONDS
 
-    def respond(self, ai_context: dict[str, Any]) -> str | Handoff:
-        """The model's reply to the batch's messages, given the conversation's history; a Handoff when
-        it calls `hand_off_to_human`."""
+    def post(self, url: str, **request: Any) -> httpx2.Response:
+        """The first successful answer to `request` (httpx2's `headers`, `json`, `content`, `files`…);
+        ResponderError when every attempt failed or one failed for good."""
         import httpx2
 
-        chat = [{"role": "system", "content": SYSTEM_PROMPT}]
-        for message in [*ai_context.get("history", []), *ai_context["messages"]]:
-            if entry := _chat_entry(message):
-                chat.append(entry)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        body = {"model": self.model, "messages": chat, "tools": [HANDOFF_TOOL]}
         for attempt in range(1, self.attempts + 1):
             retry_after = None
             try:
-                response = self._client().post(self.url, json=body, headers=headers)
+                response = self._client().post(url, **request)
             except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             except httpx2.HTTPError as exc:
-                raise ResponderError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+                raise ResponderError(f"{url}: {type(exc).__name__}: {exc}") from exc
             else:
                 if response.is_success:
-                    return self._text(response)
+                    return response
                 failure = f"HTTP {response.status_code} {response.text[:200]!r}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise ResponderError(f"{self.url}: {failure}")
+                    raise ResponderError(f"{url}: {failure}")
                 retry_after = _retry_after(response.headers.get("Retry-After"))
             if attempt == self.attempts:
                 break
             if retry_after is None:
                 retry_after = BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1)
             time.sleep(min(retry_after, MAX_BACKOFF_SECONDS))
-        raise ResponderError(f"{self.url}: {failure} (after {self.attempts} attempts)")
+        raise ResponderError(f"{url}: {failure} (after {self.attempts} attempts)")
 
     def _client(self) -> httpx2.Client:
         with self._lock:
@@ -140,6 +125,27 @@ class OpenAIResponder:
                     ),
                 )
             return self._http
+
+
+class OpenAIResponder(RetryingHttpClient):
+    """An OpenAI-compatible chat completions endpoint (OpenAI, or any server that speaks its API)."""
+
+    def __init__(self, base_url: str, api_key: str | None, model: str, **client: Any) -> None:
+        super().__init__(**client)
+        self.url = f"{base_url}/chat/completions"
+        self.api_key = api_key
+        self.model = model
+
+    def respond(self, ai_context: dict[str, Any]) -> str | Handoff:
+        """The model's reply to the batch's messages, given the conversation's history; a Handoff when
+        it calls `hand_off_to_human`."""
+        chat = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for message in [*ai_context.get("history", []), *ai_context["messages"]]:
+            if entry := _chat_entry(message):
+                chat.append(entry)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {"model": self.model, "messages": chat, "tools": [HANDOFF_TOOL]}
+        return self._text(self.post(self.url, json=body, headers=headers))
 
     def _text(self, response: httpx2.Response) -> str | Handoff:
         try:
