@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from replies_engine import clock
-from replies_engine.ports import Handoff
+from replies_engine.ports import Handoff, Reply
 from replies_engine.replies.responders import LocalResponder, OpenAIResponder, ResponderError
 from replies_engine.replies.senders import TwilioSender
 
@@ -101,7 +101,7 @@ def responder(server, **options):
 
 
 def test_openai_responder_sends_the_conversation_and_returns_the_answer(model_server):
-    assert responder(model_server).respond(AI_CONTEXT) == "Sure, which day?"
+    assert responder(model_server).respond(AI_CONTEXT) == Reply("Sure, which day?")
 
     [request] = model_server.requests
     assert request["path"] == "/v1/chat/completions"
@@ -126,7 +126,7 @@ def test_openai_responder_without_a_key_sends_no_authorization(model_server):
 def test_openai_responder_reuses_its_connection(model_server):
     ai = responder(model_server)
 
-    assert ai.respond(AI_CONTEXT) == ai.respond(AI_CONTEXT) == "Sure, which day?"
+    assert ai.respond(AI_CONTEXT) == ai.respond(AI_CONTEXT) == Reply("Sure, which day?")
 
     first, second = model_server.requests
     assert first["port"] == second["port"]
@@ -135,7 +135,7 @@ def test_openai_responder_reuses_its_connection(model_server):
 def test_openai_responder_retries_a_server_error(model_server):
     model_server.answers = [(503, {"error": "overloaded"}), OK]
 
-    assert responder(model_server).respond(AI_CONTEXT) == "Sure, which day?"
+    assert responder(model_server).respond(AI_CONTEXT) == Reply("Sure, which day?")
 
     first, second = model_server.requests
     assert first["json"] == second["json"]
@@ -153,7 +153,7 @@ def test_openai_responder_retries_a_server_error(model_server):
 def test_openai_responder_waits_as_long_as_a_429_asks(model_server, retry_after, seconds):
     model_server.answers = [(429, {"error": "rate limited"}, {"Retry-After": retry_after()}), OK]
 
-    assert responder(model_server).respond(AI_CONTEXT) == "Sure, which day?"
+    assert responder(model_server).respond(AI_CONTEXT) == Reply("Sure, which day?")
 
     first, second = model_server.requests
     assert second["at"] - first["at"] >= seconds  # the jittered backoff alone would be at most 0.5 s
@@ -224,7 +224,7 @@ def test_openai_responder_answers_threads_at_once(model_server):
     for thread in threads:
         thread.join()
 
-    assert replies == ["Sure, which day?"] * 8
+    assert replies == [Reply("Sure, which day?")] * 8
     assert len({request["port"] for request in model_server.requests}) == 8
 
 

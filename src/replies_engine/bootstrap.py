@@ -7,11 +7,15 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
 from .ports import ConversationStore, MessageQueue, Outbox, Responder, Sender
+
+if TYPE_CHECKING:
+    from .replies.media import MediaFetcher, Transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +30,30 @@ class Runtime:
     outbox: Outbox
     responder: Responder = field(init=False)
     senders: dict[str, Sender] = field(init=False)  # by channel_type
+    transcriber: Transcriber | None = field(init=False)  # voice notes, with TRANSCRIBE_MODEL
+    projects: dict[str, dict[str, Any]] = field(init=False)  # PROJECTS_FILE
     close: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
+        from .replies import projects
+        from .replies.media import Transcriber
         from .replies.responders import LocalResponder, OpenAIResponder
         from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
+        self.projects = projects.load(settings.projects_file)
+        self.transcriber = (
+            Transcriber(
+                settings.transcribe_base_url,
+                settings.openai_api_key,
+                settings.transcribe_model,
+                timeout_seconds=settings.responder_timeout_seconds,
+                attempts=2,  # within MAX_WAIT_SECONDS: a second try, not a third
+                max_connections=settings.reply_concurrency,
+            )
+            if settings.transcribe_model
+            else None
+        )
         if settings.responder == "openai":
             self.responder = OpenAIResponder(
                 settings.openai_base_url,
@@ -62,6 +83,17 @@ class Runtime:
 
             email = SesSender()
         self.senders = {"whatsapp": twilio, "sms": twilio, "email": email}
+
+    @cached_property
+    def media_fetcher(self) -> MediaFetcher:
+        """Gets the files people send; Twilio's with the account's credentials."""
+        from .replies.media import MediaFetcher
+
+        def credentials() -> tuple[str, str] | None:
+            sid, token = self.twilio_account_sid(), self.twilio_auth_token()
+            return (sid, token) if sid and token else None
+
+        return MediaFetcher(credentials, self.settings.max_media_bytes)
 
     def twilio_auth_token(self) -> str | None:
         """The token Twilio signs with: TWILIO_AUTH_TOKEN, else the backend's own source."""

@@ -56,6 +56,14 @@ class Settings:
     openai_model: str = "gpt-4o-mini"
     responder_timeout_seconds: float = 15.0  # per attempt; attempts × this stays below the function timeout
     responder_attempts: int = 3
+    # what the AI reads (issue 12)
+    transcribe_model: str | None = None  # voice notes transcribed by this model; unset: not transcribed
+    transcribe_base_url: str = "https://api.openai.com/v1"
+    vision: bool = False  # images given to the chat model, which must be able to see
+    max_media_bytes: int = 16_000_000  # WhatsApp's own limit for audio and video
+    max_media_items: int = 10  # files read per batch
+    projects_file: str | None = None  # JSON: per project, `ai_instructions` and `max_ai_turns_per_day`
+    max_ai_turns_per_day: int = 100  # per conversation (UTC days); past it, a human; 0: no cap
     # the local engine's workers
     visibility_timeout_seconds: int = 120
     batch_window_seconds: float = 0.5
@@ -123,12 +131,30 @@ class Settings:
             openai_model=env.text("OPENAI_MODEL") or cls.openai_model,
             responder_timeout_seconds=env.number("RESPONDER_TIMEOUT_SECONDS", 15.0, 1, 300),
             responder_attempts=env.integer("RESPONDER_ATTEMPTS", 3, 1, 10),
+            transcribe_model=env.text("TRANSCRIBE_MODEL"),
+            transcribe_base_url=(
+                env.text("TRANSCRIBE_BASE_URL") or env.text("OPENAI_BASE_URL") or cls.transcribe_base_url
+            ).rstrip("/"),
+            vision=env.choice("VISION", ("on", "off"), "off") == "on",
+            max_media_bytes=env.integer("MAX_MEDIA_BYTES", 16_000_000, 1, 100_000_000),
+            max_media_items=env.integer("MAX_MEDIA_ITEMS", 10, 0, 100),
+            projects_file=env.text("PROJECTS_FILE"),
+            max_ai_turns_per_day=env.integer("MAX_AI_TURNS_PER_DAY", 100, 0, 1_000_000),
             visibility_timeout_seconds=env.integer("REPLIES_VISIBILITY_TIMEOUT_SECONDS", 120, 1, 43_200),
             batch_window_seconds=env.number("BATCH_WINDOW_SECONDS", 0.5, 0, 300),
             sweep_interval_seconds=env.integer("SWEEP_INTERVAL_SECONDS", 60, 1, 86_400),
             batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
             reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
+        if (
+            settings.transcribe_model
+            and not settings.openai_api_key
+            and "api.openai.com" in settings.transcribe_base_url
+        ):
+            raise ConfigurationError(
+                "TRANSCRIBE_MODEL transcribes on api.openai.com, which needs OPENAI_API_KEY"
+                " (or set TRANSCRIBE_BASE_URL to a server that needs no key)"
+            )
         if (
             settings.responder == "openai"
             and not settings.openai_api_key

@@ -191,6 +191,15 @@ class ConversationStore(Protocol):
         "recorded", "stale" (it would not move) or "unknown" (no reply has this id)."""
         ...
 
+    def annotate_message(self, conversation_id: str, message_id: str, fields: Record) -> bool:
+        """Set `fields` on a stored message (a voice note's `transcript`); False when it is not stored."""
+        ...
+
+    def count_turn(self, scope: str, day: str) -> int:
+        """Count one AI turn for `scope` (a conversation, a project) on `day` (UTC, `2026-12-01`) and
+        return the day's count: atomic, so that replies made at once each count."""
+        ...
+
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:
@@ -269,12 +278,21 @@ class Handoff:
 
     reason: str
     text: str = ""
+    usage: Record | None = None  # the model's token counts, recorded on the reply
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A responder's reply with what it cost: the model's token counts (`prompt_tokens`, …)."""
+
+    text: str
+    usage: Record | None = None
 
 
 class Responder(Protocol):
     """Produces the reply to a batch: the AI stage."""
 
-    def respond(self, ai_context: Record) -> str | Handoff: ...
+    def respond(self, ai_context: Record) -> str | Reply | Handoff: ...
 
 
 class Sender(Protocol):

@@ -26,7 +26,8 @@ from .. import clock
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
 from ..conversation import REPLY_SUPERSEDED, holds
-from ..ports import Handoff
+from ..ports import Handoff, Reply
+from . import media, projects
 from .delivery import deliver, finish, hand_to_human, new_note, settle, withheld, write_note
 
 logger = logging.getLogger(__name__)
@@ -86,15 +87,27 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         logger.info("no reply is made", extra={**log, "status": status})
         return finish(runtime, context, None, status)
 
+    if reason := projects.over_cap(runtime, held):  # counted before the AI is paid for
+        runtime.metrics.add("AiTurnCapReached")
+        logger.warning("a daily cap on AI turns is reached: a human answers", extra={**log, "reason": reason})
+        return hand_to_human(runtime, context, None, reason)
+
     with Heartbeat(runtime, conversation_id, batch_id, typing=_typing(runtime, context)):
-        answer = runtime.responder.respond(context)  # a slow model keeps the lock; a dead one not
+        # a slow model keeps the lock; a dead one not. Voice notes are transcribed before anyone answers.
+        view = media.prepare(runtime, context)
+        if instructions := projects.instructions(runtime, held):
+            view = {**view, "instructions": instructions}
+        answer = runtime.responder.respond(view)
+    if isinstance(answer, str):
+        answer = Reply(answer)
+    cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
         if not answer.text:
             return hand_to_human(runtime, context, None, answer.reason)
-        note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason}
+        note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason, **cost}
         record = write_note(runtime, context, note)
         return True if record is None else deliver(runtime, context, note, record)
-    text = answer
+    text = answer.text
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over
@@ -137,7 +150,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
             return True
     # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
     # which parts went, and sends only the others. Nobody gets the same answer twice.
-    note = new_note(runtime, context, text)
+    note = {**new_note(runtime, context, text), **cost}
     record = write_note(runtime, context, note)
     if record is None:
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)

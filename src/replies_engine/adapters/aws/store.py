@@ -433,6 +433,38 @@ class DynamoConversationStore:
             return "stale"
         return "recorded"
 
+    def annotate_message(self, conversation_id: str, message_id: str, fields: Record) -> bool:
+        names = {f"#f{i}": name for i, name in enumerate(fields)}
+        try:
+            self._conditional(
+                "update_item",
+                TableName=self.messages_table,
+                Key=self._message_key(conversation_id, message_id),
+                UpdateExpression="SET " + ", ".join(f"{n} = :v{i}" for i, n in enumerate(names)),
+                ConditionExpression="attribute_exists(message_key)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=self._values({f":v{i}": v for i, v in enumerate(fields.values())}),
+            )
+        except _ConditionFailed:
+            return False
+        return True
+
+    def count_turn(self, scope: str, day: str) -> int:
+        """One UpdateItem (ADD) on a MessagesTable item no conversation uses: `ai_turns#<scope>`, `<day>`,
+        expiring three days after its day began (the table's TTL)."""
+        with _errors():
+            answer = client("dynamodb").update_item(
+                TableName=self.messages_table,
+                Key=self._message_key(f"ai_turns#{scope}", day),
+                UpdateExpression="ADD turns :one SET expires_at = if_not_exists(expires_at, :expires)",
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":expires": {"N": str(int(clock.parse_iso(f"{day}T00:00:00Z")) + 3 * 86_400)},
+                },
+                ReturnValues="UPDATED_NEW",
+            )
+        return int(answer["Attributes"]["turns"]["N"])
+
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:

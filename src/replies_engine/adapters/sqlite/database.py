@@ -17,7 +17,7 @@ from ...channels import GSIS
 from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
-SCHEMA_VERSION = 4  # 3: messages in their own table; 4: deliveries
+SCHEMA_VERSION = 5  # 3: messages in their own table; 4: deliveries; 5: ai_turns
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
 _INDEXED_ATTRS = sorted(
@@ -55,6 +55,12 @@ _SCHEMA = "\n".join(
           provider_id TEXT PRIMARY KEY,
           conversation_id TEXT NOT NULL,
           message_id TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS ai_turns (
+          scope TEXT NOT NULL,
+          day TEXT NOT NULL,
+          turns INTEGER NOT NULL,
+          PRIMARY KEY (scope, day)
         );
         CREATE TABLE IF NOT EXISTS queue_messages (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,

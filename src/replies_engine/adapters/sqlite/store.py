@@ -265,6 +265,22 @@ class SqliteConversationStore:
             )
             return "recorded"
 
+    def annotate_message(self, conversation_id: str, message_id: str, fields: Record) -> bool:
+        with _errors(), self._db.transaction() as conn:
+            updated = conn.execute(
+                "UPDATE messages SET message = json_patch(message, ?) WHERE conversation_id = ? AND message_id = ?",
+                (json.dumps(fields, ensure_ascii=False), conversation_id, message_id),
+            )
+            return updated.rowcount == 1
+
+    def count_turn(self, scope: str, day: str) -> int:
+        with _errors(), self._db.transaction() as conn:
+            return conn.execute(
+                "INSERT INTO ai_turns (scope, day, turns) VALUES (?, ?, 1)"
+                " ON CONFLICT (scope, day) DO UPDATE SET turns = turns + 1 RETURNING turns",
+                (scope, day),
+            ).fetchone()[0]
+
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:
