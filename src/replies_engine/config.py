@@ -65,7 +65,7 @@ class Settings:
     projects_file: str | None = None  # JSON: per project, `ai_instructions` and `max_ai_turns_per_day`
     max_ai_turns_per_day: int = 100  # per conversation (UTC days); past it, a human; 0: no cap
     # the local engine's workers
-    visibility_timeout_seconds: int = 120
+    visibility_timeout_seconds: int = 180
     batch_window_seconds: float = 0.5
     sweep_interval_seconds: int = 60
     batch_concurrency: int = 4  # per batch queue: stage 2 is short database work
@@ -140,7 +140,7 @@ class Settings:
             max_media_items=env.integer("MAX_MEDIA_ITEMS", 10, 0, 100),
             projects_file=env.text("PROJECTS_FILE"),
             max_ai_turns_per_day=env.integer("MAX_AI_TURNS_PER_DAY", 100, 0, 1_000_000),
-            visibility_timeout_seconds=env.integer("REPLIES_VISIBILITY_TIMEOUT_SECONDS", 120, 1, 43_200),
+            visibility_timeout_seconds=env.integer("REPLIES_VISIBILITY_TIMEOUT_SECONDS", 180, 1, 43_200),
             batch_window_seconds=env.number("BATCH_WINDOW_SECONDS", 0.5, 0, 300),
             sweep_interval_seconds=env.integer("SWEEP_INTERVAL_SECONDS", 60, 1, 86_400),
             batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
