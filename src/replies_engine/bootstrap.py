@@ -29,6 +29,7 @@ class Runtime:
     close: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
+        from .replies.agent import AgentResponder
         from .replies.responders import LocalResponder, OpenAIResponder
         from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
@@ -38,6 +39,14 @@ class Runtime:
                 settings.openai_base_url,
                 settings.openai_api_key,
                 settings.openai_model,
+                timeout_seconds=settings.responder_timeout_seconds,
+                attempts=settings.responder_attempts,
+                max_connections=settings.reply_concurrency,
+            )
+        elif settings.responder == "http":
+            self.responder = AgentResponder(
+                settings.agent_url,
+                settings.agent_secret,
                 timeout_seconds=settings.responder_timeout_seconds,
                 attempts=settings.responder_attempts,
                 max_connections=settings.reply_concurrency,
