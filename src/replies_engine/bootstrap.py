@@ -36,20 +36,25 @@ class Runtime:
 
     def __post_init__(self) -> None:
         from .replies import projects
+        from .replies.agent import AgentResponder
         from .replies.media import Transcriber
         from .replies.responders import LocalResponder, OpenAIResponder
         from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
         self.projects = projects.load(settings.projects_file)
+        # the AI's servers: one pooled client each, a connection per reply in flight
+        client = {
+            "timeout_seconds": settings.responder_timeout_seconds,
+            "max_connections": settings.reply_concurrency,
+        }
         self.transcriber = (
             Transcriber(
                 settings.transcribe_base_url,
                 settings.openai_api_key,
                 settings.transcribe_model,
-                timeout_seconds=settings.responder_timeout_seconds,
                 attempts=2,  # within MAX_WAIT_SECONDS: a second try, not a third
-                max_connections=settings.reply_concurrency,
+                **client,
             )
             if settings.transcribe_model
             else None
@@ -59,9 +64,12 @@ class Runtime:
                 settings.openai_base_url,
                 settings.openai_api_key,
                 settings.openai_model,
-                timeout_seconds=settings.responder_timeout_seconds,
                 attempts=settings.responder_attempts,
-                max_connections=settings.reply_concurrency,
+                **client,
+            )
+        elif settings.responder == "http":
+            self.responder = AgentResponder(
+                settings.agent_url, settings.agent_secret, attempts=settings.responder_attempts, **client
             )
         else:
             self.responder = LocalResponder(settings.local_responder_delay_seconds)

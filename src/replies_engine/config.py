@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 class ConfigurationError(Exception):
@@ -54,6 +55,8 @@ class Settings:
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str | None = None
     openai_model: str = "gpt-4o-mini"
+    agent_url: str | None = None  # RESPONDER=http: your own agent
+    agent_secret: str | None = None  # signs what is POSTed to it
     responder_timeout_seconds: float = 15.0  # per attempt; attempts × this stays below the function timeout
     responder_attempts: int = 3
     # what the AI reads (issue 12)
@@ -124,11 +127,13 @@ class Settings:
             max_batch_messages=env.integer("MAX_BATCH_MESSAGES", 20, 1, 10_000),
             supersede=env.choice("SUPERSEDE", ("regenerate", "drop"), "regenerate"),
             twilio_account_sid=env.text("TWILIO_ACCOUNT_SID"),
-            responder=env.choice("RESPONDER", ("local", "openai"), "local"),
+            responder=env.choice("RESPONDER", ("local", "openai", "http"), "local"),
             local_responder_delay_seconds=env.number("LOCAL_RESPONDER_DELAY_SECONDS", 0.0, 0, 600),
             openai_base_url=(env.text("OPENAI_BASE_URL") or cls.openai_base_url).rstrip("/"),
             openai_api_key=env.text("OPENAI_API_KEY"),
             openai_model=env.text("OPENAI_MODEL") or cls.openai_model,
+            agent_url=env.text("AGENT_URL"),
+            agent_secret=env.text("AGENT_SECRET"),
             responder_timeout_seconds=env.number("RESPONDER_TIMEOUT_SECONDS", 15.0, 1, 300),
             responder_attempts=env.integer("RESPONDER_ATTEMPTS", 3, 1, 10),
             transcribe_model=env.text("TRANSCRIBE_MODEL"),
@@ -164,7 +169,22 @@ class Settings:
                 "RESPONDER=openai calls api.openai.com, which needs OPENAI_API_KEY"
                 " (or set OPENAI_BASE_URL to a server that needs no key)"
             )
+        if settings.responder == "http":
+            if not settings.agent_url:
+                raise ConfigurationError("AGENT_URL is required with RESPONDER=http")
+            if not _is_http_url(settings.agent_url):
+                raise ConfigurationError(f"AGENT_URL={settings.agent_url!r} is not an http(s) URL")
+            if not settings.agent_secret:
+                raise ConfigurationError("AGENT_SECRET is required with RESPONDER=http")
         return settings
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ in the host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class _Env:

@@ -1,0 +1,91 @@
+"""Your own agent (RESPONDER=http): the AI context POSTed as JSON, signed, to AGENT_URL, which answers
+`{"reply": "...", "handoff": {"reason": "..."}}` (handoff optional)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from .. import clock
+from ..ports import Handoff
+from .http import ResponderError, RetryingHttpClient
+
+if TYPE_CHECKING:
+    import httpx2
+
+# The replay window. Every attempt of one call is signed with its first attempt's timestamp: with the
+# default timeouts they span at most 100 s (RetryingHttpClient.max_seconds).
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+def sign(secret: str, timestamp: str | int, body: bytes) -> str:
+    """`sha256=<hex>`: HMAC-SHA256 with `secret` of `"{timestamp}."` + the body's bytes."""
+    signed = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def verify_signature(
+    secret: str,
+    timestamp: str | int,
+    body: bytes,
+    signature: str,
+    *,
+    now: float | None = None,
+    tolerance_seconds: float = SIGNATURE_TOLERANCE_SECONDS,
+) -> bool:
+    """Whether a request to your agent came from replies-engine: `timestamp` and `signature` are
+    its X-Replies-Timestamp and X-Replies-Signature, `body` the raw bytes as received. A timestamp
+    further than `tolerance_seconds` from `now` (default: the clock) is refused, so a captured request
+    cannot be replayed later."""
+    try:
+        sent_at = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    if abs((clock.now() if now is None else now) - sent_at) > tolerance_seconds:
+        return False
+    expected = sign(secret, timestamp, body).encode()
+    return hmac.compare_digest(expected, (signature or "").encode())
+
+
+class AgentResponder(RetryingHttpClient):
+    """POSTs the AI context to an agent of yours; retried like the OpenAI responder (connection errors,
+    timeouts, 429 and 5xx), each attempt with the same body, timestamp and signature."""
+
+    def __init__(self, url: str, secret: str, **client: Any) -> None:
+        super().__init__(**client)
+        self.url = url
+        self.secret = secret
+
+    def respond(self, ai_context: dict[str, Any]) -> str | Handoff:
+        body = json.dumps(ai_context, ensure_ascii=False).encode()  # serialized once: the bytes signed
+        timestamp = str(int(clock.now()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Replies-Timestamp": timestamp,
+            "X-Replies-Signature": sign(self.secret, timestamp, body),
+            "X-Replies-Batch-Id": str(ai_context.get("batch_id") or ""),  # the same on a retry
+        }
+        return self._answer(self.post(self.url, content=body, headers=headers))
+
+    def _answer(self, response: httpx2.Response) -> str | Handoff:
+        try:
+            answer = response.json()
+        except ValueError:
+            raise ResponderError(f"{self.url}: the answer is not JSON: {response.text[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise ResponderError(f"{self.url}: the answer is not a JSON object: {response.text[:200]!r}")
+        reply, handoff = answer.get("reply"), answer.get("handoff")
+        if reply is None:
+            reply = ""
+        if not isinstance(reply, str):
+            raise ResponderError(f'{self.url}: "reply" is not a string: {reply!r:.200}')
+        if handoff is not None and not isinstance(handoff, dict):
+            # a human was perhaps asked for: better retried than answered by the AI
+            raise ResponderError(f'{self.url}: "handoff" is not an object: {handoff!r:.200}')
+        if handoff is not None:
+            return Handoff(str(handoff.get("reason") or "the agent asked for a human"), reply.strip())
+        if not reply.strip():
+            raise ResponderError(f'{self.url}: the reply is empty (and no "handoff")')
+        return reply.strip()
