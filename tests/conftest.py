@@ -25,6 +25,13 @@ _FOREIGN = (
     "EMAIL_",
     "LOCKED_",
     "HONOR_",
+    "RESPONDER",
+    "OPENAI_",
+    "AGENT_",
+    "TRANSCRIBE_",
+    "VISION",
+    "MAX_",
+    "PROJECTS_FILE",
 )
 
 

@@ -1,11 +1,16 @@
-"""Fakes only for what has no real counterpart here: Twilio's REST API."""
+"""Fakes only for what has no real counterpart here: Twilio's REST API, and servers on loopback that
+answer as scripted (a media host, an OpenAI-compatible API)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 import urllib3
@@ -80,3 +85,66 @@ class TwilioApi(HttpClient):
         if failure == "timeout":  # it went out; the answer did not come back
             raise requests.exceptions.ReadTimeout("read timed out")
         return Response(201, json.dumps(message))
+
+
+class Loopback:
+    """A real HTTP server on 127.0.0.1, in a thread. `routes` maps a path to its answers, in order,
+    the last repeated: `(status, body)`, `(status, body, headers)`, or a function of the request that
+    returns one. Every request is kept in `.requests` (method, path, headers, body, `at`)."""
+
+    def __init__(self, routes: dict[str, list]) -> None:
+        self.routes = routes
+        self.requests: list[dict] = []
+        lock = threading.Lock()
+        loopback = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": self.rfile.read(length),
+                    "at": time.monotonic(),
+                }
+                with lock:
+                    loopback.requests.append(request)
+                    answers = loopback.routes.get(self.path.split("?")[0]) or [(404, b"")]
+                    answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                if callable(answer):
+                    answer = answer(request)
+                status, body, headers = (*answer, {}) if len(answer) == 2 else answer
+                body = json.dumps(body).encode() if isinstance(body, dict) else body
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def to(self, path: str) -> list[dict]:
+        return [r for r in self.requests if r["path"].split("?")[0] == path]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def slowly(seconds: float, answer: tuple) -> Callable[[dict], tuple]:
+    """An answer that takes `seconds` to come."""
+
+    def answer_late(request: dict) -> tuple:
+        time.sleep(seconds)
+        return answer
+
+    return answer_late

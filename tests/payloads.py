@@ -47,14 +47,17 @@ def whatsapp_text(body: str = "Hallo! 👋 Habt ihr morgen Zeit?", **overrides: 
     return params
 
 
-def whatsapp_media(content_type: str = "image/jpeg", caption: str = "") -> dict[str, str]:
+def whatsapp_media(
+    content_type: str = "image/jpeg", caption: str = "", url: str | None = None
+) -> dict[str, str]:
     message_sid = sid("MM")
     params = whatsapp_text(caption, MessageSid=message_sid, SmsMessageSid=message_sid, SmsSid=message_sid)
     params.update(
         NumMedia="1",
-        MessageType="image",
+        MessageType="audio" if content_type.startswith("audio/") else "image",
         MediaContentType0=content_type,
-        MediaUrl0=f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT}/Messages/{message_sid}/Media/ME{'c' * 32}",
+        MediaUrl0=url
+        or f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT}/Messages/{message_sid}/Media/ME{'c' * 32}",
     )
     return params
 

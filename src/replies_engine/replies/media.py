@@ -107,8 +107,9 @@ class MediaFetcher:
 
         self.credentials = credentials
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
         self.authenticates = authenticates
-        self._http = httpx2.Client(timeout=timeout_seconds, follow_redirects=True)
+        self._http = httpx2.Client(follow_redirects=True)
 
     def fetch(self, url: str, deadline: float) -> tuple[bytes, str | None]:
         """(the file, the content type its server gives); MediaError when it cannot be had."""
@@ -116,22 +117,27 @@ class MediaFetcher:
 
         auth = self.credentials() if self.authenticates(url) else None
         for wait in (*RETRY_404_SECONDS, None):
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise MediaError("could not be fetched in time")
             try:
-                with self._http.stream("GET", url, auth=auth) as response:
+                with self._http.stream(
+                    "GET", url, auth=auth, timeout=min(self.timeout_seconds, left)
+                ) as response:
                     if response.status_code == 404 and wait is not None:
                         pass  # not there yet: below, after a wait
                     elif not response.is_success:
                         raise MediaError(f"could not be fetched (HTTP {response.status_code})")
                     else:
-                        return self._body(response), response.headers.get("Content-Type")
+                        return self._body(response, deadline), response.headers.get("Content-Type")
+            except httpx2.TimeoutException as exc:
+                raise MediaError("could not be fetched in time") from exc
             except httpx2.HTTPError as exc:
                 raise MediaError(f"could not be fetched ({type(exc).__name__})") from exc
             time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
         raise AssertionError("unreachable")  # the last round returns or raises
 
-    def _body(self, response: Any) -> bytes:
+    def _body(self, response: Any, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise MediaError(f"is too large ({_size(int(declared))}, the limit is {_size(self.max_bytes)})")
@@ -140,6 +146,8 @@ class MediaFetcher:
             data += chunk
             if len(data) > self.max_bytes:
                 raise MediaError(f"is too large (over the limit of {_size(self.max_bytes)})")
+            if time.monotonic() > deadline:  # a server that trickles: each read is quick, the whole not
+                raise MediaError("could not be fetched in time")
         return bytes(data)
 
 
