@@ -216,8 +216,8 @@ def test_a_failed_transcription_is_told_to_the_ai_and_the_message_is_kept(reader
     assert reader.get()["messages"][-1]["content"] == "Sure, Friday works."
 
 
-def test_files_are_read_within_max_wait_seconds(reader, ai, files):
-    reader.env(MAX_WAIT_SECONDS="1")
+def test_files_are_read_within_media_wait_seconds(reader, ai, files):
+    reader.env(MEDIA_WAIT_SECONDS="1")
     files.routes["/voice.ogg"] = [slowly(3, (200, VOICE, {"Content-Type": "audio/ogg"}))]
 
     send(reader, whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg"))
@@ -290,7 +290,10 @@ def test_a_bad_projects_file_is_a_configuration_error_saying_what_is_wrong(engin
     engine.env(PROJECTS_FILE=str(projects))
 
     with pytest.raises(ConfigurationError, match=error):
-        engine.runtime
+        _ = engine.runtime.projects
+    engine.put(conversation())  # the webhook's intake does not depend on it: nothing is lost
+    assert engine.handle(twilio_event("whatsapp", whatsapp_text()))["statusCode"] == 200
+    assert len(engine.queued("whatsapp")) == 1
 
 
 def test_past_the_daily_cap_a_human_gets_the_conversation_and_no_ai_is_asked(reader, ai):
@@ -326,6 +329,20 @@ def test_a_projects_daily_cap_counts_all_its_conversations(reader, ai, tmp_path)
     assert reader.get("c2")["owner"] == "human" and "project acme" in reader.get("c2")["handoff_reason"]
 
 
+def test_a_failed_attempt_costs_no_turn(reader, ai, monkeypatch):
+    monkeypatch.setattr(pipeline, "RETRY_BACKOFF_SECONDS", 0)
+    reader.env(MAX_AI_TURNS_PER_DAY="1")
+    ai.routes["/v1/chat/completions"] = [(500, {"error": "overloaded"}), chat_answer()]
+
+    send(reader, whatsapp_text("hello?"))
+    reader.deliver("ai")  # the model fails: retried
+    answer(reader)
+
+    record = reader.get()
+    assert record.get("owner") != "human" and record["messages"][-1]["content"] == "Sure, Friday works."
+    assert record["ai_replies"] == 1
+
+
 def test_turns_counted_at_once_each_count(engine):
     store = engine.runtime.store
     counts = []
@@ -341,7 +358,85 @@ def test_turns_counted_at_once_each_count(engine):
         thread.join()
 
     assert sorted(counts) == list(range(1, 21))
-    assert store.count_turn("project#acme", "2026-12-02") == 1  # a new day starts at one
+    assert store.turns("project#acme", "2026-12-01") == 20
+    assert store.turns("project#acme", "2026-12-02") == 0  # a new day starts afresh
+    assert store.count_turn("project#acme", "2026-12-02") == 1
+
+
+def test_each_voice_note_of_a_message_has_its_own_transcript(reader, ai, files):
+    answers = iter(["first note", "second note"])
+    ai.routes["/v1/audio/transcriptions"] = [lambda request: (200, {"text": next(answers)})]
+    mms = whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg")
+    mms.update(NumMedia="2", MediaContentType1="audio/mpeg", MediaUrl1=f"{files.url}/voice.mp3")
+    files.routes["/voice.mp3"] = [(200, b"ID3\x04" + bytes(300), {"Content-Type": "audio/mpeg"})]
+
+    send(reader, mms)
+    answer(reader)
+
+    said = user_text(chat_requests(ai)[0])
+    assert "[a voice note, transcribed: first note]\n[a voice note, transcribed: second note]" in said
+    kept = stored(reader, mms["MessageSid"])
+    assert [m["transcript"] for m in kept["media"]] == ["first note", "second note"]
+    assert kept["transcript"] == "first note\nsecond note"
+    assert ai.to("/v1/audio/transcriptions")[1]["body"].count(b'filename="voice-note.mp3"') == 1
+
+
+def test_a_regeneration_shows_the_images_again_and_transcribes_nothing_twice(reader, ai, files):
+    reader.env(VISION="on")
+    mms = whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg")
+    mms.update(NumMedia="2", MediaContentType1="image/jpeg", MediaUrl1=f"{files.url}/photo.jpg")
+    send(reader, mms)
+    (queued,) = reader.queued("ai")
+    context = queued["body"]
+
+    first = media.prepare(reader.runtime, context)
+    again = media.prepare(reader.runtime, context)  # a regeneration re-queues `context`
+
+    assert media.images(first["messages"][0]) == media.images(again["messages"][0]) != []
+    assert len(ai.to("/v1/audio/transcriptions")) == 1
+    assert "data_url" not in json.dumps(context)  # never queued or stored
+    assert "data_url" not in json.dumps(stored(reader, mms["MessageSid"]))
+
+
+def test_an_image_in_a_format_models_do_not_take_is_described_not_sent(reader, ai, files):
+    reader.env(VISION="on")
+
+    send(reader, whatsapp_media("image/heic", url=f"{files.url}/photo.heic"))
+    answer(reader)
+
+    assert "[an image (image/heic), which is in a format the model cannot be shown]" in user_text(
+        chat_requests(ai)[0]
+    )
+    assert files.requests == []
+
+
+def test_a_media_item_without_a_url_is_told_and_the_reply_goes_on(reader, ai):
+    params = whatsapp_media("audio/ogg")
+    del params["MediaUrl0"]
+
+    send(reader, params)
+    answer(reader)
+
+    assert "[a voice note (audio/ogg), which could not be transcribed]" in user_text(chat_requests(ai)[0])
+    assert reader.get()["messages"][-1]["role"] == "assistant"
+
+
+def test_the_chat_servers_key_is_not_sent_to_another_transcription_server(reader, ai, files):
+    other = Loopback({"/v1/audio/transcriptions": [(200, {"text": "hello"})]})
+    try:
+        reader.env(TRANSCRIBE_BASE_URL=other.url.replace("127.0.0.1", "localhost") + "/v1")
+
+        send(reader, whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg"))
+        answer(reader)
+
+        (transcription,) = other.requests
+        assert "Authorization" not in transcription["headers"]
+        reader.env(TRANSCRIBE_API_KEY="whisper-key")
+        send(reader, whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg"))
+        answer(reader)
+        assert other.requests[1]["headers"]["Authorization"] == "Bearer whisper-key"
+    finally:
+        other.close()
 
 
 def test_the_accounts_credentials_go_to_twilio_only_and_never_through_a_redirect():

@@ -142,7 +142,7 @@ def test_queues_outlive_their_consumers():
 
 
 def test_timeouts_hold_end_to_end():
-    """Reading the files (MAX_WAIT_SECONDS) and the responder's worst case (every attempt and backoff)
+    """Reading the files (MEDIA_WAIT_SECONDS) and the responder's worst case (every attempt and backoff)
     fit the reply function, which fits the lock's lease, as does a failed reply's wait before its retry; and one AI context per invocation,
     so nobody waits for another person's AI call."""
     from replies_engine.replies.responders import OpenAIResponder
@@ -161,7 +161,7 @@ def test_timeouts_hold_end_to_end():
     from replies_engine.replies.pipeline import RETRY_MAX_WAIT_SECONDS
 
     assert (
-        settings.max_wait_seconds + responder.max_seconds + 15
+        settings.media_wait_seconds + responder.max_seconds + 15
         <= reply["Timeout"]
         < settings.lock_timeout_seconds
     )

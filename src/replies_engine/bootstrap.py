@@ -31,18 +31,15 @@ class Runtime:
     responder: Responder = field(init=False)
     senders: dict[str, Sender] = field(init=False)  # by channel_type
     transcriber: Transcriber | None = field(init=False)  # voice notes, with TRANSCRIBE_MODEL
-    projects: dict[str, dict[str, Any]] = field(init=False)  # PROJECTS_FILE
     close: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
-        from .replies import projects
         from .replies.agent import AgentResponder
         from .replies.media import Transcriber
         from .replies.responders import LocalResponder, OpenAIResponder
         from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
-        self.projects = projects.load(settings.projects_file)
         # the AI's servers: one pooled client each, a connection per reply in flight
         client = {
             "timeout_seconds": settings.responder_timeout_seconds,
@@ -51,7 +48,7 @@ class Runtime:
         self.transcriber = (
             Transcriber(
                 settings.transcribe_base_url,
-                settings.openai_api_key,
+                settings.transcribe_api_key,
                 settings.transcribe_model,
                 attempts=2,  # within MAX_WAIT_SECONDS: a second try, not a third
                 **client,
@@ -91,6 +88,13 @@ class Runtime:
 
             email = SesSender()
         self.senders = {"whatsapp": twilio, "sms": twilio, "email": email}
+
+    @cached_property
+    def projects(self) -> dict[str, dict[str, Any]]:
+        """PROJECTS_FILE, read by the reply stage alone: a bad file never stops the webhook's intake."""
+        from .replies import projects
+
+        return projects.load(self.settings.projects_file)
 
     @cached_property
     def media_fetcher(self) -> MediaFetcher:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 
@@ -62,6 +62,8 @@ class Settings:
     # what the AI reads (issue 12)
     transcribe_model: str | None = None  # voice notes transcribed by this model; unset: not transcribed
     transcribe_base_url: str = "https://api.openai.com/v1"
+    transcribe_api_key: str | None = None  # default: OPENAI_API_KEY, when it is the same server
+    media_wait_seconds: int = 30  # the batch's files are read within this
     vision: bool = False  # images given to the chat model, which must be able to see
     max_media_bytes: int = 16_000_000  # WhatsApp's own limit for audio and video
     max_media_items: int = 10  # files read per batch
@@ -140,6 +142,8 @@ class Settings:
             transcribe_base_url=(
                 env.text("TRANSCRIBE_BASE_URL") or env.text("OPENAI_BASE_URL") or cls.transcribe_base_url
             ).rstrip("/"),
+            transcribe_api_key=env.text("TRANSCRIBE_API_KEY"),
+            media_wait_seconds=env.integer("MEDIA_WAIT_SECONDS", 30, 1, 600),
             vision=env.choice("VISION", ("on", "off"), "off") == "on",
             max_media_bytes=env.integer("MAX_MEDIA_BYTES", 16_000_000, 1, 100_000_000),
             max_media_items=env.integer("MAX_MEDIA_ITEMS", 10, 0, 100),
@@ -151,13 +155,19 @@ class Settings:
             batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
             reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
+        same_server = (
+            urlsplit(settings.transcribe_base_url).netloc == urlsplit(settings.openai_base_url).netloc
+        )
+        if not settings.transcribe_api_key and same_server:
+            # OpenAI's key goes to its own server only, never to another transcription service
+            settings = replace(settings, transcribe_api_key=settings.openai_api_key)
         if (
             settings.transcribe_model
-            and not settings.openai_api_key
+            and not settings.transcribe_api_key
             and "api.openai.com" in settings.transcribe_base_url
         ):
             raise ConfigurationError(
-                "TRANSCRIBE_MODEL transcribes on api.openai.com, which needs OPENAI_API_KEY"
+                "TRANSCRIBE_MODEL transcribes on api.openai.com, which needs TRANSCRIBE_API_KEY or OPENAI_API_KEY"
                 " (or set TRANSCRIBE_BASE_URL to a server that needs no key)"
             )
         if (

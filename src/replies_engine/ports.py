@@ -196,8 +196,12 @@ class ConversationStore(Protocol):
         ...
 
     def count_turn(self, scope: str, day: str) -> int:
-        """Count one AI turn for `scope` (a conversation, a project) on `day` (UTC, `2026-12-01`) and
-        return the day's count: atomic, so that replies made at once each count."""
+        """Count one AI turn for `scope` (a project) on `day` (UTC, `2026-12-01`) and return the day's
+        count: atomic, so that replies made at once each count."""
+        ...
+
+    def turns(self, scope: str, day: str) -> int:
+        """The AI turns counted for `scope` on `day` (0 before the first)."""
         ...
 
     def emergency_unlock(

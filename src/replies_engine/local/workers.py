@@ -154,8 +154,9 @@ class LocalEngine:
         longest = settings.local_responder_delay_seconds
         if hasattr(runtime.responder, "max_seconds"):  # a model over the network: its attempts, and a margin
             longest = runtime.responder.max_seconds + 15
-        if runtime.transcriber or settings.vision:  # files read first, within MAX_WAIT_SECONDS
-            longest += settings.max_wait_seconds
+        if runtime.transcriber or settings.vision:  # files read first, within MEDIA_WAIT_SECONDS
+            longest += settings.media_wait_seconds
+        runtime.projects  # noqa: B018 (PROJECTS_FILE checked at start, not at the first reply)
         if settings.visibility_timeout_seconds <= longest:
             raise ConfigurationError(
                 f"REPLIES_VISIBILITY_TIMEOUT_SECONDS={settings.visibility_timeout_seconds} is not longer than"

@@ -325,8 +325,14 @@ def unlock(
     return released
 
 
-def write_note(runtime: Runtime, context: dict[str, Any], note: dict[str, Any]) -> dict[str, Any] | None:
-    """Write the note (the lease starts again); the record after, None when the lock was lost."""
+def write_note(
+    runtime: Runtime, context: dict[str, Any], note: dict[str, Any], changes: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Write the note, and `changes` (the lease starts again); the record after, None when the lock
+    was lost."""
     return runtime.store.renew_lock(
-        context["conversation_id"], context["batch_id"], now=clock.now(), changes={"sending": note}
+        context["conversation_id"],
+        context["batch_id"],
+        now=clock.now(),
+        changes={"sending": note, **(changes or {})},
     )

@@ -7,7 +7,7 @@ shown), so no burst is answered before its voice notes are transcribed:
 - an image is fetched and given to a model that sees (`VISION=on`) as a data URL, for this answer only;
 - anything else is described ("a PDF"), and so is whatever could not be read (too large, not what its
   content type claims, a failed transcription, out of time): the AI is told, nothing is dropped.
-All of it within MAX_WAIT_SECONDS, at most MAX_MEDIA_ITEMS files of at most MAX_MEDIA_BYTES each.
+All of it within MEDIA_WAIT_SECONDS, at most MAX_MEDIA_ITEMS files and MAX_MEDIA_BYTES in all.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ NAMES = {  # how a file is named to the AI, by content type (else by its family)
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "a spreadsheet",
 }
 FAMILY_NAMES = {AUDIO: "a voice note", IMAGE: "an image", "video": "a video", "text": "a text file"}
+SHOWN_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})  # what chat models take
+EXTENSIONS = {"audio/mpeg": "mp3", "audio/x-m4a": "m4a", "audio/mp4": "m4a", "audio/x-wav": "wav"}
 
 
 class MediaError(Exception):
@@ -71,11 +73,8 @@ _SIGNATURES = (
     (b"OggS", {AUDIO, "video"}),
     (b"\x1aE\xdf\xa3", {AUDIO, "video"}),  # WebM, Matroska
     (b"ID3", {AUDIO}),  # MP3 with a tag
-    (b"\xff\xfb", {AUDIO}),  # MP3 frames
-    (b"\xff\xf3", {AUDIO}),
-    (b"\xff\xf2", {AUDIO}),
-    (b"\xff\xf1", {AUDIO}),  # AAC (ADTS)
-    (b"\xff\xf9", {AUDIO}),
+    *((bytes([0xFF, second]), {AUDIO}) for second in (0xFB, 0xFA, 0xF3, 0xF2, 0xE3, 0xE2)),  # MP3 frames
+    *((bytes([0xFF, second]), {AUDIO}) for second in (0xF1, 0xF0, 0xF9, 0xF8)),  # AAC (ADTS)
     (b"#!AMR", {AUDIO}),
     (b"fLaC", {AUDIO}),
     (b"\xff\xd8\xff", {IMAGE}),  # JPEG
@@ -111,8 +110,10 @@ class MediaFetcher:
         self.authenticates = authenticates
         self._http = httpx2.Client(follow_redirects=True)
 
-    def fetch(self, url: str, deadline: float) -> tuple[bytes, str | None]:
-        """(the file, the content type its server gives); MediaError when it cannot be had."""
+    def fetch(self, url: str, deadline: float, max_bytes: int | None = None) -> tuple[bytes, str | None]:
+        """(the file, the content type its server gives); MediaError when it cannot be had or is over
+        `max_bytes` (default and at most: the fetcher's own)."""
+        limit = min(self.max_bytes, max_bytes) if max_bytes is not None else self.max_bytes
         import httpx2
 
         auth = self.credentials() if self.authenticates(url) else None
@@ -129,7 +130,7 @@ class MediaFetcher:
                     elif not response.is_success:
                         raise MediaError(f"could not be fetched (HTTP {response.status_code})")
                     else:
-                        return self._body(response, deadline), response.headers.get("Content-Type")
+                        return self._body(response, deadline, limit), response.headers.get("Content-Type")
             except httpx2.TimeoutException as exc:
                 raise MediaError("could not be fetched in time") from exc
             except httpx2.HTTPError as exc:
@@ -137,15 +138,15 @@ class MediaFetcher:
             time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
         raise AssertionError("unreachable")  # the last round returns or raises
 
-    def _body(self, response: Any, deadline: float) -> bytes:
+    def _body(self, response: Any, deadline: float, limit: int) -> bytes:
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise MediaError(f"is too large ({_size(int(declared))}, the limit is {_size(self.max_bytes)})")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise MediaError(f"is too large ({_size(int(declared))}, the limit is {_size(limit)})")
         data = bytearray()
         for chunk in response.iter_bytes():
             data += chunk
-            if len(data) > self.max_bytes:
-                raise MediaError(f"is too large (over the limit of {_size(self.max_bytes)})")
+            if len(data) > limit:
+                raise MediaError(f"is too large (over the limit of {_size(limit)})")
             if time.monotonic() > deadline:  # a server that trickles: each read is quick, the whole not
                 raise MediaError("could not be fetched in time")
         return bytes(data)
@@ -162,13 +163,13 @@ class Transcriber(RetryingHttpClient):
 
     def transcribe(self, audio: bytes, content_type: str, deadline: float) -> str:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        subtype = content_type.split("/")[-1].split(";")[0].strip() or "ogg"
+        extension = EXTENSIONS.get(content_type) or content_type.split("/")[-1] or "ogg"  # named by it
         response = self.post(
             self.url,
             deadline=deadline,
             headers=headers,
             data={"model": self.model},
-            files={"file": (f"voice-note.{subtype}", audio, content_type)},
+            files={"file": (f"voice-note.{extension}", audio, content_type)},
         )
         try:
             text = response.json()["text"]
@@ -180,98 +181,140 @@ class Transcriber(RetryingHttpClient):
 
 
 def prepare(runtime: Runtime, context: dict[str, Any]) -> dict[str, Any]:
-    """The AI context with what the batch's files say. Transcripts are stored on their messages (and
-    set on `context`'s, which go on to a regeneration); images' data URLs are in the copy returned."""
+    """The AI context with what the batch's files say. Each voice note's `transcript` is stored on its
+    media item (and its message's `transcript` is all of them), also in `context`, which goes on to a
+    regeneration; images' data URLs are only in the copy returned."""
     settings = runtime.settings
-    wanted = [
-        m for m in context["messages"] if m.get("role") == "user" and m.get("media") and "transcript" not in m
-    ]
-    if not wanted or not (runtime.transcriber or settings.vision):
+    if not (runtime.transcriber or settings.vision) or not any(_with_media(m) for m in context["messages"]):
         return context
-    deadline = time.monotonic() + settings.max_wait_seconds
-    known = _stored_transcripts(runtime, context["conversation_id"], wanted)
-    budget = settings.max_media_items
+    reading = _Reading(runtime, context)
     messages = []
     for message in context["messages"]:
-        if not any(message is w for w in wanted):
-            messages.append(message)
-            continue
-        if message.get("message_id") in known:
-            message["transcript"] = known[message["message_id"]]
-        items, transcripts = [], []
-        for item in message["media"]:
-            item = dict(item)
-            kind = family(item.get("content_type"))
-            if kind not in (AUDIO, IMAGE) or (kind == IMAGE and not settings.vision):
-                pass  # described, not read
-            elif kind == AUDIO and ("transcript" in message or not runtime.transcriber):
-                pass
-            elif budget <= 0:
-                item["unread"] = "was not read (more files than MAX_MEDIA_ITEMS)"
-            else:
-                budget -= 1
-                try:
-                    data = _fetch(runtime, item, kind, deadline)
-                    if kind == AUDIO:
-                        transcripts.append(
-                            runtime.transcriber.transcribe(data, item["content_type"], deadline)
-                        )
-                    else:
-                        item["data_url"] = (
-                            f"data:{item['content_type']};base64,{base64.b64encode(data).decode()}"
-                        )
-                except (MediaError, ResponderError) as exc:
-                    item["unread"] = str(exc) if isinstance(exc, MediaError) else "could not be transcribed"
-                    runtime.metrics.add("MediaUnread")
-                    logger.warning(
-                        "a file could not be read: the AI is told",
-                        extra={"conversation_id": context["conversation_id"], "error": str(exc)},
-                    )
-            items.append(item)
-        if transcripts:
-            message["transcript"] = "\n".join(t for t in transcripts if t)
-            runtime.store.annotate_message(
-                context["conversation_id"], message["message_id"], {"transcript": message["transcript"]}
-            )
-            runtime.metrics.add("VoiceNoteTranscribed", len(transcripts))
-        messages.append({**message, "media": items})
+        if _with_media(message):
+            items = [reading.read(message, i, item) for i, item in enumerate(message["media"])]
+            reading.keep(message, items)
+            message = {**message, "media": items}
+        messages.append(message)
     return {**context, "messages": messages}
 
 
-def _fetch(runtime: Runtime, item: dict[str, Any], kind: str, deadline: float) -> bytes:
-    data, served_as = runtime.media_fetcher.fetch(item["url"], deadline)
-    if kind not in sniffed(data):
-        runtime.metrics.add("MediaContentTypeMismatch")
-        claimed = served_as or item["content_type"]
-        raise MediaError(f"is not {FAMILY_NAMES[kind]}, whatever its type ({claimed}) says")
-    return data
+def _with_media(message: dict[str, Any]) -> bool:
+    return message.get("role") == "user" and bool(message.get("media"))
 
 
-def _stored_transcripts(runtime: Runtime, conversation_id: str, messages: list[dict]) -> dict[str, str]:
-    """Transcripts an earlier attempt at this batch stored: a retry does not pay for them again."""
-    audio = any(family(item.get("content_type")) == AUDIO for m in messages for item in m["media"])
-    if not runtime.transcriber or not audio:
-        return {}
-    ids = {m.get("message_id") for m in messages}
-    stored = runtime.store.messages(conversation_id, last=len(messages) + 50)
-    return {
-        m["message_id"]: m["transcript"] for m in stored if m.get("message_id") in ids and "transcript" in m
-    }
+class _Reading:
+    """One batch's files, read within MEDIA_WAIT_SECONDS, MAX_MEDIA_ITEMS and MAX_MEDIA_BYTES in all."""
+
+    def __init__(self, runtime: Runtime, context: dict[str, Any]) -> None:
+        self.runtime, self.context = runtime, context
+        self.deadline = time.monotonic() + runtime.settings.media_wait_seconds
+        self.items_left = runtime.settings.max_media_items
+        self.bytes_left = runtime.settings.max_media_bytes
+        self.stored: dict[str, list[dict[str, Any]]] | None = None  # read when first needed
+
+    def read(self, message: dict[str, Any], index: int, item: dict[str, Any]) -> dict[str, Any]:
+        """The item, with its `transcript` or `data_url`, or why it is `unread`."""
+        item = dict(item)
+        kind = family(item.get("content_type"))
+        if kind == AUDIO and self.runtime.transcriber and "transcript" not in item:
+            if (known := self._stored_transcript(message, index)) is not None:
+                item["transcript"] = known  # an earlier attempt at this batch paid for it
+                return item
+        elif not (kind == IMAGE and self.runtime.settings.vision):
+            return item  # described, not read
+        if kind == IMAGE and _base_type(item) not in SHOWN_IMAGE_TYPES:
+            item["unread"] = "is in a format the model cannot be shown"
+            return item
+        if self.items_left <= 0:
+            item["unread"] = "was not read (more files than MAX_MEDIA_ITEMS)"
+            return item
+        self.items_left -= 1
+        try:
+            data = self._fetch(item, kind)
+            self.bytes_left -= len(data)
+            if kind == AUDIO:
+                item["transcript"] = self.runtime.transcriber.transcribe(
+                    data, _base_type(item), self.deadline
+                )
+                self.runtime.metrics.add("VoiceNoteTranscribed")
+            else:
+                item["data_url"] = f"data:{_base_type(item)};base64,{base64.b64encode(data).decode()}"
+        except Exception as exc:  # whatever went wrong, the AI is told and the reply goes on
+            if isinstance(exc, MediaError):
+                item["unread"] = str(exc)
+            else:
+                item["unread"] = "could not be transcribed" if kind == AUDIO else "could not be read"
+            self.runtime.metrics.add("MediaUnread")
+            logger.warning(
+                "a file could not be read: the AI is told",
+                extra={
+                    "conversation_id": self.context["conversation_id"],
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
+        return item
+
+    def keep(self, message: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        """Store the message's new transcripts (best effort: this reply has them either way)."""
+        if not any(
+            "transcript" in item and "transcript" not in old
+            for item, old in zip(items, message["media"], strict=True)
+        ):
+            return
+        message["media"] = [
+            {k: v for k, v in item.items() if k not in ("data_url", "unread")} for item in items
+        ]
+        message["transcript"] = "\n".join(i["transcript"] for i in message["media"] if i.get("transcript"))
+        try:
+            self.runtime.store.annotate_message(
+                self.context["conversation_id"],
+                message["message_id"],
+                {"media": message["media"], "transcript": message["transcript"]},
+            )
+        except Exception as exc:
+            logger.warning(
+                "a transcript could not be stored: a retry pays for it again",
+                extra={"conversation_id": self.context["conversation_id"], "error": str(exc)},
+            )
+
+    def _fetch(self, item: dict[str, Any], kind: str) -> bytes:
+        if self.bytes_left <= 0:
+            raise MediaError("was not read (the batch's files are over MAX_MEDIA_BYTES together)")
+        data, served_as = self.runtime.media_fetcher.fetch(item["url"], self.deadline, self.bytes_left)
+        if kind not in sniffed(data):
+            self.runtime.metrics.add("MediaContentTypeMismatch")
+            claimed = served_as or item["content_type"]
+            raise MediaError(f"is not {FAMILY_NAMES[kind]}, whatever its type ({claimed}) says")
+        return data
+
+    def _stored_transcript(self, message: dict[str, Any], index: int) -> str | None:
+        if self.stored is None:
+            ids = {m.get("message_id") for m in self.context["messages"]}
+            recent = self.runtime.store.messages(self.context["conversation_id"], last=len(ids) + 50)
+            self.stored = {
+                m["message_id"]: m.get("media") or [] for m in recent if m.get("message_id") in ids
+            }
+        stored = self.stored.get(message.get("message_id")) or []
+        return stored[index].get("transcript") if index < len(stored) else None
+
+
+def _base_type(item: dict[str, Any]) -> str:
+    """`audio/ogg` of `audio/ogg; codecs=opus`."""
+    return (item.get("content_type") or "").split(";")[0].strip().lower()
 
 
 def describe(message: dict[str, Any]) -> str:
-    """A message as the AI reads it: its text, then a line for each file it carries ("[a voice note:
-    …]", "[an image]", "[a PDF]", "[an attachment: invoice.pdf, a PDF, 120 KB]")."""
+    """A message as the AI reads it: its text, then a line for each file it carries ("[a voice note,
+    transcribed: …]", "[an image (image/jpeg), which you cannot see]", "[a PDF (application/pdf)]",
+    "[an attachment: invoice.pdf, a PDF, 120 KB, which you cannot open]")."""
     lines = [message["content"]] if message.get("content") else []
-    transcript = message.get("transcript")
     for item in message.get("media") or []:
-        content_type = (item.get("content_type") or "").split(";")[0].strip().lower()
+        content_type = _base_type(item)
         name = NAMES.get(content_type) or FAMILY_NAMES.get(family(content_type), "a file")
         if item.get("unread"):
             lines.append(f"[{name} ({content_type or 'no type'}), which {item['unread']}]")
-        elif family(content_type) == AUDIO and transcript is not None:
-            lines.append(f"[{name}, transcribed: {transcript}]")
-            transcript = None  # once: a message's voice notes share one transcript
+        elif item.get("transcript") is not None:
+            lines.append(f"[{name}, transcribed: {item['transcript']}]")
         elif family(content_type) == AUDIO:
             lines.append(f"[{name}, not transcribed]")
         elif family(content_type) == IMAGE and not item.get("data_url"):
@@ -279,7 +322,7 @@ def describe(message: dict[str, Any]) -> str:
         else:
             lines.append(f"[{name} ({content_type or 'no type'})]")
     for attachment in message.get("attachments") or []:
-        content_type = (attachment.get("type") or "").split(";")[0].strip().lower()
+        content_type = _base_type({"content_type": attachment.get("type")})
         name = NAMES.get(content_type) or FAMILY_NAMES.get(family(content_type), "a file")
         size = f", {_size(attachment['size'])}" if isinstance(attachment.get("size"), int) else ""
         filename = attachment.get("name") or "unnamed"

@@ -87,7 +87,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         logger.info("no reply is made", extra={**log, "status": status})
         return finish(runtime, context, None, status)
 
-    if reason := projects.over_cap(runtime, held):  # counted before the AI is paid for
+    if reason := projects.over_cap(runtime, held):  # before the AI is paid for
         runtime.metrics.add("AiTurnCapReached")
         logger.warning("a daily cap on AI turns is reached: a human answers", extra={**log, "reason": reason})
         return hand_to_human(runtime, context, None, reason)
@@ -105,7 +105,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         if not answer.text:
             return hand_to_human(runtime, context, None, answer.reason)
         note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason, **cost}
-        record = write_note(runtime, context, note)
+        record = _noted(runtime, context, note, held)
         return True if record is None else deliver(runtime, context, note, record)
     text = answer.text
     for _ in range(_ATTEMPTS):
@@ -151,11 +151,22 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
     # which parts went, and sends only the others. Nobody gets the same answer twice.
     note = {**new_note(runtime, context, text), **cost}
-    record = write_note(runtime, context, note)
+    record = _noted(runtime, context, note, record)
     if record is None:
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
         return True
     return deliver(runtime, context, note, record)
+
+
+def _noted(
+    runtime: Runtime, context: dict[str, Any], note: dict[str, Any], record: dict[str, Any]
+) -> dict | None:
+    """Write the AI's new reply's note, counting the reply for the daily caps; the record after, None
+    when the lock was lost."""
+    written = write_note(runtime, context, note, projects.one_more_reply(record))
+    if written is not None:
+        projects.count_project_reply(runtime, written)
+    return written
 
 
 def _typing(runtime: Runtime, context: dict[str, Any]) -> Callable[[], None] | None:

@@ -1,9 +1,10 @@
 """What a company tells its AI, and how much of it they pay for (issue 12).
 
 Instructions: a conversation record's own `ai_instructions`, else those of its `project_id` in
-PROJECTS_FILE, else the default prompt. Caps: each AI turn counts for the conversation
-(MAX_AI_TURNS_PER_DAY) and for its project (the file's `max_ai_turns_per_day`), per UTC day; past
-either, a human gets the conversation with the reason, and no AI is asked.
+PROJECTS_FILE, else the default prompt. Caps on the AI's replies per UTC day, to a conversation
+(MAX_AI_TURNS_PER_DAY) and in a project (the file's `max_ai_turns_per_day`), 0 meaning no cap: past
+either, a human gets the conversation with the reason, and no AI is asked. A reply counts once it is
+made (its note written), so a failed attempt, a retry or a regeneration costs no turn.
 
 PROJECTS_FILE is JSON, read once per process and checked then (a bad one is a CONFIGURATION_ERROR):
     {"acme": {"ai_instructions": "You are Acme's assistant. …", "max_ai_turns_per_day": 5000}}
@@ -59,13 +60,39 @@ def instructions(runtime: Runtime, record: dict[str, Any]) -> str | None:
 
 
 def over_cap(runtime: Runtime, record: dict[str, Any]) -> str | None:
-    """Count this AI turn; the reason a human should answer instead when it is one over a daily cap."""
-    day = clock.iso()[:10]
+    """The reason a human should answer instead of the AI, when today's replies reached a cap."""
     cap = runtime.settings.max_ai_turns_per_day
-    if cap and runtime.store.count_turn(f"conversation#{record['conversation_id']}", day) > cap:
+    if cap and replies_today(record) >= cap:
         return f"the AI answered this conversation {cap} times today (MAX_AI_TURNS_PER_DAY)"
-    project_id = record.get("project_id")
-    cap = runtime.projects.get(project_id or "", {}).get("max_ai_turns_per_day")
-    if cap is not None and runtime.store.count_turn(f"project#{project_id}", day) > cap:
-        return f"the AI answered project {project_id} {cap} times today (its max_ai_turns_per_day)"
+    project_id, cap = _project_cap(runtime, record)
+    if cap and runtime.store.turns(f"project#{project_id}", _today()) >= cap:
+        return f"the AI answered {cap} times today in project {project_id} (its max_ai_turns_per_day)"
     return None
+
+
+def replies_today(record: dict[str, Any]) -> int:
+    """The AI's replies in this conversation today (`ai_replies`, of the day `ai_replies_day`)."""
+    return record.get("ai_replies", 0) if record.get("ai_replies_day") == _today() else 0
+
+
+def one_more_reply(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's changes that count one more AI reply today: written with the reply's note, under
+    the lock, so that no request is added for it."""
+    return {"ai_replies_day": _today(), "ai_replies": replies_today(record) + 1}
+
+
+def count_project_reply(runtime: Runtime, record: dict[str, Any]) -> None:
+    """One more AI reply in the record's project today, when the project has a cap: one atomic request,
+    so that its conversations' replies made at once each count."""
+    project_id, cap = _project_cap(runtime, record)
+    if cap:
+        runtime.store.count_turn(f"project#{project_id}", _today())
+
+
+def _project_cap(runtime: Runtime, record: dict[str, Any]) -> tuple[str | None, int | None]:
+    project_id = record.get("project_id")
+    return project_id, runtime.projects.get(project_id or "", {}).get("max_ai_turns_per_day")
+
+
+def _today() -> str:
+    return clock.iso()[:10]

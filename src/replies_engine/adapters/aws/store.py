@@ -465,6 +465,19 @@ class DynamoConversationStore:
             )
         return int(answer["Attributes"]["turns"]["N"])
 
+    def turns(self, scope: str, day: str) -> int:
+        with _errors():
+            item = (
+                client("dynamodb")
+                .get_item(
+                    TableName=self.messages_table,
+                    Key=self._message_key(f"ai_turns#{scope}", day),
+                    ConsistentRead=True,
+                )
+                .get("Item")
+            )
+        return int(item["turns"]["N"]) if item else 0
+
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:

@@ -281,6 +281,15 @@ class SqliteConversationStore:
                 (scope, day),
             ).fetchone()[0]
 
+    def turns(self, scope: str, day: str) -> int:
+        with _errors():
+            row = (
+                self._db.connection()
+                .execute("SELECT turns FROM ai_turns WHERE scope = ? AND day = ?", (scope, day))
+                .fetchone()
+            )
+        return row[0] if row else 0
+
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:
