@@ -1,7 +1,8 @@
 """What the AI reads (issue 12): voice notes transcribed before the burst is answered, images shown to a
 model that sees, other files described, a company's own instructions, daily caps on AI turns, and the
 tokens each reply cost. Real HTTP throughout: a media host and an OpenAI-compatible API on loopback,
-reached by the engine's own clients, on both backends."""
+reached by the engine's own clients. What the stores keep (transcripts, counters) runs on both
+backends; the reading itself, the same code on both, on the embedded one."""
 
 from __future__ import annotations
 
@@ -118,6 +119,7 @@ def test_a_voice_note_is_transcribed_and_the_transcript_reaches_the_model_and_th
     assert reader.metric("VoiceNoteTranscribed") == 1
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_burst_of_text_and_a_voice_note_is_answered_once_after_the_transcript(reader, ai, files):
     ai.routes["/v1/audio/transcriptions"] = [slowly(0.5, (200, {"text": "at three, if possible"}))]
     text = whatsapp_text("Hi, about tomorrow")
@@ -134,6 +136,7 @@ def test_a_burst_of_text_and_a_voice_note_is_answered_once_after_the_transcript(
     assert chat_request["at"] > transcription["at"] + 0.4  # asked once the transcript had come
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_media_url_that_answers_404_at_first_is_fetched_again(reader, ai, files):
     files.routes["/voice.ogg"] = [(404, b""), (404, b""), (200, VOICE, {"Content-Type": "audio/ogg"})]
 
@@ -144,6 +147,7 @@ def test_a_media_url_that_answers_404_at_first_is_fetched_again(reader, ai, file
     assert "transcribed: Can we move it to Friday?" in user_text(chat_requests(ai)[0])
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_an_image_goes_to_a_model_that_sees_as_a_content_part(reader, ai, files):
     reader.env(VISION="on")
 
@@ -162,6 +166,7 @@ def test_an_image_goes_to_a_model_that_sees_as_a_content_part(reader, ai, files)
     }
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_without_vision_the_ai_is_told_an_image_came_and_nothing_is_fetched(reader, ai, files):
     send(reader, whatsapp_media("image/jpeg", url=f"{files.url}/photo.jpg"))
     answer(reader)
@@ -170,6 +175,7 @@ def test_without_vision_the_ai_is_told_an_image_came_and_nothing_is_fetched(read
     assert files.requests == []
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_pdf_is_described_to_the_ai(reader, ai, files):
     send(reader, whatsapp_media("application/pdf", url=f"{files.url}/form.pdf"))
     answer(reader)
@@ -178,6 +184,7 @@ def test_a_pdf_is_described_to_the_ai(reader, ai, files):
     assert files.requests == []
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_file_over_the_size_limit_is_not_read_and_the_ai_is_told(reader, ai, files):
     reader.env(MAX_MEDIA_BYTES="1000")
     note = whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg")
@@ -192,6 +199,7 @@ def test_a_file_over_the_size_limit_is_not_read_and_the_ai_is_told(reader, ai, f
     assert reader.metric("MediaUnread") == 1
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_file_that_is_not_what_its_content_type_says_is_not_transcribed(reader, ai, files):
     files.routes["/voice.ogg"] = [(200, b"<!DOCTYPE html><html>login</html>", {"Content-Type": "audio/ogg"})]
 
@@ -203,6 +211,7 @@ def test_a_file_that_is_not_what_its_content_type_says_is_not_transcribed(reader
     assert reader.metric("MediaContentTypeMismatch") == 1
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_failed_transcription_is_told_to_the_ai_and_the_message_is_kept(reader, ai, files):
     ai.routes["/v1/audio/transcriptions"] = [(500, {"error": "overloaded"})]
     note = whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg")
@@ -216,6 +225,7 @@ def test_a_failed_transcription_is_told_to_the_ai_and_the_message_is_kept(reader
     assert reader.get()["messages"][-1]["content"] == "Sure, Friday works."
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_files_are_read_within_media_wait_seconds(reader, ai, files):
     reader.env(MEDIA_WAIT_SECONDS="1")
     files.routes["/voice.ogg"] = [slowly(3, (200, VOICE, {"Content-Type": "audio/ogg"}))]
@@ -245,6 +255,7 @@ def test_a_retried_reply_does_not_transcribe_again(reader, ai, files, monkeypatc
     assert reader.get()["messages"][-1]["content"] == "Sure, Friday works."
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_conversations_own_instructions_are_the_system_prompt(reader, ai):
     reader.put(conversation(ai_instructions="You are Acme's assistant. Never promise refunds."))
 
@@ -257,6 +268,7 @@ def test_a_conversations_own_instructions_are_the_system_prompt(reader, ai):
     }
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_projects_instructions_apply_and_ours_are_the_fallback(reader, ai, tmp_path):
     projects = tmp_path / "projects.json"
     projects.write_text(json.dumps({"acme": {"ai_instructions": "Speak as Acme. Be brief."}}))
@@ -275,6 +287,7 @@ def test_a_projects_instructions_apply_and_ours_are_the_fallback(reader, ai, tmp
     ]
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(
     "content, error",
     [
@@ -398,6 +411,7 @@ def test_a_regeneration_shows_the_images_again_and_transcribes_nothing_twice(rea
     assert "data_url" not in json.dumps(stored(reader, mms["MessageSid"]))
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_an_image_in_a_format_models_do_not_take_is_described_not_sent(reader, ai, files):
     reader.env(VISION="on")
 
@@ -410,6 +424,7 @@ def test_an_image_in_a_format_models_do_not_take_is_described_not_sent(reader, a
     assert files.requests == []
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_media_item_without_a_url_is_told_and_the_reply_goes_on(reader, ai):
     params = whatsapp_media("audio/ogg")
     del params["MediaUrl0"]
@@ -421,6 +436,7 @@ def test_a_media_item_without_a_url_is_told_and_the_reply_goes_on(reader, ai):
     assert reader.get()["messages"][-1]["role"] == "assistant"
 
 
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_the_chat_servers_key_is_not_sent_to_another_transcription_server(reader, ai, files):
     other = Loopback({"/v1/audio/transcriptions": [(200, {"text": "hello"})]})
     try:
