@@ -50,7 +50,7 @@ class Runtime:
                 settings.transcribe_base_url,
                 settings.transcribe_api_key,
                 settings.transcribe_model,
-                attempts=2,  # within MAX_WAIT_SECONDS: a second try, not a third
+                attempts=2,  # within MEDIA_WAIT_SECONDS: a second try, not a third
                 **client,
             )
             if settings.transcribe_model

@@ -2,7 +2,9 @@
 
 For each AI-queue record: picking it up starts the lease again, and a heartbeat renews it while the
 responder works (and refreshes WhatsApp's typing indicator), so a slow model keeps the lock and only a
-dead holder loses it. If the batch no longer holds the lock (its lease expired and a new batch or the
+dead holder loses it. Under it, before the AI is asked, the batch's files are read (`media.py`: voice
+notes transcribed) and the company's instructions found; past a daily cap (`projects.py`), a human
+answers instead. If the batch no longer holds the lock (its lease expired and a new batch or the
 sweeper took it over and answers its messages), the stale reply is not sent. A responder failure is
 retried with the lock kept (the record is reported failed). The reply goes out by its channel's rules
 (`delivery.py`): noted before it goes, in parts, each recorded as it goes, so that a person never gets
