@@ -167,6 +167,24 @@ def test_an_image_goes_to_a_model_that_sees_as_a_content_part(reader, ai, files)
 
 
 @pytest.mark.sqlite_only  # the same reading on both backends
+def test_a_model_that_refuses_the_images_is_asked_again_without_them(reader, ai, files):
+    reader.env(VISION="on")
+    ai.routes["/v1/chat/completions"] = [
+        (400, {"error": {"message": "image input is not supported"}}),
+        chat_answer(),
+    ]
+
+    send(reader, whatsapp_media("image/jpeg", caption="look", url=f"{files.url}/photo.jpg"))
+    answer(reader)
+
+    refused, described = chat_requests(ai)
+    assert "image_url" in json.dumps(refused) and "image_url" not in json.dumps(described)
+    assert "[an image (image/jpeg), which could not be shown to the model]" in user_text(described)
+    assert reader.get()["messages"][-1]["content"] == "Sure, Friday works."
+    assert reader.metric("ImagesRefused") == 1
+
+
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_without_vision_the_ai_is_told_an_image_came_and_nothing_is_fetched(reader, ai, files):
     send(reader, whatsapp_media("image/jpeg", url=f"{files.url}/photo.jpg"))
     answer(reader)

@@ -15,7 +15,12 @@ MAX_BACKOFF_SECONDS = 20.0  # cap on any wait between attempts, a server's Retry
 
 
 class ResponderError(RuntimeError):
-    """The responder could not produce a reply (the batch is retried)."""
+    """The responder could not produce a reply (the batch is retried). `status`: the server's HTTP
+    status when it refused the request for good (a 4xx other than 429)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RetryingHttpClient:
@@ -73,7 +78,7 @@ class RetryingHttpClient:
                     return response
                 failure = f"HTTP {response.status_code} {response.text[:200]!r}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise ResponderError(f"{url}: {failure}")
+                    raise ResponderError(f"{url}: {failure}", status=response.status_code)
                 retry_after = _retry_after(response.headers.get("Retry-After"))
             if attempt == self.attempts:
                 break

@@ -330,6 +330,21 @@ def describe(message: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def without_images(context: dict[str, Any]) -> dict[str, Any] | None:
+    """The context with its images described instead of shown; None when it shows none."""
+    if not any(images(m) for m in context["messages"]):
+        return None
+
+    def described(item: dict[str, Any]) -> dict[str, Any]:
+        shown = {k: v for k, v in item.items() if k != "data_url"}
+        return {**shown, "unread": "could not be shown to the model"} if "data_url" in item else item
+
+    messages = [
+        {**m, "media": list(map(described, m["media"]))} if images(m) else m for m in context["messages"]
+    ]
+    return {**context, "messages": messages}
+
+
 def images(message: dict[str, Any]) -> list[str]:
     """The data URLs of the images a model that sees gets with the message."""
     return [item["data_url"] for item in message.get("media") or [] if item.get("data_url")]

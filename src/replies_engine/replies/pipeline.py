@@ -31,6 +31,7 @@ from ..conversation import REPLY_SUPERSEDED, holds
 from ..ports import Handoff, Reply
 from . import media, projects
 from .delivery import deliver, finish, hand_to_human, new_note, settle, withheld, write_note
+from .http import ResponderError
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         view = media.prepare(runtime, context)
         if instructions := projects.instructions(runtime, held):
             view = {**view, "instructions": instructions}
-        answer = runtime.responder.respond(view)
+        answer = _respond(runtime, view, log)
     if isinstance(answer, str):
         answer = Reply(answer)
     cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply
@@ -158,6 +159,22 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
         return True
     return deliver(runtime, context, note, record)
+
+
+def _respond(runtime: Runtime, view: dict[str, Any], log: dict[str, str]) -> str | Reply | Handoff:
+    """The responder's answer. A model that refuses the images (one that cannot see, a format it does
+    not take) is asked once more with them described: the person is answered, not dead-lettered."""
+    try:
+        return runtime.responder.respond(view)
+    except ResponderError as exc:
+        described = media.without_images(view) if exc.status and 400 <= exc.status < 500 else None
+        if described is None:
+            raise
+        logger.warning(
+            "the model refused the images: asked again without them", extra={**log, "error": str(exc)}
+        )
+        runtime.metrics.add("ImagesRefused")
+        return runtime.responder.respond(described)
 
 
 def _noted(
