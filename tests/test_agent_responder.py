@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from replies_engine.config import ConfigurationError, Settings
-from replies_engine.ports import Handoff
+from replies_engine.ports import Handoff, Reply
 from replies_engine.replies import http
 from replies_engine.replies.agent import AgentResponder, verify_signature
 from replies_engine.replies.responders import ResponderError
@@ -106,14 +106,15 @@ def test_the_context_is_posted_as_json_signed_with_its_timestamp_and_named_by_it
 @pytest.mark.parametrize(
     "answer, expected",
     [
-        ({"reply": " Freitag passt. "}, "Freitag passt."),
+        ({"reply": " Freitag passt. "}, Reply("Freitag passt.")),
+        ({"reply": "Gern.", "usage": {"total_tokens": 42}}, Reply("Gern.", {"total_tokens": 42})),
         (
             {"reply": "Einen Moment, bitte.", "handoff": {"reason": "wants a refund"}},
             Handoff("wants a refund", "Einen Moment, bitte."),
         ),
         ({"handoff": {}}, Handoff("the agent asked for a human", "")),
     ],
-    ids=["reply", "handoff", "bare handoff"],
+    ids=["reply", "reply with usage", "handoff", "bare handoff"],
 )
 def test_the_agents_answer_is_a_reply_or_a_handoff(agent, answer, expected):
     agent.answers = [(200, answer)]
@@ -124,7 +125,7 @@ def test_the_agents_answer_is_a_reply_or_a_handoff(agent, answer, expected):
 def test_a_server_error_is_retried_with_the_same_signed_request(agent):
     agent.answers = [(500, {"error": "busy"}), OK]
 
-    assert responder(agent).respond(AI_CONTEXT) == "Freitag passt."
+    assert responder(agent).respond(AI_CONTEXT) == Reply("Freitag passt.")
 
     first, second = agent.requests
     assert first["body"] == second["body"]

@@ -1,5 +1,5 @@
 """Your own agent (RESPONDER=http): the AI context POSTed as JSON, signed, to AGENT_URL, which answers
-`{"reply": "...", "handoff": {"reason": "..."}}` (handoff optional)."""
+`{"reply": "...", "handoff": {"reason": "..."}, "usage": {...}}` (handoff and usage optional)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from .. import clock
-from ..ports import Handoff
+from ..ports import Handoff, Reply
 from .http import ResponderError, RetryingHttpClient
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class AgentResponder(RetryingHttpClient):
         self.url = url
         self.secret = secret
 
-    def respond(self, ai_context: dict[str, Any]) -> str | Handoff:
+    def respond(self, ai_context: dict[str, Any]) -> Reply | Handoff:
         body = json.dumps(ai_context, ensure_ascii=False).encode()  # serialized once: the bytes signed
         timestamp = str(int(clock.now()))
         headers = {
@@ -69,7 +69,7 @@ class AgentResponder(RetryingHttpClient):
         }
         return self._answer(self.post(self.url, content=body, headers=headers))
 
-    def _answer(self, response: httpx2.Response) -> str | Handoff:
+    def _answer(self, response: httpx2.Response) -> Reply | Handoff:
         try:
             answer = response.json()
         except ValueError:
@@ -84,8 +84,9 @@ class AgentResponder(RetryingHttpClient):
         if handoff is not None and not isinstance(handoff, dict):
             # a human was perhaps asked for: better retried than answered by the AI
             raise ResponderError(f'{self.url}: "handoff" is not an object: {handoff!r:.200}')
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None  # its model's tokens
         if handoff is not None:
-            return Handoff(str(handoff.get("reason") or "the agent asked for a human"), reply.strip())
+            return Handoff(str(handoff.get("reason") or "the agent asked for a human"), reply.strip(), usage)
         if not reply.strip():
             raise ResponderError(f'{self.url}: the reply is empty (and no "handoff")')
-        return reply.strip()
+        return Reply(reply.strip(), usage)
