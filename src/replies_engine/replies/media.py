@@ -2,8 +2,9 @@
 
 The reply stage runs `prepare` before it asks the AI, inside its heartbeat (the lease renewed, "typing…"
 shown), so no burst is answered before its voice notes are transcribed:
-- a voice note is fetched and transcribed, its `transcript` stored on its message: a retry, a
-  regeneration and every later turn read it, nobody pays for it twice;
+- a voice note is fetched and transcribed, its `transcript` stored on its media item (all of a
+  message's on the message too): a retry, a regeneration and every later turn read it, nobody pays
+  for it twice;
 - an image is fetched and given to a model that sees (`VISION=on`) as a data URL, for this answer only;
 - anything else is described ("a PDF"), and so is whatever could not be read (too large, not what its
   content type claims, a failed transcription, out of time): the AI is told, nothing is dropped.
@@ -113,9 +114,9 @@ class MediaFetcher:
     def fetch(self, url: str, deadline: float, max_bytes: int | None = None) -> tuple[bytes, str | None]:
         """(the file, the content type its server gives); MediaError when it cannot be had or is over
         `max_bytes` (default and at most: the fetcher's own)."""
-        limit = min(self.max_bytes, max_bytes) if max_bytes is not None else self.max_bytes
         import httpx2
 
+        limit = min(self.max_bytes, max_bytes) if max_bytes is not None else self.max_bytes
         auth = self.credentials() if self.authenticates(url) else None
         for wait in (*RETRY_404_SECONDS, None):
             left = deadline - time.monotonic()
