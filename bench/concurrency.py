@@ -16,7 +16,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import httpx2 as httpx  # noqa: E402
 from tests.conftest import conversation  # noqa: E402
 from tests.payloads import TOKEN, sign, whatsapp_text  # noqa: E402
-from tests.processes import serving  # noqa: E402
+from tests.processes import cli, serving  # noqa: E402
 
 from replies_engine import clock  # noqa: E402
 from replies_engine.adapters.sqlite import Database, SqliteConversationStore, SqliteOutbox  # noqa: E402
@@ -61,14 +60,7 @@ def run(people: int, ai_seconds: float, reply_concurrency: int | None, seed: int
     with tempfile.TemporaryDirectory() as tmp:
         env = environment(f"{tmp}/bench.db", ai_seconds, reply_concurrency)
         records = [conversation(f"p{n}", gsi_recipient_tel=person(n)) for n in range(people)]
-        subprocess.run(
-            [Path(sys.executable).parent / "replies-engine", "conversations", "import", "-"],
-            input=json.dumps(records),
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        cli(env, "conversations", "import", "-", stdin=json.dumps(records))
         bursts = {
             n: [
                 whatsapp_text(f"message {i} from {n}", From=f"whatsapp:{person(n)}", WaId=person(n)[1:])

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import httpx2 as httpx  # noqa: E402
 from tests.conftest import conversation  # noqa: E402
 from tests.fakes import Loopback, slowly  # noqa: E402
 from tests.payloads import TOKEN, sign, whatsapp_media, whatsapp_text  # noqa: E402
-from tests.processes import serving  # noqa: E402
+from tests.processes import cli, serving  # noqa: E402
 
 from replies_engine import clock  # noqa: E402
 from replies_engine.adapters.sqlite import Database, SqliteOutbox  # noqa: E402
@@ -70,14 +69,7 @@ def run(people: int, ai_seconds: float, transcribe_seconds: float) -> dict[str, 
                 "TRANSCRIBE_MODEL": "whisper-1",
             }
             records = [conversation(f"p{n}", gsi_recipient_tel=person(n)) for n in range(people)]
-            subprocess.run(
-                [Path(sys.executable).parent / "replies-engine", "conversations", "import", "-"],
-                input=json.dumps(records),
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
+            cli(env, "conversations", "import", "-", stdin=json.dumps(records))
             bursts = {}
             for n in range(people):
                 address = {"From": f"whatsapp:{person(n)}", "WaId": person(n)[1:]}

@@ -30,32 +30,14 @@ class Runtime:
     outbox: Outbox
     responder: Responder = field(init=False)
     senders: dict[str, Sender] = field(init=False)  # by channel_type
-    transcriber: Transcriber | None = field(init=False)  # voice notes, with TRANSCRIBE_MODEL
     close: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
-        from .replies.agent import AgentResponder
-        from .replies.media import Transcriber
         from .replies.responders import LocalResponder, OpenAIResponder
         from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
-        # the AI's servers: one pooled client each, a connection per reply in flight
-        client = {
-            "timeout_seconds": settings.responder_timeout_seconds,
-            "max_connections": settings.reply_concurrency,
-        }
-        self.transcriber = (
-            Transcriber(
-                settings.transcribe_base_url,
-                settings.transcribe_api_key,
-                settings.transcribe_model,
-                attempts=2,  # within MEDIA_WAIT_SECONDS: a second try, not a third
-                **client,
-            )
-            if settings.transcribe_model
-            else None
-        )
+        client = self._ai_client
         if settings.responder == "openai":
             self.responder = OpenAIResponder(
                 settings.openai_base_url,
@@ -65,6 +47,8 @@ class Runtime:
                 **client,
             )
         elif settings.responder == "http":
+            from .replies.agent import AgentResponder
+
             self.responder = AgentResponder(
                 settings.agent_url, settings.agent_secret, attempts=settings.responder_attempts, **client
             )
@@ -88,6 +72,30 @@ class Runtime:
 
             email = SesSender()
         self.senders = {"whatsapp": twilio, "sms": twilio, "email": email}
+
+    @property
+    def _ai_client(self) -> dict[str, Any]:
+        """The AI's servers' client settings: one pooled client each, a connection per reply in flight."""
+        return {
+            "timeout_seconds": self.settings.responder_timeout_seconds,
+            "max_connections": self.settings.reply_concurrency,
+        }
+
+    @cached_property
+    def transcriber(self) -> Transcriber | None:
+        """Voice notes' transcriber, with TRANSCRIBE_MODEL; made by the reply stage on first use."""
+        from .replies.media import Transcriber
+
+        settings = self.settings
+        if not settings.transcribe_model:
+            return None
+        return Transcriber(
+            settings.transcribe_base_url,
+            settings.transcribe_api_key,
+            settings.transcribe_model,
+            attempts=2,  # within MEDIA_WAIT_SECONDS: a second try, not a third
+            **self._ai_client,
+        )
 
     @cached_property
     def projects(self) -> dict[str, dict[str, Any]]:

@@ -104,6 +104,23 @@ class RetryingHttpClient:
             return self._http
 
 
+class OpenAICompatibleClient(RetryingHttpClient):
+    """One endpoint (`path`) of an OpenAI-compatible API at `base_url`, for `model`, the key sent as a
+    bearer token."""
+
+    path = ""
+
+    def __init__(self, base_url: str, api_key: str | None, model: str, **client: Any) -> None:
+        super().__init__(**client)
+        self.url = f"{base_url}{self.path}"
+        self.api_key = api_key
+        self.model = model
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
 def _retry_after(value: str | None) -> float | None:
     """The seconds a Retry-After header asks to wait (a number or an HTTP date); None if absent or bad."""
     from email.utils import parsedate_to_datetime

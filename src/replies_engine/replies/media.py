@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .http import ResponderError, RetryingHttpClient
+from .http import OpenAICompatibleClient, ResponderError
 
 if TYPE_CHECKING:
     from ..bootstrap import Runtime
@@ -153,22 +153,17 @@ class MediaFetcher:
         return bytes(data)
 
 
-class Transcriber(RetryingHttpClient):
+class Transcriber(OpenAICompatibleClient):
     """An OpenAI-compatible `/audio/transcriptions` endpoint (OpenAI's, or any server with its API)."""
 
-    def __init__(self, base_url: str, api_key: str | None, model: str, **client: Any) -> None:
-        super().__init__(**client)
-        self.url = f"{base_url}/audio/transcriptions"
-        self.api_key = api_key
-        self.model = model
+    path = "/audio/transcriptions"
 
     def transcribe(self, audio: bytes, content_type: str, deadline: float) -> str:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         extension = EXTENSIONS.get(content_type) or content_type.split("/")[-1] or "ogg"  # named by it
         response = self.post(
             self.url,
             deadline=deadline,
-            headers=headers,
+            headers=self.headers,
             data={"model": self.model},
             files={"file": (f"voice-note.{extension}", audio, content_type)},
         )

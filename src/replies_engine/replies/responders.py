@@ -8,8 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..ports import Handoff, Reply
-from . import media
-from .http import ResponderError, RetryingHttpClient
+from .http import OpenAICompatibleClient, ResponderError
 
 if TYPE_CHECKING:
     import httpx2
@@ -53,14 +52,10 @@ class LocalResponder:
         return f"Thanks, we received your {count} message{'' if count == 1 else 's'}."
 
 
-class OpenAIResponder(RetryingHttpClient):
+class OpenAIResponder(OpenAICompatibleClient):
     """An OpenAI-compatible chat completions endpoint (OpenAI, or any server that speaks its API)."""
 
-    def __init__(self, base_url: str, api_key: str | None, model: str, **client: Any) -> None:
-        super().__init__(**client)
-        self.url = f"{base_url}/chat/completions"
-        self.api_key = api_key
-        self.model = model
+    path = "/chat/completions"
 
     def respond(self, ai_context: dict[str, Any]) -> Reply | Handoff:
         """The model's reply to the batch's messages, given the conversation's history (the system
@@ -71,9 +66,8 @@ class OpenAIResponder(RetryingHttpClient):
         for message in [*ai_context.get("history", []), *ai_context["messages"]]:
             if entry := _chat_entry(message):
                 chat.append(entry)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {"model": self.model, "messages": chat, "tools": [HANDOFF_TOOL]}
-        return self._text(self.post(self.url, json=body, headers=headers))
+        return self._text(self.post(self.url, json=body, headers=self.headers))
 
     def _text(self, response: httpx2.Response) -> Reply | Handoff:
         try:
@@ -102,6 +96,8 @@ def _chat_entry(message: dict[str, Any]) -> dict[str, Any] | None:
     """A thread's message as the model reads it: the person's (its files described, its images shown
     to a model that sees), ours (the AI's and a human colleague's), and the thread's events (a
     hand-off, a hand-back) as system notes."""
+    from . import media  # here: the webhook stage builds a responder but never asks it
+
     role = message.get("role")
     content = media.describe(message) if role == "user" else message.get("content")
     if not content:
