@@ -3,7 +3,9 @@ the queues and the functions' environment built from template.yaml itself."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import threading
 import time
 import uuid
@@ -36,7 +38,7 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any
         value = loader.construct_sequence(node, deep=True)
     else:
         value = loader.construct_mapping(node, deep=True)
-    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
+    return {suffix if suffix in ("Ref", "Condition") else f"Fn::{suffix}": value}
 
 
 _CfnLoader.add_multi_constructor("!", _tag)
@@ -44,6 +46,20 @@ _CfnLoader.add_multi_constructor("!", _tag)
 
 def template() -> dict[str, Any]:
     return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def translate(document: dict[str, Any]) -> dict[str, Any]:
+    """What `sam deploy` hands CloudFormation (samtranslator, offline; code as `sam package` leaves it)."""
+    from samtranslator.translator.transform import transform
+
+    class NoManagedPolicies:
+        def load(self) -> dict:
+            return {}
+
+    document = copy.deepcopy(document)
+    document["Globals"]["Function"]["CodeUri"] = "s3://bucket/replies-engine.zip"
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return transform(document, {}, NoManagedPolicies())
 
 
 def start_moto() -> tuple[Any, str]:

@@ -26,8 +26,9 @@ class TwilioApi(HttpClient):
     400 with that code), an HTTP status (429, 500, 503), "timeout" (the message IS created, then the
     answer times out) or "refused" (no connection: nothing created)."""
 
-    def __init__(self, typing_status: int = 200, list_status: int = 200, failures=()) -> None:
+    def __init__(self, typing_status: int = 200, list_status: int = 200, failures=(), token=None) -> None:
         super().__init__(logging.getLogger("twilio-test"), False)
+        self.token = token  # when set, another auth token gets Twilio's 401 (error 20003)
         self.typing_status = typing_status
         self.list_status = list_status
         self.failures = list(failures)
@@ -51,6 +52,8 @@ class TwilioApi(HttpClient):
         allow_redirects=False,
     ):
         self.requests.append({"method": method, "uri": uri, "data": data, "auth": auth})
+        if self.token and (not auth or auth[1] != self.token):
+            return Response(401, json.dumps({"code": 20003, "message": "Authenticate", "status": 401}))
         if "Indicators/Typing" in uri:
             return Response(self.typing_status, json.dumps({"success": self.typing_status == 200}))
         if method == "GET":  # the list of messages, filtered by To and From

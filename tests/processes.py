@@ -35,6 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen | None = None, log=None) -> None:
+    """Until `serve` listens on `port` (20 s at most; a process that died fails at once, with its log)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert process is None or process.poll() is None, log and (log.seek(0) or log.read())
+            assert time.monotonic() < deadline, "serve did not start within 20 s"
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
     """`replies-engine serve` on a free loopback port; yields (base URL, process); stops it after."""
@@ -45,15 +58,7 @@ def serving(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
             [EXE, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=log, text=True
         )
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, log.seek(0) or log.read()
-                    assert time.monotonic() < deadline, "serve did not start within 20 s"
-                    time.sleep(0.05)
+            wait_for_port(port, process, log)
             yield f"http://127.0.0.1:{port}", process
         finally:
             if process.poll() is None:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from replies_engine.bootstrap import build_runtime
 from replies_engine.config import ConfigurationError, Settings
 from replies_engine.ports import Handoff, Reply
 from replies_engine.replies import http
@@ -218,7 +219,7 @@ def test_verify_signature_checks_against_the_clock_by_default():
 )
 def test_the_agent_responder_needs_an_http_url_and_a_secret(engine_env, variables, error):
     with pytest.raises(ConfigurationError, match=error):
-        Settings.from_env({**engine_env, "RESPONDER": "http", **variables})
+        build_runtime(Settings.from_env({**engine_env, "RESPONDER": "http", **variables})).responder  # noqa: B018
 
 
 @pytest.mark.sqlite_only

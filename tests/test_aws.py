@@ -14,7 +14,6 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
 from replies_engine.adapters.aws.clients import client
-from replies_engine.adapters.aws.secrets import twilio_credentials
 from replies_engine.webhook.responses import TransientWebhookError
 
 from .aws import Body, captured_writes, history, item_size
@@ -141,25 +140,84 @@ def test_a_lock_race_on_dynamodb_has_exactly_one_winner_over_many_runs(engine):
     assert winners == [1] * runs
 
 
-def test_the_twilio_token_comes_from_secrets_manager_once_per_container(engine, inject):
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def secret_reads():
+    """How often each secret was read from Secrets Manager meanwhile."""
+    calls: Counter = Counter()
+
+    def count(params, **kwargs):
+        calls.update([params["SecretId"]])
+
+    event = "before-parameter-build.secrets-manager.GetSecretValue"
+    client("secretsmanager").meta.events.register(event, count)
+    yield calls
+    client("secretsmanager").meta.events.unregister(event, count)
+
+
+def test_the_twilio_token_comes_from_secrets_manager_and_a_rotated_one_works_at_once(engine, secret_reads):
+    name = f"/replies-engine/{engine.stack.prefix}/twilio"
     engine.stack.secrets.create_secret(
-        Name=f"/replies-engine/{engine.stack.prefix}/twilio",
-        SecretString=json.dumps({"account_sid": "AC" + "1" * 32, "auth_token": "f" * 32}),
+        Name=name, SecretString=json.dumps({"account_sid": "AC" + "1" * 32, "auth_token": "f" * 32})
     )
-    engine.env(TWILIO_AUTH_TOKEN="", TWILIO_SECRET_NAME=f"/replies-engine/{engine.stack.prefix}/twilio")
-    twilio_credentials.cache_clear()
-    calls = Counter()
-    client("secretsmanager").meta.events.register(
-        "before-call.secrets-manager.GetSecretValue", lambda **kw: calls.update(["GetSecretValue"])
-    )
+    engine.env(TWILIO_AUTH_TOKEN="", TWILIO_SECRET_NAME=name)
+    engine.runtime.secrets.clock = clock = Clock()
+    reads = secret_reads
 
     signed = [engine.handle(twilio_event("whatsapp", whatsapp_text(), token="f" * 32)) for _ in range(3)]
-    forged = engine.handle(twilio_event("whatsapp", whatsapp_text()))
+    forged = [engine.handle(twilio_event("whatsapp", whatsapp_text())) for _ in range(3)]
 
-    assert [r["statusCode"] for r in signed] == [200, 200, 200] and forged["statusCode"] == 403
-    assert calls["GetSecretValue"] == 1
+    assert [r["statusCode"] for r in signed + forged] == [200] * 3 + [403] * 3
+    assert reads[name] == 1  # cached; forged requests do not make it read again within seconds
     assert engine.runtime.twilio_account_sid() == "AC" + "1" * 32
     assert type(engine.runtime.senders["whatsapp"]).__name__ == "TwilioSender"
+
+    engine.stack.secrets.put_secret_value(
+        SecretId=name, SecretString=json.dumps({"account_sid": "AC" + "1" * 32, "auth_token": "e" * 32})
+    )
+    clock.now += 11  # past the least time between two reads, far within the cache's 5 minutes
+    rotated = engine.handle(twilio_event("whatsapp", whatsapp_text(), token="e" * 32))
+    old = engine.handle(twilio_event("whatsapp", whatsapp_text(), token="f" * 32))
+
+    assert rotated["statusCode"] == 200 and old["statusCode"] == 403
+    assert reads[name] == 2
+
+
+def test_the_engine_secret_holds_the_email_token_and_is_reread_after_its_cache(engine, secret_reads):
+    name = f"/replies-engine/{engine.stack.prefix}/engine"
+    engine.stack.secrets.create_secret(Name=name, SecretString=json.dumps({"EMAIL_WEBHOOK_TOKEN": "a" * 40}))
+    engine.env(EMAIL_WEBHOOK_TOKEN="", ENGINE_SECRET_NAME=name)
+    engine.runtime.secrets.clock = clock = Clock()
+    reads = secret_reads
+
+    assert engine.handle(email_event(email_json(), token="a" * 40))["statusCode"] == 200
+    assert engine.handle(email_event(email_json(), token="wrong"))["statusCode"] == 403
+    engine.stack.secrets.put_secret_value(
+        SecretId=name, SecretString=json.dumps({"EMAIL_WEBHOOK_TOKEN": "b" * 40})
+    )
+    clock.now += 301  # the cache's life: the new token is read without any failure asking for it
+    assert engine.runtime.secret("EMAIL_WEBHOOK_TOKEN") == "b" * 40
+    assert reads[name] == 2
+
+
+def test_a_stack_without_an_email_credential_refuses_email_and_says_so(engine, capsys):
+    engine.env(EMAIL_WEBHOOK_TOKEN="", ENGINE_SECRET_NAME="")
+
+    response = engine.handle(email_event(email_json(), token=None))
+
+    assert response["statusCode"] == 500
+    body = json.loads(response["body"])
+    assert body["error_code"] == "CONFIGURATION_ERROR" and "EMAIL_WEBHOOK_TOKEN" in body["message"]
+    assert engine.all_queued() == 0
+    start = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert any(e["level"] == "ERROR" and "email routes refuse" in e["message"] for e in start)
 
 
 def count_requests():

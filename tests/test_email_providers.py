@@ -258,12 +258,10 @@ def test_an_smtp_server_that_is_down_keeps_the_reply_for_a_retry(mail):
 def test_a_bad_smtp_url_is_a_configuration_error(engine):
     from replies_engine.config import ConfigurationError
 
-    engine.monkeypatch.setenv("SMTP_URL", "http://mail.example")
-    from replies_engine.bootstrap import reset_runtime
+    engine.env(SMTP_URL="http://mail.example")
 
-    reset_runtime()
     with pytest.raises(ConfigurationError, match="SMTP_URL"):
-        engine.runtime  # noqa: B018
+        engine.runtime.senders  # noqa: B018  (serve makes them at start)
 
 
 # --- SendGrid Inbound Parse (multipart/form-data) ------------------------------------------------------
@@ -424,3 +422,42 @@ def test_a_mailgun_forward_with_an_attachment_comes_as_multipart(mail):
     assert answer["statusCode"] == 200, answer["body"]
     [context] = queued(mail)
     assert context["body"] == "Friday works for me." and context["attachments"][0]["name"] == "plan.pdf"
+
+
+# --- every door needs its credential -------------------------------------------------------------------
+
+UNAUTHENTICATED = {
+    "/email": lambda: email_event(email_json(), token=None),
+    "/email/sendgrid": lambda: sendgrid_event(sendgrid_body(SENDGRID), auth=None),
+    "/email/postmark": lambda: provider_event(
+        "postmark", json.dumps(POSTMARK), "application/json", auth=None
+    ),
+    "/email/mailgun": lambda: provider_event(
+        "mailgun", urlencode(MAILGUN), "application/x-www-form-urlencoded", auth=None
+    ),
+}
+
+
+@pytest.mark.parametrize("route", sorted(UNAUTHENTICATED))
+def test_with_no_credential_configured_every_email_route_refuses_and_queues_nothing(engine, route):
+    engine.env(EMAIL_WEBHOOK_TOKEN="", MAILGUN_SIGNING_KEY="")
+
+    answer = engine.handle(UNAUTHENTICATED[route]())
+
+    body = json.loads(answer["body"])
+    if engine.backend == "sqlite" and route != "/email/mailgun":
+        # the embedded engine made its own token (serve prints it): the request does not carry it
+        assert (answer["statusCode"], body["error_code"]) == (403, "INVALID_SIGNATURE")
+    else:
+        assert (answer["statusCode"], body["error_code"]) == (500, "CONFIGURATION_ERROR")
+        assert "EMAIL_WEBHOOK_TOKEN" in body["message"] or "MAILGUN_SIGNING_KEY" in body["message"]
+    assert engine.all_queued() == 0
+
+
+@pytest.mark.sqlite_only
+def test_the_embedded_engines_own_email_token_opens_the_door(engine):
+    engine.env(EMAIL_WEBHOOK_TOKEN="")
+    token = engine.runtime.secret("EMAIL_WEBHOOK_TOKEN")
+
+    assert len(token) == 32 and token != EMAIL_TOKEN
+    assert engine.handle(email_event(email_json(), token=token))["statusCode"] == 200

@@ -15,7 +15,7 @@ from replies_engine.local.server import create_app
 
 from .conftest import conversation
 from .payloads import TOKEN, sign, whatsapp_text
-from .processes import EXE, cli, free_port, post_signed, serving
+from .processes import EXE, cli, free_port, post_signed, serving, wait_for_port
 
 pytestmark = pytest.mark.sqlite_only  # the one-machine engine
 
@@ -67,25 +67,38 @@ def test_serve_refuses_a_forged_post(served):
     assert json.loads(cli(env, "queues", "peek", "whatsapp").stdout) == []
 
 
-def test_serve_without_a_twilio_account_signs_with_its_own_token(imported):
-    env = {k: v for k, v in imported.items() if k != "TWILIO_AUTH_TOKEN"}
+def test_serve_without_credentials_of_its_own_makes_them_and_keeps_every_door_closed(imported):
+    env = {k: v for k, v in imported.items() if k not in ("TWILIO_AUTH_TOKEN", "EMAIL_WEBHOOK_TOKEN")}
     port = free_port()
     process = subprocess.Popen(
         [EXE, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
         startup = json.loads(process.stderr.readline())
-        token = startup["twilio_auth_token"]
-        assert startup["message"] == "replies-engine serving" and len(token) == 32 and token != TOKEN
+        tokens = startup["twilio_auth_token"], startup["email_webhook_token"]
+        assert startup["message"] == "replies-engine serving"
+        assert [len(t) for t in tokens] == [32, 32] and TOKEN not in tokens
+        wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/email"
+        message = {
+            "from": "zoe@example.org",
+            "to": "support@company.example",
+            "text": "Hallo",
+            "message_id": "<m1@x>",
+        }
+        assert httpx.post(url, json=message).status_code == 403  # no credential, no entry
+        answer = httpx.post(url, json=message, headers={"X-Webhook-Token": tokens[1]})
+        assert answer.status_code == 200, answer.text
     finally:
         process.terminate()
         process.wait(timeout=10)
-    # the same token next time: it lives in the database
+    # the same tokens next time: they live in the database
     process = subprocess.Popen(
         [EXE, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert json.loads(process.stderr.readline())["twilio_auth_token"] == token
+        startup = json.loads(process.stderr.readline())
+        assert (startup["twilio_auth_token"], startup["email_webhook_token"]) == tokens
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -212,11 +225,14 @@ def test_queue_stats_count_delayed_messages(served):
 
 
 def test_the_openai_responder_without_a_key_for_api_openai_com_is_a_one_line_error(engine_env):
+    from replies_engine.bootstrap import build_runtime
     from replies_engine.config import ConfigurationError, Settings
 
     with pytest.raises(ConfigurationError, match="needs OPENAI_API_KEY"):
-        Settings.from_env({**engine_env, "RESPONDER": "openai"})
-    local = Settings.from_env(
-        {**engine_env, "RESPONDER": "openai", "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}
+        build_runtime(Settings.from_env({**engine_env, "RESPONDER": "openai"})).responder  # noqa: B018
+    local = build_runtime(
+        Settings.from_env(
+            {**engine_env, "RESPONDER": "openai", "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"}
+        )
     )
-    assert local.openai_api_key is None  # a local server that needs none
+    assert local.responder.api_key is None  # a local server that needs none

@@ -16,7 +16,7 @@ import pytest
 from replies_engine import clock
 from replies_engine.ports import Handoff, Reply
 from replies_engine.replies.responders import LocalResponder, OpenAIResponder, ResponderError
-from replies_engine.replies.senders import TwilioSender
+from replies_engine.replies.senders import AmbiguousSendError, TransientSendError, TwilioSender
 
 from .fakes import TwilioApi
 
@@ -271,6 +271,45 @@ def test_twilio_sender_tells_whether_a_noted_reply_went_out():
 
     http.list_status = 500
     assert sender.went_out(noted, 0) is None  # Twilio cannot say: in doubt, never sent twice
+
+
+def test_twilio_sender_after_a_401_reads_the_rotated_token_and_sends_once():
+    http = TwilioApi(token="new-token")
+    tokens = {"current": "old-token"}
+
+    def auth_token(refresh=False):
+        if refresh:
+            tokens["current"] = "new-token"  # what the secret says now
+        return tokens["current"]
+
+    sender = TwilioSender(lambda: "AC" + "1" * 32, auth_token, http_client=http)
+
+    sid = sender.send(note("Sure, which day?"), 0)
+
+    assert sid == f"SMf{1:031x}" and http.bodies == ["Sure, which day?"]
+    assert [r["auth"][1] for r in http.requests] == ["old-token", "new-token"]
+    http.token = "newer-token"  # a token nobody has: refused, retried later by the queue, not here
+    with pytest.raises(TransientSendError, match="401"):
+        sender.send(note("and at what time?"), 0)
+    assert len(http.requests) == 3
+
+
+def test_twilio_sender_gives_up_on_a_hung_twilio_within_its_timeout():
+    """A server that accepts the connection and never answers: the send is in doubt, in seconds."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen()
+    try:
+        sender = TwilioSender(lambda: "AC" + "1" * 32, lambda refresh=False: "token", timeout_seconds=0.5)
+        sender.client().api.base_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(AmbiguousSendError):
+            sender.send(note("Sure, which day?"), 0)
+        assert time.monotonic() - started < 5
+        assert sender.went_out(note("Sure, which day?"), 0) is None  # Twilio cannot say: in doubt
+        assert time.monotonic() - started < 10
+    finally:
+        hung.close()
 
 
 def note(*texts: str) -> dict:

@@ -170,10 +170,11 @@ def test_email_accepts_basic_auth_with_the_token_as_password(engine):
     assert engine.handle(event)["statusCode"] == 200
 
 
-def test_email_without_a_configured_token_needs_none(engine):
-    engine.env(EMAIL_WEBHOOK_TOKEN="")
+def test_email_auth_off_takes_email_unauthenticated_for_local_experiments(engine, capsys):
+    engine.env(EMAIL_WEBHOOK_TOKEN="", EMAIL_AUTH="off")
 
     assert engine.handle(email_event(email_json(), token=None))["statusCode"] == 200
+    assert "EMAIL_AUTH=off" in capsys.readouterr().err  # warned at start
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,19 @@ def test_rule_refusals(engine, fields, error_code, status):
     assert engine.all_queued() == 0
 
 
+def test_an_unknown_senders_refusal_names_no_address_and_the_log_masks_them(engine, capsys):
+    stranger = {**email_json(), "from": "Nobody <nobody@example.net>"}
+
+    response = engine.handle(email_event(stranger))
+
+    body = assert_json_error(response, 404, "CONVERSATION_NOT_FOUND")
+    assert "@" not in body["message"] and "example" not in body["message"]
+    logs = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    [refused] = [entry for entry in logs if entry["message"] == "message refused"]
+    assert "nobody@example.net" not in refused["reason"] and "n…@example.net" in refused["reason"]
+    assert "support@company.example" not in refused["reason"]
+
+
 def test_rules_are_checked_in_order(engine):
     engine.put(
         conversation(project_status="closed", allowed_channels=[], conversation_status="processing_reply")

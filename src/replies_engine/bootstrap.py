@@ -7,12 +7,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
-from .ports import ConversationStore, MessageQueue, Outbox, Responder, Sender
+from .ports import ConversationStore, MessageQueue, Outbox, Responder, SecretSource, Sender
 
 if TYPE_CHECKING:
     from .replies.media import MediaFetcher, Transcriber
@@ -26,34 +27,49 @@ class Runtime:
     store: ConversationStore
     queue: MessageQueue
     metrics: Metrics
-    credentials: Callable[[], dict[str, str]]  # the backend's Twilio credentials (local token, secret)
+    secrets: SecretSource  # the backend's own: tokens made locally, Secrets Manager in AWS
     outbox: Outbox
-    responder: Responder = field(init=False)
-    senders: dict[str, Sender] = field(init=False)  # by channel_type
     close: Callable[[], None] = field(default=lambda: None)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def responder(self) -> Responder:
+        """The AI (RESPONDER), made on first use: only the reply stage needs it, and its keys."""
         from .replies.responders import LocalResponder, OpenAIResponder
-        from .replies.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
         client = self._ai_client
         if settings.responder == "openai":
-            self.responder = OpenAIResponder(
+            if not self.secret("OPENAI_API_KEY") and "api.openai.com" in settings.openai_base_url:
+                raise ConfigurationError(
+                    "RESPONDER=openai calls api.openai.com, which needs OPENAI_API_KEY"
+                    " (or set OPENAI_BASE_URL to a server that needs no key)"
+                )
+            return OpenAIResponder(
                 settings.openai_base_url,
-                settings.openai_api_key,
+                self.secret("OPENAI_API_KEY"),
                 settings.openai_model,
                 attempts=settings.responder_attempts,
                 **client,
             )
-        elif settings.responder == "http":
+        if settings.responder == "http":
             from .replies.agent import AgentResponder
 
-            self.responder = AgentResponder(
-                settings.agent_url, settings.agent_secret, attempts=settings.responder_attempts, **client
+            if not self.secret("AGENT_SECRET"):
+                raise ConfigurationError("AGENT_SECRET is required with RESPONDER=http")
+            return AgentResponder(
+                settings.agent_url,
+                self.secret("AGENT_SECRET"),
+                attempts=settings.responder_attempts,
+                **client,
             )
-        else:
-            self.responder = LocalResponder(settings.local_responder_delay_seconds)
+        return LocalResponder(settings.local_responder_delay_seconds)
+
+    @cached_property
+    def senders(self) -> dict[str, Sender]:
+        """How replies reach people, by channel_type; made on first use."""
+        from .replies.senders import OutboxSender, SmtpSender, TwilioSender
+
+        settings = self.settings
         outbox = OutboxSender(self.outbox)
         status_callback = f"{settings.public_base_url}/twilio/status" if settings.public_base_url else None
         twilio = (
@@ -64,14 +80,14 @@ class Runtime:
         email = outbox
         if settings.email_sender == "smtp":
             try:
-                email = SmtpSender(settings.smtp_url)
+                email = SmtpSender(self.secret("SMTP_URL") or "")
             except ValueError as exc:
                 raise ConfigurationError(str(exc)) from None
         elif settings.email_sender == "ses":
             from .adapters.aws.ses import SesSender
 
             email = SesSender()
-        self.senders = {"whatsapp": twilio, "sms": twilio, "email": email}
+        return {"whatsapp": twilio, "sms": twilio, "email": email}
 
     @property
     def _ai_client(self) -> dict[str, Any]:
@@ -91,11 +107,28 @@ class Runtime:
             return None
         return Transcriber(
             settings.transcribe_base_url,
-            settings.transcribe_api_key,
+            self._transcribe_api_key(),
             settings.transcribe_model,
             attempts=2,  # within MEDIA_WAIT_SECONDS: a second try, not a third
             **self._ai_client,
         )
+
+    def _transcribe_api_key(self) -> str | None:
+        """TRANSCRIBE_API_KEY, else OPENAI_API_KEY when the transcriber is OpenAI's own server: the key
+        goes to its own server only, never to another transcription service."""
+        settings = self.settings
+        key = self.secret("TRANSCRIBE_API_KEY")
+        if (
+            not key
+            and urlsplit(settings.transcribe_base_url).netloc == urlsplit(settings.openai_base_url).netloc
+        ):
+            key = self.secret("OPENAI_API_KEY")
+        if not key and "api.openai.com" in settings.transcribe_base_url:
+            raise ConfigurationError(
+                "TRANSCRIBE_MODEL transcribes on api.openai.com, which needs TRANSCRIBE_API_KEY or OPENAI_API_KEY"
+                " (or set TRANSCRIBE_BASE_URL to a server that needs no key)"
+            )
+        return key
 
     @cached_property
     def projects(self) -> dict[str, dict[str, Any]]:
@@ -115,17 +148,28 @@ class Runtime:
 
         return MediaFetcher(credentials, self.settings.max_media_bytes)
 
-    def twilio_auth_token(self) -> str | None:
+    def secret(self, name: str, refresh: bool = False) -> str | None:
+        """The secret `name` (one of ports.SECRET_VARIABLES): the environment's value, else the backend's
+        (`refresh`: the cached one was refused, read it again)."""
+        return getattr(self.settings, name.lower()) or self.secrets.get(name, refresh)
+
+    def twilio_auth_token(self, refresh: bool = False) -> str | None:
         """The token Twilio signs with: TWILIO_AUTH_TOKEN, else the backend's own source."""
-        return self.settings.twilio_auth_token or self.credentials().get("auth_token")
+        return self.secret("TWILIO_AUTH_TOKEN", refresh)
 
     def twilio_account_sid(self) -> str | None:
-        return self.settings.twilio_account_sid or self.credentials().get("account_sid")
+        return self.secret("TWILIO_ACCOUNT_SID")
 
 
 def build_runtime(settings: Settings) -> Runtime:
     if settings.backend == "sqlite":
-        from .adapters.sqlite import Database, SqliteConversationStore, SqliteMessageQueue, SqliteOutbox
+        from .adapters.sqlite import (
+            Database,
+            LocalSecrets,
+            SqliteConversationStore,
+            SqliteMessageQueue,
+            SqliteOutbox,
+        )
 
         database = Database(settings.sqlite_path, settings.sqlite_busy_timeout_ms)
         return Runtime(
@@ -133,23 +177,22 @@ def build_runtime(settings: Settings) -> Runtime:
             store=SqliteConversationStore(database),
             queue=SqliteMessageQueue(database),
             metrics=Metrics(),
-            credentials=cache(lambda: {"auth_token": database.local_auth_token()}),
+            secrets=LocalSecrets(database),
             outbox=SqliteOutbox(database),
             close=database.close,
         )
-    from .adapters.aws import DynamoConversationStore, SqsMessageQueue, twilio_credentials
+    from .adapters.aws import DynamoConversationStore, SecretsManagerSecrets, SqsMessageQueue
     from .adapters.aws.outbox import SqsOutbox
 
     if not (settings.conversations_table and settings.messages_table):
         raise ConfigurationError("REPLIES_BACKEND=aws needs CONVERSATIONS_TABLE and MESSAGES_TABLE")
     queue = SqsMessageQueue(settings.queue_urls)
-    secret = settings.twilio_secret_name
     return Runtime(
         settings=settings,
         store=DynamoConversationStore(settings.conversations_table, settings.messages_table),
         queue=queue,
         metrics=Metrics(emf_namespace="RepliesEngine"),
-        credentials=(lambda: twilio_credentials(secret)) if secret else dict,
+        secrets=SecretsManagerSecrets(settings.twilio_secret_name, settings.engine_secret_name),
         outbox=SqsOutbox(queue),
     )
 
@@ -168,8 +211,15 @@ def get_runtime() -> Runtime:
                 configure_logging(settings.log_level)
                 if settings.verify_signatures == "off":
                     logger.warning("VERIFY_SIGNATURES=off: webhook requests are accepted unsigned")
-                elif not settings.email_webhook_token:
-                    logger.warning("EMAIL_WEBHOOK_TOKEN is not set: /email accepts unauthenticated requests")
+                elif not settings.email_auth:
+                    logger.warning("EMAIL_AUTH=off: the email routes accept unauthenticated requests")
+                elif settings.backend == "aws" and not (
+                    settings.email_webhook_token or settings.engine_secret_name
+                ):
+                    logger.error(
+                        "neither EMAIL_WEBHOOK_TOKEN nor ENGINE_SECRET_NAME is set: the email routes refuse"
+                        " every request (CONFIGURATION_ERROR)"
+                    )
                 _runtime = build_runtime(settings)
     return _runtime
 

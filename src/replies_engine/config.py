@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
@@ -29,9 +29,13 @@ class Settings:
     lock_timeout_seconds: int = 300
     twilio_auth_token: str | None = None
     twilio_secret_name: str | None = None
+    engine_secret_name: str | None = (
+        None  # AWS: the other secrets (ports.SECRET_VARIABLES), as one JSON object
+    )
     verify_signatures: str = "enforce"
     public_base_url: str | None = None
     email_webhook_token: str | None = None
+    email_auth: bool = True  # off: the email routes take unauthenticated requests (local experiments)
     mailgun_signing_key: str | None = None  # Mailgun's webhook signing key (`/email/mailgun`)
     smtp_url: str | None = None  # email replies go out through this SMTP server (else the outbox)
     email_sender: str = "outbox"  # outbox, smtp (SMTP_URL) or ses (AWS)
@@ -106,9 +110,11 @@ class Settings:
             lock_timeout_seconds=env.integer("LOCK_TIMEOUT_SECONDS", 300, 1, 86_400),
             twilio_auth_token=env.text("TWILIO_AUTH_TOKEN"),
             twilio_secret_name=env.text("TWILIO_SECRET_NAME"),
+            engine_secret_name=env.text("ENGINE_SECRET_NAME"),
             verify_signatures=env.choice("VERIFY_SIGNATURES", ("enforce", "report", "off"), "enforce"),
             public_base_url=(env.text("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             email_webhook_token=env.text("EMAIL_WEBHOOK_TOKEN"),
+            email_auth=env.choice("EMAIL_AUTH", ("on", "off"), "on") == "on",
             mailgun_signing_key=env.text("MAILGUN_SIGNING_KEY"),
             smtp_url=env.text("SMTP_URL"),
             email_sender=env.choice(
@@ -155,38 +161,12 @@ class Settings:
             batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
             reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
-        same_server = (
-            urlsplit(settings.transcribe_base_url).netloc == urlsplit(settings.openai_base_url).netloc
-        )
-        if not settings.transcribe_api_key and same_server:
-            # OpenAI's key goes to its own server only, never to another transcription service
-            settings = replace(settings, transcribe_api_key=settings.openai_api_key)
-        if (
-            settings.transcribe_model
-            and not settings.transcribe_api_key
-            and "api.openai.com" in settings.transcribe_base_url
-        ):
-            raise ConfigurationError(
-                "TRANSCRIBE_MODEL transcribes on api.openai.com, which needs TRANSCRIBE_API_KEY or OPENAI_API_KEY"
-                " (or set TRANSCRIBE_BASE_URL to a server that needs no key)"
-            )
-        if (
-            settings.responder == "openai"
-            and not settings.openai_api_key
-            and "api.openai.com" in settings.openai_base_url
-        ):
-            raise ConfigurationError(
-                "RESPONDER=openai calls api.openai.com, which needs OPENAI_API_KEY"
-                " (or set OPENAI_BASE_URL to a server that needs no key)"
-            )
         if settings.responder == "http":
             if not settings.agent_url:
                 raise ConfigurationError("AGENT_URL is required with RESPONDER=http")
             if not _is_http_url(settings.agent_url):
                 raise ConfigurationError(f"AGENT_URL={settings.agent_url!r} is not an http(s) URL")
-            if not settings.agent_secret:
-                raise ConfigurationError("AGENT_SECRET is required with RESPONDER=http")
-        return settings
+        return settings  # the secrets' checks are the runtime's: in AWS they come from Secrets Manager
 
 
 def _is_http_url(url: str) -> bool:

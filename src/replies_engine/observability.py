@@ -17,6 +17,15 @@ from datetime import UTC, datetime
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def mask(address: str) -> str:
+    """An address as logs may show it: enough to tell two apart, not enough to reach the person
+    (`+4915112345678` → `+49…678`, `zoe@example.org` → `z…@example.org`)."""
+    local, at, domain = address.rpartition("@")
+    if at:
+        return f"{local[:1]}…@{domain}"
+    return f"{address[:3]}…{address[-3:]}" if len(address) > 8 else "…"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, then every `extra` field."""
 

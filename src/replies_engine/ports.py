@@ -311,3 +311,26 @@ class Sender(Protocol):
         """Did part `part` of the noted reply go out? The provider's message id if it did, False if it
         surely did not, None when the provider cannot tell."""
         ...
+
+
+# The settings that are secrets: in AWS they come from Secrets Manager, never from the environment the
+# template writes (anyone allowed lambda:GetFunctionConfiguration could read them there).
+SECRET_VARIABLES = (
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "EMAIL_WEBHOOK_TOKEN",
+    "MAILGUN_SIGNING_KEY",
+    "OPENAI_API_KEY",
+    "TRANSCRIBE_API_KEY",
+    "AGENT_SECRET",
+    "SMTP_URL",
+)
+
+
+class SecretSource(Protocol):
+    """The backend's own secrets, by variable name (one of SECRET_VARIABLES)."""
+
+    def get(self, name: str, refresh: bool = False) -> str | None:
+        """The secret's current value, None when the backend has none. `refresh`: the provider refused
+        the cached value (a rotated token): read it again, at most every few seconds."""
+        ...

@@ -20,9 +20,11 @@ def serve(host: str, port: int) -> None:
     runtime = get_runtime()  # fail now, not on the first request, when the configuration is wrong
     settings = runtime.settings
     startup = {"url": f"http://{host}:{port}", "backend": settings.backend, "database": settings.sqlite_path}
+    # Without credentials of their own, requests are signed with the engine's (`replies-engine send` uses them).
     if settings.verify_signatures != "off" and not settings.twilio_auth_token:
-        # No Twilio account: requests are signed with the engine's own token (`replies-engine send` uses it).
         startup["twilio_auth_token"] = runtime.twilio_auth_token()
+    if settings.verify_signatures != "off" and settings.email_auth and not settings.email_webhook_token:
+        startup["email_webhook_token"] = runtime.secret("EMAIL_WEBHOOK_TOKEN")
     engine = LocalEngine(runtime)
     engine.start()
     logger.info("replies-engine serving", extra=startup)

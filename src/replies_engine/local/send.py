@@ -53,8 +53,9 @@ def post_inbound(
         message = {"from": sender, "to": recipient, "subject": "", "text": text, "message_id": message_id}
         data = json.dumps(message).encode()
         headers = {"Content-Type": "application/json"}
-        if settings.email_webhook_token:
-            headers["X-Webhook-Token"] = settings.email_webhook_token
+        token = runtime.secret("EMAIL_WEBHOOK_TOKEN")
+        if token:
+            headers["X-Webhook-Token"] = token
     request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:

@@ -156,7 +156,7 @@ class LocalEngine:
             longest = runtime.responder.max_seconds + 15
         if runtime.transcriber or settings.vision:  # files read first, within MEDIA_WAIT_SECONDS
             longest += settings.media_wait_seconds
-        runtime.projects  # noqa: B018 (PROJECTS_FILE checked at start, not at the first reply)
+        runtime.projects, runtime.senders  # noqa: B018 (PROJECTS_FILE, SMTP_URL checked at start, not at the first reply)
         if settings.visibility_timeout_seconds <= longest:
             raise ConfigurationError(
                 f"REPLIES_VISIBILITY_TIMEOUT_SECONDS={settings.visibility_timeout_seconds} is not longer than"

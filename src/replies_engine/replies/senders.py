@@ -144,29 +144,41 @@ class SmtpSender:
 
 
 class TwilioSender:
-    """WhatsApp and SMS through Twilio's REST API (twilio's Client, imported only here: ~140 ms)."""
+    """WhatsApp and SMS through Twilio's REST API (twilio's Client, imported only here: ~140 ms). Every
+    call has a timeout: one hung call must not stall the sweep that serves every conversation."""
 
     TYPING_URL = "https://messaging.twilio.com/v2/Indicators/Typing.json"
 
     def __init__(
         self,
         account_sid: Callable[[], str | None],
-        auth_token: Callable[[], str | None],
+        auth_token: Callable[..., str | None],  # auth_token(refresh=True): read it again
         status_callback: str | None = None,
         http_client: Any = None,
+        timeout_seconds: float = 10,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.status_callback = status_callback  # where Twilio reports delivery (`POST /twilio/status`)
         self.http_client = http_client
+        self.timeout_seconds = timeout_seconds
         self._client = None
 
     def client(self) -> Any:
         if self._client is None:
+            from twilio.http.http_client import TwilioHttpClient
             from twilio.rest import Client
 
-            self._client = Client(self.account_sid(), self.auth_token(), http_client=self.http_client)
+            http_client = self.http_client or TwilioHttpClient(timeout=self.timeout_seconds)
+            self._client = Client(self.account_sid(), self.auth_token(), http_client=http_client)
         return self._client
+
+    def _rotated(self) -> bool:
+        """After a 401: whether the token changed since the client was made (then it is made again)."""
+        if self.auth_token(refresh=True) == self.client().password:
+            return False
+        self._client = None
+        return True
 
     def typing(self, message_id: str) -> None:
         """WhatsApp's "typing…" (Twilio's typing indicator, public beta; it shows for 25 s): the person
@@ -190,8 +202,17 @@ class TwilioSender:
                 content["content_variables"] = json.dumps(note["template_variables"])
         if self.status_callback:
             content["status_callback"] = self.status_callback
-        try:
+
+        def create() -> str:
             return self.client().messages.create(to=note["to"], from_=note["from"], **content).sid
+
+        try:
+            try:
+                return create()
+            except TwilioRestException as exc:
+                if exc.status == 401 and self._rotated():
+                    return create()  # a 401 sent nothing: again at once, with the rotated token
+                raise
         except TwilioRestException as exc:
             code = str(exc.code or exc.status)
             message = f"Twilio answered {exc.status} (error {code}): {exc.msg}"

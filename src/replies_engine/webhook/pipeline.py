@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .. import clock
 from ..bootstrap import Runtime, get_runtime
 from ..channels import HANDOFF_QUEUE
-from ..config import ConfigurationError
+from ..config import ConfigurationError, Settings
 from ..conversation import (
     DELIVERY_FINAL,
     DELIVERY_ORDER,
@@ -257,36 +259,55 @@ def _record_delivery_status(request: InboundRequest, runtime: Runtime) -> Outcom
 
 
 def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
-    """None when the request may proceed; in `report` mode a bad signature is only logged and counted."""
+    """None when the request may proceed; in `report` mode a bad signature is only logged and counted.
+    Every door needs its credential: without one the request is refused, never let through."""
     settings = runtime.settings
-    if settings.verify_signatures == "off":
+    door = _door(request, settings)
+    if door is None:
         return None
-    channel_type = request.channel.name if request.channel else "status"
-    if request.channel is None or request.channel.twilio:
-        try:
-            token = runtime.twilio_auth_token()
-        except TransientBackendError as exc:
-            return Outcome("DB_TRANSIENT_ERROR", f"cannot read the Twilio auth token: {exc}")
-        except BackendError as exc:
-            return Outcome("CONFIGURATION_ERROR", f"cannot read the Twilio auth token: {exc}")
-        if not token:
-            return Outcome("CONFIGURATION_ERROR", "no Twilio auth token: set TWILIO_AUTH_TOKEN")
-        problem = verify_twilio(request, token, settings.public_base_url)
-    elif request.provider == "mailgun":
-        if not settings.mailgun_signing_key:
-            return Outcome("CONFIGURATION_ERROR", "set MAILGUN_SIGNING_KEY to verify Mailgun's webhooks")
-        problem = verify_mailgun(request.params["signature"], settings.mailgun_signing_key, clock.now())
-    elif settings.email_webhook_token:
-        problem = verify_email(request, settings.email_webhook_token)
-    else:
-        return None
+    name, check = door
+    try:
+        secret = runtime.secret(name)
+        problem = check(secret) if secret else None
+        if problem is not None and (rotated := runtime.secret(name, refresh=True)) != secret:
+            secret, problem = rotated, check(rotated)  # rotated since we read it
+    except TransientBackendError as exc:
+        return Outcome("DB_TRANSIENT_ERROR", f"cannot read {name}: {exc}")
+    except BackendError as exc:  # the error names the account and the role: for the log only
+        logger.error("cannot read a webhook credential", extra={"secret": name, "reason": str(exc)})
+        return Outcome("CONFIGURATION_ERROR", f"cannot read {name}: the engine's log says why")
+    if not secret:
+        return Outcome("CONFIGURATION_ERROR", f"no {name} to check this request with: {_UNSET[name]}")
     if problem is None:
         return None
-    runtime.metrics.add("InvalidSignature", channel_type=channel_type)
+    runtime.metrics.add(
+        "InvalidSignature", channel_type=request.channel.name if request.channel else "status"
+    )
     if settings.verify_signatures == "report":
         logger.warning("invalid signature accepted (VERIFY_SIGNATURES=report)", extra={"reason": problem})
         return None
     return Outcome("INVALID_SIGNATURE", problem)
+
+
+_UNSET = {
+    "TWILIO_AUTH_TOKEN": "set TWILIO_AUTH_TOKEN, or the Twilio secret (TWILIO_SECRET_NAME)",
+    "MAILGUN_SIGNING_KEY": "set MAILGUN_SIGNING_KEY to Mailgun's webhook signing key",
+    "EMAIL_WEBHOOK_TOKEN": "set EMAIL_WEBHOOK_TOKEN (EMAIL_AUTH=off takes email unauthenticated, for local experiments)",
+}
+
+
+def _door(request: InboundRequest, settings: Settings) -> tuple[str, Callable[[str], str | None]] | None:
+    """The secret this request must prove it knows, and the check (None: a problem, or the reason it
+    failed); None when the door is open on purpose (VERIFY_SIGNATURES=off, EMAIL_AUTH=off)."""
+    if settings.verify_signatures == "off":
+        return None
+    if request.channel is None or request.channel.twilio:
+        return "TWILIO_AUTH_TOKEN", partial(verify_twilio, request, public_base_url=settings.public_base_url)
+    if request.provider == "mailgun":
+        return "MAILGUN_SIGNING_KEY", partial(verify_mailgun, request.params["signature"], now=clock.now())
+    if settings.email_auth:
+        return "EMAIL_WEBHOOK_TOKEN", partial(verify_email, request)
+    return None
 
 
 def _record_refused(context_object: dict[str, Any], reason: str, runtime: Runtime, log: dict) -> Outcome:

@@ -29,6 +29,22 @@ ERROR_STATUS: dict[str, int] = {
 }
 TRANSIENT_ERROR_CODES = frozenset({"DB_TRANSIENT_ERROR", "QUEUE_TRANSIENT_ERROR"})
 
+# What the body says where the reason comes from what the engine holds (records, addresses, backend
+# errors): it stays in the log, so that no caller learns who has a conversation with whom. The other
+# codes' reasons describe the request itself or the engine's settings, and help whoever sent it.
+PUBLIC_MESSAGE: dict[str, str] = {
+    "CONVERSATION_NOT_FOUND": "no active conversation for this sender and recipient",
+    "PROJECT_INACTIVE": "the conversation's project is not active",
+    "CHANNEL_NOT_ALLOWED": "the conversation does not allow this channel",
+    "CONVERSATION_LOCKED": "a reply to this conversation is being prepared",
+    "DB_TRANSIENT_ERROR": "the database is busy: retry later",
+    "DB_QUERY_ERROR": "the database refused the request",
+    "INTERNAL_ERROR": "unexpected error",
+    "ROUTING_ERROR": "no queue for this message",
+    "QUEUE_ERROR": "the message could not be queued",
+    "QUEUE_TRANSIENT_ERROR": "the queue is busy: retry later",
+}
+
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'  # DESIGN.md §4.4, to the letter
 
 
@@ -41,8 +57,10 @@ class TransientWebhookError(RuntimeError):
 
 
 def response_builder(error_code: str, message: str) -> dict:
-    """The suggested API Gateway response for an error code: its status and a JSON body."""
-    return json_response(ERROR_STATUS.get(error_code, 500), {"error_code": error_code, "message": message})
+    """The suggested API Gateway response for an error code: its status and a JSON body (the reason
+    itself only where it names nothing the engine holds)."""
+    public = PUBLIC_MESSAGE.get(error_code, message)
+    return json_response(ERROR_STATUS.get(error_code, 500), {"error_code": error_code, "message": public})
 
 
 def twiml_response(text: str | None = None) -> dict:

@@ -13,6 +13,7 @@ from .. import clock
 from ..channels import CHANNELS
 from ..config import ConfigurationError
 from ..conversation import HISTORY_FIELDS, MESSAGE_FIELDS, PROCESSING_REPLY, is_locked, message_key
+from ..observability import mask
 from ..ports import ConversationStore, StoreError, TransientStoreError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
     if not records:
         return fail(
             "CONVERSATION_NOT_FOUND",
-            f"no active {channel.name} conversation between {', '.join(companies)} and {recipient}",
+            f"no active {channel.name} conversation between {', '.join(map(mask, companies))}"
+            f" and {mask(recipient)}",
         )
     records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
     if len(records) > 1:

@@ -3,6 +3,7 @@
 from .database import Database
 from .outbox import SqliteOutbox
 from .queue import SqliteMessageQueue
+from .secrets import LocalSecrets
 from .store import SqliteConversationStore
 
-__all__ = ["Database", "SqliteConversationStore", "SqliteMessageQueue", "SqliteOutbox"]
+__all__ = ["Database", "LocalSecrets", "SqliteConversationStore", "SqliteMessageQueue", "SqliteOutbox"]

@@ -194,16 +194,15 @@ class Database:
                 conn.execute("ROLLBACK")
             raise
 
-    def local_auth_token(self) -> str:
-        """The engine's own Twilio auth token, made on first use, for signing requests by hand."""
+    def local_secret(self, name: str) -> str:
+        """The engine's own credential `name` (`twilio_auth_token`, `email_webhook_token`), made on first
+        use and kept here: `replies-engine send` signs with what `serve` verifies."""
         with translated_errors(BackendError, TransientBackendError), self.transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO engine_settings (name, value) VALUES ('twilio_auth_token', ?)",
-                (secrets.token_hex(16),),
+                "INSERT OR IGNORE INTO engine_settings (name, value) VALUES (?, ?)",
+                (name, secrets.token_hex(16)),
             )
-            return conn.execute(
-                "SELECT value FROM engine_settings WHERE name = 'twilio_auth_token'"
-            ).fetchone()[0]
+            return conn.execute("SELECT value FROM engine_settings WHERE name = ?", (name,)).fetchone()[0]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
