@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: serve test lint clean
+.PHONY: serve test test-floors lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,32 @@ $(CHECKOV_VENV)/bin/checkov:  # in its own environment: it pins its own boto3
 $(CHROMIUM):  # the inbox page's tests drive Debian's Chromium (no browser download is possible here)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/bin/checkov  ## install the test dependencies (Chromium, checkov), lint the SAM template, run the whole suite
+test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/bin/checkov  ## install the test dependencies (Chromium, checkov), lint the SAM template, run the whole suite, then the floors' smoke subset
 	$(BIN)/cfn-lint template.yaml
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q $(ARGS)
+	$(MAKE) --no-print-directory test-floors
+
+# Declared lower bounds are tested ones: every runtime dependency at its floor (.ci/floors.txt), a
+# signed webhook end to end on both backends, replies through twilio's client to a fake Twilio API,
+# the OpenAI-compatible client, a live `serve`.
+FLOOR_VENV ?= .venv-floors
+FLOOR_TESTS = tests/test_webhook_accepts.py tests/test_channel_rules.py tests/test_responders_senders.py \
+	tests/test_engine_e2e.py::test_a_live_serve_records_stop_and_delivery_status_callbacks \
+	tests/test_engine_e2e.py::test_ctrl_c_finishes_the_batch_in_hand_and_keeps_what_is_queued
+
+$(FLOOR_VENV)/.installed: pyproject.toml .ci/floors.txt
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q -c .ci/floors.txt -e '.[aws]' \
+		'moto[server,dynamodb,sqs,secretsmanager]' aws-sam-translator pyyaml pytest pytest-timeout
+	touch $@
+
+test-floors: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS) \
+		-k "not (channel_rules and aws) and not (responders_senders and openai and not sends_the_conversation)"
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) build src/*.egg-info .pytest_cache replies-engine.db*
+	rm -rf $(VENV) $(CHECKOV_VENV) $(FLOOR_VENV) build src/*.egg-info .pytest_cache replies-engine.db*

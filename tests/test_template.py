@@ -158,6 +158,30 @@ def test_timeouts_hold_end_to_end():
     assert trigger["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "ReplyConcurrency"}
 
 
+def test_the_floors_ci_installs_are_the_declared_lower_bounds():
+    """`make test-floors` runs a smoke subset with .ci/floors.txt: each runtime dependency at the lowest
+    version pyproject.toml and src/requirements.txt (the Lambda package) allow, so a bound is a tested one."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = (ROOT / "src" / "requirements.txt").read_text().splitlines()
+    declared = [
+        *map(Requirement, project["dependencies"] + project["optional-dependencies"]["aws"]),
+        *(Requirement(line.split("#")[0]) for line in lines if line.split("#")[0].strip()),
+    ]
+    floors = dict(
+        line.split("==") for line in (ROOT / ".ci" / "floors.txt").read_text().splitlines() if "==" in line
+    )
+
+    for requirement in declared:
+        [lower] = [s.version for s in requirement.specifier if s.operator == ">="]
+        assert Version(floors[requirement.name]) == Version(lower), requirement
+    assert floors["botocore"] == floors["boto3"]  # boto3 pins its botocore
+
+
 def test_a_plain_install_serves_and_the_lambda_package_stays_lean():
     """`pip install replies-engine` then `replies-engine serve` works (issue 11); `sam build` installs
     src/requirements.txt, which leaves the local server's libraries out of the functions."""
