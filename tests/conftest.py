@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ from replies_engine.bootstrap import Runtime, get_runtime, reset_runtime
 from replies_engine.handlers import batch_processor, reply_sender, webhook_handler
 from replies_engine.local.workers import QueueWorker
 
+from . import iam
 from .aws import Stack, start_moto
 from .payloads import BASE, COMPANY, EMAIL_TOKEN, PERSON, TOKEN
 
@@ -162,6 +164,13 @@ def moto_endpoint():
     server.shutdown()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def iam_hooks():
+    """IAM checks on every boto3 client the session makes (inert unless an aws engine enforces them)."""
+    with iam.hooks():
+        yield
+
+
 @pytest.fixture
 def engine(
     backend: str, engine_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request
@@ -176,5 +185,28 @@ def engine(
     reset_runtime()
     engine = Engine(tmp_path, monkeypatch, stack)
     engine.put(conversation())
-    yield engine
-    reset_runtime()
+    # each function with its role, the stack deployed with SES allowed the test company's domain
+    enforce = iam.enforced(stack, parameters={"SesIdentities": "company.example"}) if stack else None
+    with enforce or contextlib.nullcontext() as enforcement:
+        yield engine
+        reset_runtime()
+    if enforcement and (enforcement.denials or enforcement.errors):
+        pytest.fail(enforcement.report(), pytrace=False)
+
+
+@pytest.fixture
+def secret_reads():
+    """How often each secret was read from Secrets Manager meanwhile."""
+    from collections import Counter
+
+    from replies_engine.adapters.aws.clients import client
+
+    calls: Counter = Counter()
+
+    def count(params, **kwargs):
+        calls.update([params["SecretId"]])
+
+    event = "before-parameter-build.secrets-manager.GetSecretValue"
+    client("secretsmanager").meta.events.register(event, count)
+    yield calls
+    client("secretsmanager").meta.events.unregister(event, count)

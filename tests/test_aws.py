@@ -83,7 +83,9 @@ def test_other_dynamodb_errors_are_db_query_errors(engine, inject):
 
 
 def test_a_missing_table_is_a_configuration_error(engine):
-    engine.env(CONVERSATIONS_TABLE="no-such-table")
+    # the stack's own table gone (another name would be AccessDenied: no role names it)
+    engine.stack.dynamodb.delete_table(TableName=engine.stack.refs["ConversationsTable"])
+    engine.env()
 
     assert error_code(engine.handle(email_event(email_json()))) == "CONFIGURATION_ERROR"
 
@@ -146,20 +148,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def secret_reads():
-    """How often each secret was read from Secrets Manager meanwhile."""
-    calls: Counter = Counter()
-
-    def count(params, **kwargs):
-        calls.update([params["SecretId"]])
-
-    event = "before-parameter-build.secrets-manager.GetSecretValue"
-    client("secretsmanager").meta.events.register(event, count)
-    yield calls
-    client("secretsmanager").meta.events.unregister(event, count)
 
 
 def test_the_twilio_token_comes_from_secrets_manager_and_a_rotated_one_works_at_once(engine, secret_reads):

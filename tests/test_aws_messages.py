@@ -365,10 +365,13 @@ def test_stage_1_may_never_read_the_history():
     callback's pointer), never a Query of a conversation's messages."""
     from .aws import template
 
-    def statements(function: dict) -> list[dict]:
-        return [s for policy in function["Properties"]["Policies"] for s in policy["Statement"]]
+    resources = template()["Resources"]
 
-    functions = template()["Resources"]
+    def statements(function: dict) -> list[dict]:
+        role = resources[function["Properties"]["Role"]["Fn::GetAtt"].split(".")[0]]
+        return [s for policy in role["Properties"]["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+
+    functions = resources
     [messages] = [
         s for s in statements(functions["IncomingWebhookHandler"]) if "MessagesTable" in json.dumps(s)
     ]

@@ -4,6 +4,7 @@ errors by kind, delivery status callbacks, the typing indicator."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from replies_engine.replies import pipeline
 from replies_engine.replies.parts import split_reply, twilio_length
 
 from .fakes import TwilioApi
-from .payloads import BASE, twilio_event, whatsapp_text
+from .payloads import BASE, TOKEN, twilio_event, whatsapp_text
 
 ACCOUNT_SID = "AC" + "1" * 32
 PARAGRAPH = "Thanks for asking 😀! Here is what we can offer on Friday. " * 9  # ~540 characters
@@ -164,6 +165,36 @@ def test_the_sweeper_hands_a_half_sent_reply_to_a_new_batch_that_sends_the_rest(
     assert twilio.deliver("ai") == 1
 
     assert "".join(twilio.api.bodies) == LONG and len(created(twilio)) == 3
+
+
+@pytest.mark.aws_only
+def test_each_function_reads_twilios_secret_under_its_own_role(twilio, monkeypatch, secret_reads):
+    """Signatures (webhook), replies (reply function) and the sweeper's question whether a part went
+    out all take Twilio's credentials from Secrets Manager, each in a container of its own, each under
+    its role (enforced: a missing grant fails the test, though the sweeper would swallow the error)."""
+    name = f"/replies-engine/{twilio.stack.prefix}/twilio"
+    credentials = {"account_sid": ACCOUNT_SID, "auth_token": TOKEN}
+    twilio.stack.secrets.create_secret(Name=name, SecretString=json.dumps(credentials))
+
+    def container(**env: str) -> None:  # a new container: its own cache, its own Twilio client
+        twilio.env(TWILIO_SECRET_NAME=name, TWILIO_AUTH_TOKEN="", TWILIO_ACCOUNT_SID="", **env)
+        twilio.runtime.senders["whatsapp"].http_client = twilio.api
+
+    twilio.api.token = TOKEN  # Twilio's API takes the secret's token only
+    container(LOCK_TIMEOUT_SECONDS="1")
+    twilio.runtime.responder = Answer(LONG)
+    ai = locked(twilio)
+    container(LOCK_TIMEOUT_SECONDS="1")
+    twilio.runtime.responder = Answer(LONG)
+    crash_at(twilio, monkeypatch, ai, 2, after_it_went=False)
+    time.sleep(1.2)  # the lease runs out
+    container(LOCK_TIMEOUT_SECONDS="1")
+
+    assert stalled_sweeper({}, None)["reset"] == 1
+
+    assert secret_reads[name] == 3  # the webhook, the reply function, the sweeper
+    assert [r["method"] for r in twilio.api.requests][-1] == "GET"  # the sweeper asked Twilio
+    assert len(created(twilio)) == 2
 
 
 def test_max_reply_parts_caps_a_runaway_answer(twilio):
