@@ -8,9 +8,9 @@ intrinsics resolved against the test's Stack. A call no statement allows gets th
 (AccessDeniedException, HTTP 400), so the code sees what it would in production, and is recorded, so
 that the test fails even when the code swallows the error.
 
-Only Allow statements with Action and Resource are modelled, and the AWS managed policies SAM attaches:
-anything else (Deny, NotAction, Condition, an unknown managed policy, a call whose resource cannot be
-told) raises Unsupported rather than guess.
+Only a role's inline Allow statements with Action and Resource are modelled (the template's roles have
+no other kind): anything else (Deny, NotAction, Condition, a managed policy, a permissions boundary, a
+call whose resource cannot be told) raises Unsupported rather than guess.
 """
 
 from __future__ import annotations
@@ -82,24 +82,6 @@ class Role:
 
     def allows(self, need: Need) -> bool:
         return any(s.allows(need.action, r) for s in self.statements for r in need.resources)
-
-
-_LOGS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
-_XRAY = (
-    "xray:PutTraceSegments",
-    "xray:PutTelemetryRecords",
-    "xray:GetSamplingRules",
-    "xray:GetSamplingTargets",
-    "xray:GetSamplingStatisticSummaries",
-)
-MANAGED_POLICIES = {  # as AWS documents them
-    "AWSLambdaBasicExecutionRole": [Statement(_LOGS, ("*",))],
-    "AWSLambdaSQSQueueExecutionRole": [
-        Statement(("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", *_LOGS), ("*",))
-    ],
-    "AWSXrayWriteOnlyAccess": [Statement(_XRAY, ("*",))],
-    "AWSXRayDaemonWriteAccess": [Statement(_XRAY, ("*",))],
-}
 
 
 def statements(document: Mapping[str, Any], where: str) -> list[Statement]:
@@ -355,33 +337,24 @@ class Policies:
 
 
 def resolve(document: Mapping[str, Any], stack: Stack, parameters: Mapping[str, str]) -> Policies:
-    """Each function's effective policy (its role's inline policies, attached AWS::IAM::Policy resources
-    and managed policies) with the template's parameters at `parameters` (else their defaults)."""
+    """Each function's effective policy (its role's inline policies) with the template's parameters at
+    `parameters` (else their defaults)."""
     resolver = Resolver(document, stack, parameters)
     resources = {k: v for k, v in document["Resources"].items() if resolver.exists(k)}
 
     def role_statements(role_id: str) -> list[Statement]:
         properties = resources[role_id]["Properties"]
-        if "PermissionsBoundary" in properties:
-            raise Unsupported(f"{role_id}: permissions boundaries are not modelled")
+        for kind in ("PermissionsBoundary", "ManagedPolicyArns"):
+            if properties.get(kind):
+                raise Unsupported(f"{role_id}: {kind} is not modelled")
+        if any(
+            r["Type"] == "AWS::IAM::Policy" and {"Ref": role_id} in r["Properties"].get("Roles", [])
+            for r in resources.values()
+        ):
+            raise Unsupported(f"{role_id}: policies attached apart from the role are not modelled")
         found = []
         for policy in resolver(properties.get("Policies", [])):
             found += statements(policy["PolicyDocument"], f"{role_id} {policy.get('PolicyName')}")
-        for arn in properties.get("ManagedPolicyArns", []):
-            ours = arn.get("Ref") if isinstance(arn, dict) else None
-            if resources.get(ours, {}).get("Type") == "AWS::IAM::ManagedPolicy":
-                found += statements(resolver(resources[ours]["Properties"]["PolicyDocument"]), ours)
-                continue
-            if (resolved := resolver(arn)) is _NO_VALUE:
-                continue
-            name = str(resolved).rpartition("/")[2]
-            if name not in MANAGED_POLICIES:
-                raise Unsupported(f"{role_id}: managed policy {arn} is not modelled")
-            found += MANAGED_POLICIES[name]
-        for policy_id, policy in resources.items():
-            attached = policy.get("Properties", {}).get("Roles", [])
-            if policy["Type"] == "AWS::IAM::Policy" and {"Ref": role_id} in attached:
-                found += statements(resolver(policy["Properties"]["PolicyDocument"]), policy_id)
         return found
 
     roles = {}

@@ -189,7 +189,6 @@ def raw_event(path, body, *, method="POST", base64_body=False):
         (raw_event("/whatsapp", "just some text"), "form-urlencoded"),
         (raw_event("/whatsapp", "Body=" + "a" * 1_048_576), "bytes"),
         (raw_event("/whatsapp", urlencode(whatsapp_text()), method="GET"), "GET"),
-        (raw_event("/whatsapp", "From=a&From=b"), "twice"),
     ],
 )
 def test_bad_twilio_input_is_a_parsing_error_answered_with_empty_twiml(engine, event, reason, capsys):

@@ -29,6 +29,7 @@ class Settings:
     lock_timeout_seconds: int = 300
     twilio_auth_token: str | None = None
     twilio_secret_name: str | None = None
+    twilio_webhook_signing_keys: str | None = None  # Twilio's shared keys (SHA-256), comma-separated
     engine_secret_name: str | None = (
         None  # AWS: the other secrets (ports.SECRET_VARIABLES), as one JSON object
     )
@@ -110,6 +111,7 @@ class Settings:
             lock_timeout_seconds=env.integer("LOCK_TIMEOUT_SECONDS", 300, 1, 86_400),
             twilio_auth_token=env.text("TWILIO_AUTH_TOKEN"),
             twilio_secret_name=env.text("TWILIO_SECRET_NAME"),
+            twilio_webhook_signing_keys=env.text("TWILIO_WEBHOOK_SIGNING_KEYS"),
             engine_secret_name=env.text("ENGINE_SECRET_NAME"),
             verify_signatures=env.choice("VERIFY_SIGNATURES", ("enforce", "report", "off"), "enforce"),
             public_base_url=(env.text("PUBLIC_BASE_URL") or "").rstrip("/") or None,

@@ -1,5 +1,6 @@
 """The local HTTP server: each request becomes an API Gateway REST proxy event for the same handler
-that runs in Lambda, and the handler's response goes back unchanged."""
+that runs in Lambda (with the raw query string besides, as payload 2.0 has it), and the handler's
+response goes back unchanged."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ async def to_proxy_event(request: Request) -> dict[str, Any] | None:
         "httpMethod": request.method,
         "headers": {name: values[-1] for name, values in multi_headers.items()},
         "multiValueHeaders": multi_headers,
+        "rawQueryString": request.url.query,  # as sent: what Twilio signed (REST has decoded ones only)
         "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
         "multiValueQueryStringParameters": multi_query or None,
         "pathParameters": {"proxy": path.lstrip("/")},

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, quote_plus
 
 from .. import clock
 from ..channels import CHANNELS, Channel
@@ -40,10 +40,13 @@ class InboundRequest:
     channel: Channel | None  # None: a Twilio status callback
     endpoint: str  # the webhook's own path, without any stage prefix: `/whatsapp`, `/email/mailgun`
     provider: str | None  # an email provider whose shape the body has (`email_providers.py`)
-    params: dict[str, Any]  # Twilio's form fields, or the email JSON, names as sent
+    params: dict[str, Any]  # Twilio's form fields (a repeated one: its first value), or the email JSON
     headers: dict[str, str]  # names lowercased
     path: str  # the path the provider called, API Gateway stage included
-    query: str  # the query string, re-encoded ("" when none)
+    queries: tuple[
+        str, ...
+    ]  # the query string as sent, or where the event cannot tell, each way it may have been
+    signed: Any = None  # what Twilio signed besides the URL: every form value, or a JSON body's text
 
 
 def channel_from_event(event: dict[str, Any]) -> Channel | None:
@@ -102,6 +105,7 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
     raw = _body_bytes(event)
     headers = _headers(event)
     provider = email_provider(event)
+    signed: Any = None
     if provider:
         try:
             params = email_providers.read(provider, raw, headers.get("content-type", ""))
@@ -109,8 +113,11 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
             raise ParsingError(str(exc)) from None
     elif channel is not None and not channel.twilio:
         params = _email_json(_utf8(raw))
+    elif _is_json(headers, raw):  # Twilio's JSON webhooks: the body's hash is in the URL (bodySHA256)
+        params, signed = _twilio_json(_utf8(raw)), _utf8(raw)
     else:
-        params = _twilio_form(_utf8(raw))
+        signed = _twilio_form(_utf8(raw))
+        params = {name: values[0] for name, values in signed.items()}
     if "host" not in headers and request_context.get("domainName"):  # payload 2.0 may leave it out
         headers["host"] = request_context["domainName"]
     return InboundRequest(
@@ -122,7 +129,8 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
         # as called: REST's requestContext.path keeps the stage its event["path"] drops; 2.0's rawPath
         # has the stage (none on $default)
         path=request_context.get("path") or event.get("rawPath") or event.get("path"),
-        query=_query(event),
+        queries=_queries(event),
+        signed=signed if channel is None or channel.twilio else None,
     )
 
 
@@ -196,7 +204,15 @@ def _utf8(raw: bytes) -> str:
         raise ParsingError("the body is not UTF-8") from None
 
 
-def _twilio_form(text: str) -> dict[str, str]:
+class TwilioFields(dict):
+    """A form's fields, name → every value in order: what twilio's RequestValidator signs (it reads a
+    repeated field through `getall`, as from a web framework's MultiDict)."""
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
+def _twilio_form(text: str) -> TwilioFields:
     try:
         pairs = parse_qsl(
             text, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=_MAX_FIELDS
@@ -205,12 +221,28 @@ def _twilio_form(text: str) -> dict[str, str]:
         raise ParsingError("a form field is not UTF-8 once percent-decoded") from None
     except ValueError as exc:
         raise ParsingError(f"the body is not a form-urlencoded Twilio webhook: {exc}") from None
-    params: dict[str, str] = {}
+    fields = TwilioFields()
     for name, value in pairs:
-        if name in params:
-            raise ParsingError(f"the form field {name!r} appears twice")
-        params[name] = value
-    return params
+        fields.setdefault(name, []).append(value)
+    return fields
+
+
+def _is_json(headers: dict[str, str], raw: bytes) -> bool:
+    return headers.get("content-type", "").lower().startswith("application/json") or raw.lstrip()[:1] == b"{"
+
+
+def _twilio_json(text: str) -> dict[str, str]:
+    """A JSON webhook's fields; values that are not strings kept as their JSON text."""
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ParsingError(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ParsingError("the body is not a JSON object")
+    return {
+        str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+        for k, v in list(body.items())[:_MAX_FIELDS]
+    }
 
 
 def _email_json(text: str) -> dict[str, Any]:
@@ -237,18 +269,45 @@ def _headers(event: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def _query(event: dict[str, Any]) -> str:
-    if "rawQueryString" in event:  # payload 2.0: exactly as sent
-        return event["rawQueryString"] or ""
-    if is_alb(event):  # ALB passes the parameters as sent, still percent-encoded
-        multi = event.get("multiValueQueryStringParameters")
-        pairs = (
-            [(k, v) for k, values in multi.items() for v in values]
-            if multi
-            else list((event.get("queryStringParameters") or {}).items())
-        )
-        return "&".join(f"{k}={v}" for k, v in pairs)
+def _queries(event: dict[str, Any]) -> tuple[str, ...]:
+    """The query string as the caller sent it, where the event has it (payload 2.0's rawQueryString, and
+    `serve`'s). An ALB passes the parameters still percent-encoded, without telling `?debug` from
+    `?debug=`; a REST API passes them decoded only: then each plausible way of writing them, a
+    bounded handful, most likely first."""
+    if isinstance(event.get("rawQueryString"), str):
+        return (event["rawQueryString"],)
     multi = event.get("multiValueQueryStringParameters")
-    if multi:
-        return urlencode([(k, v) for k, values in multi.items() for v in values])
-    return urlencode(event.get("queryStringParameters") or {})
+    single = event.get("queryStringParameters")
+    if isinstance(multi, dict) and multi:
+        params = [(k, v) for k, values in multi.items() for v in values or ()]
+    else:
+        params = list(single.items()) if isinstance(single, dict) else []
+    if not params:
+        return ("",)
+    if is_alb(event):
+        return tuple(
+            dict.fromkeys(
+                "&".join(k + ("" if bare and not v else f"={v}") for k, v in params) for bare in (False, True)
+            )
+        )
+    return _encodings(params)
+
+
+# RFC 3986's sub-delimiters and the like, which a hand-written URL may leave unencoded (`a=1;b=2`)
+_LITERAL = "!$'()*,;=:@/"
+_HEX = re.compile(r"%[0-9A-F]{2}")
+
+
+def _encodings(params: list[tuple[str, str]]) -> tuple[str, ...]:
+    """Ways a URL may write `params`: `+` or `%20` for a space, reserved characters encoded or left
+    literal, `?debug` or `?debug=`, upper- or lower-case hex, `~` or `%7E`."""
+    found = []
+    for encode in (quote_plus, quote):
+        for safe in ("", _LITERAL):
+            for bare in (False, True):
+                query = "&".join(
+                    encode(k, safe=safe) + ("" if bare and not v else "=" + encode(v, safe=safe))
+                    for k, v in params
+                )
+                found += [query, _HEX.sub(lambda m: m[0].lower(), query), query.replace("~", "%7E")]
+    return tuple(dict.fromkeys(found))

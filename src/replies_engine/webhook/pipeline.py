@@ -37,7 +37,7 @@ from .parsing import (
 )
 from .responses import ERROR_STATUS, final_response, for_alb, json_response, success_response
 from .routing import determine_target_queue
-from .signature import verify_email, verify_twilio
+from .signature import shared_key, verify_email, verify_twilio
 from .validation import check_conversation_exists, validate_conversation_rules
 
 logger = logging.getLogger(__name__)
@@ -265,8 +265,9 @@ def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
     door = _door(request, settings)
     if door is None:
         return None
-    name, check = door
+    names, check = door
     try:
+        name = next((n for n in names if runtime.secret(n)), names[-1])
         secret = runtime.secret(name)
         problem = check(secret) if secret else None
         if problem is not None and (rotated := runtime.secret(name, refresh=True)) != secret:
@@ -296,17 +297,23 @@ _UNSET = {
 }
 
 
-def _door(request: InboundRequest, settings: Settings) -> tuple[str, Callable[[str], str | None]] | None:
-    """The secret this request must prove it knows, and the check (None: a problem, or the reason it
-    failed); None when the door is open on purpose (VERIFY_SIGNATURES=off, EMAIL_AUTH=off)."""
+def _door(
+    request: InboundRequest, settings: Settings
+) -> tuple[tuple[str, ...], Callable[[str], str | None]] | None:
+    """The secret this request must prove it knows (the first of the names that is set), and the check
+    (None, or the reason it failed); None when the door is open on purpose (VERIFY_SIGNATURES=off,
+    EMAIL_AUTH=off)."""
     if settings.verify_signatures == "off":
         return None
     if request.channel is None or request.channel.twilio:
-        return "TWILIO_AUTH_TOKEN", partial(verify_twilio, request, public_base_url=settings.public_base_url)
+        check = partial(verify_twilio, request, public_base_url=settings.public_base_url)
+        if shared_key(request):  # Twilio's shared-key signing; the auth token where no key is configured
+            return ("TWILIO_WEBHOOK_SIGNING_KEYS", "TWILIO_AUTH_TOKEN"), check
+        return ("TWILIO_AUTH_TOKEN",), check
     if request.provider == "mailgun":
-        return "MAILGUN_SIGNING_KEY", partial(verify_mailgun, request.params["signature"], now=clock.now())
+        return ("MAILGUN_SIGNING_KEY",), partial(verify_mailgun, request.params["signature"], now=clock.now())
     if settings.email_auth:
-        return "EMAIL_WEBHOOK_TOKEN", partial(verify_email, request)
+        return ("EMAIL_WEBHOOK_TOKEN",), partial(verify_email, request)
     return None
 
 

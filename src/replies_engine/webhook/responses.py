@@ -30,9 +30,11 @@ ERROR_STATUS: dict[str, int] = {
 TRANSIENT_ERROR_CODES = frozenset({"DB_TRANSIENT_ERROR", "QUEUE_TRANSIENT_ERROR"})
 
 # What the body says where the reason comes from what the engine holds (records, addresses, backend
-# errors): it stays in the log, so that no caller learns who has a conversation with whom. The other
-# codes' reasons describe the request itself or the engine's settings, and help whoever sent it.
+# errors, the URL and key a signature was checked with): it stays in the log, so that no caller
+# learns who has a conversation with whom. The other codes' reasons describe the request itself or
+# the engine's settings, and help whoever sent it.
 PUBLIC_MESSAGE: dict[str, str] = {
+    "INVALID_SIGNATURE": "invalid signature",  # which URL or token was expected is for the log only
     "CONVERSATION_NOT_FOUND": "no active conversation for this sender and recipient",
     "PROJECT_INACTIVE": "the conversation's project is not active",
     "CHANNEL_NOT_ALLOWED": "the conversation does not allow this channel",

@@ -1,7 +1,10 @@
 """Stage 1, step 2: is the request genuine? (DESIGN.md §4.2.1)
 
-Twilio signs the URL it called plus the POST parameters; twilio's own RequestValidator checks it, in
-constant time, with and without the default port. Email providers share a token with us.
+Twilio signs the URL it called plus the POST parameters (every value of a repeated one), or, for a
+JSON body, the URL with the body's SHA-256 in its `bodySHA256` parameter; with the auth token, or with
+a shared key (SHA-256) when `X-Twilio-Webhooks-Signature-Settings` says so. twilio's own
+RequestValidator checks it, in constant time, with and without the default port. Email providers share
+a token with us.
 """
 
 from __future__ import annotations
@@ -15,31 +18,42 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from .parsing import InboundRequest
 
 
-def twilio_url(request: InboundRequest, public_base_url: str | None) -> str | None:
-    """The URL Twilio called: PUBLIC_BASE_URL + the webhook's path, else rebuilt from the request."""
+def twilio_urls(request: InboundRequest, public_base_url: str | None) -> list[str]:
+    """The URLs Twilio may have called: PUBLIC_BASE_URL + the webhook's path (else rebuilt from the
+    request), with the query string as sent (or each way it may have been, `parsing._queries`)."""
     if public_base_url:
         url = f"{public_base_url}{request.endpoint}"
     else:
         host = request.headers.get("host")
         if not host:
-            return None
+            return []
         scheme = request.headers.get("x-forwarded-proto", "https").split(",")[0].strip()
         url = f"{scheme}://{host}{request.path}"
-    return f"{url}?{request.query}" if request.query else url
+    return [f"{url}?{query}" if query else url for query in request.queries]
 
 
-def verify_twilio(request: InboundRequest, auth_token: str, public_base_url: str | None) -> str | None:
-    """None when the signature is right, else the reason it is not."""
+def verify_twilio(request: InboundRequest, secret: str, public_base_url: str | None) -> str | None:
+    """None when the signature is right for one of `secret`'s comma-separated keys (the auth token, or
+    one or two shared keys while one is rotated), else the reason it is not."""
     signature = request.headers.get("x-twilio-signature")
     if not signature:
         return "the X-Twilio-Signature header is missing"
-    url = twilio_url(request, public_base_url)
-    if url is None:
+    urls = twilio_urls(request, public_base_url)
+    if not urls:
         return "no Host header to rebuild the URL Twilio called: set PUBLIC_BASE_URL"
+    if isinstance(request.signed, str) and "bodySHA256=" not in urls[0]:
+        return "a JSON body must be signed with bodySHA256 in the URL"
     algorithm = get_signature_algorithm(request.headers.get("x-twilio-webhooks-signature-settings"))
-    if RequestValidator(auth_token).validate(url, request.params, signature, algorithm):
-        return None
-    return f"the X-Twilio-Signature does not match {url} and the auth token"
+    for key in filter(None, (k.strip() for k in secret.split(","))):
+        validator = RequestValidator(key)
+        if any(validator.validate(url, request.signed, signature, algorithm) for url in urls):
+            return None
+    return f"the X-Twilio-Signature does not match {urls[0]} (or {len(urls) - 1} other spellings) and the key"
+
+
+def shared_key(request: InboundRequest) -> bool:
+    """Signed with a shared key rather than the auth token (the signature settings name the key)."""
+    return "key=" in (request.headers.get("x-twilio-webhooks-signature-settings") or "")
 
 
 def verify_email(request: InboundRequest, token: str) -> str | None:
