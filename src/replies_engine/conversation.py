@@ -67,7 +67,37 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
     for name in ("media", "subject", "raw_text", "attachments"):  # those a message has (email: a subject)
         if context_object.get(name):
             entry[name] = context_object[name]
-    return entry
+    return {**entry, **structured(context_object)}
+
+
+def structured(context_object: dict[str, Any]) -> dict[str, Any]:
+    """What a WhatsApp message carries besides its text, from Twilio's fields (stage 1 snake-cases
+    them), under names of its own: a shared `location`, a quick-reply `button`, the provider's id of
+    the message it answers (`in_reply_to`), the click-to-WhatsApp ad it came from (`referral`, click id
+    included), whether it was `forwarded`."""
+    found: dict[str, Any] = {}
+    location = {
+        k: context_object[k] for k in ("latitude", "longitude", "address", "label") if context_object.get(k)
+    }
+    if "latitude" in location or "longitude" in location:
+        found["location"] = location
+    button = {
+        k: context_object[f"button_{k}"] for k in ("text", "payload") if context_object.get(f"button_{k}")
+    }
+    if button:
+        found["button"] = button
+    if context_object.get("original_replied_message_sid"):
+        found["in_reply_to"] = context_object["original_replied_message_sid"]
+    referral = {
+        name.removeprefix("referral_"): value
+        for name, value in context_object.items()
+        if name.startswith("referral_") and value and name != "referral_num_media"
+    }
+    if referral:
+        found["referral"] = referral
+    if str(context_object.get("forwarded", "")).lower() == "true":
+        found["forwarded"] = True
+    return found
 
 
 def lock_age(record: dict[str, Any], now: float) -> float | None:

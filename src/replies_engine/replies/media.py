@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -299,11 +299,15 @@ def _base_type(item: dict[str, Any]) -> str:
     return (item.get("content_type") or "").split(";")[0].strip().lower()
 
 
-def describe(message: dict[str, Any]) -> str:
-    """A message as the AI reads it: its text, then a line for each file it carries ("[a voice note,
-    transcribed: …]", "[an image (image/jpeg), which you cannot see]", "[a PDF (application/pdf)]",
-    "[an attachment: invoice.pdf, a PDF, 120 KB, which you cannot open]")."""
-    lines = [message["content"]] if message.get("content") else []
+def describe(message: dict[str, Any], thread: Sequence[dict[str, Any]] = ()) -> str:
+    """A message as the AI reads it, never empty: its text, what else it carries ("[shared a location:
+    52.5200, 13.4050 — Alexanderplatz, Berlin]", "[pressed the button «Yes» (payload: confirm)]", "[in
+    reply to your message: «…»]" when `thread` holds it, "[came from the ad «…»]"), then a line for each
+    file ("[a voice note, transcribed: …]", "[an image (image/jpeg), which you cannot see]", "[an
+    attachment: invoice.pdf, a PDF, 120 KB, which you cannot open]"); "[an empty message]" for none."""
+    lines = _structured(message, thread)
+    if message.get("content"):
+        lines.insert(1 if message.get("forwarded") else 0, message["content"])
     for item in message.get("media") or []:
         content_type = _base_type(item)
         name = NAMES.get(content_type) or FAMILY_NAMES.get(family(content_type), "a file")
@@ -323,7 +327,49 @@ def describe(message: dict[str, Any]) -> str:
         size = f", {_size(attachment['size'])}" if isinstance(attachment.get("size"), int) else ""
         filename = attachment.get("name") or "unnamed"
         lines.append(f"[an attachment: {filename}, {name}{size}, which you cannot open]")
-    return "\n".join(lines)
+    return "\n".join(lines) or "[an empty message]"
+
+
+def _structured(message: dict[str, Any], thread: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["[forwarded]"] if message.get("forwarded") else []
+    if location := message.get("location"):
+        lines.append(_location(location))
+    if button := message.get("button"):
+        payload = f" (payload: {button['payload']})" if button.get("payload") else ""
+        lines.append(f"[pressed the button «{button.get('text') or button.get('payload')}»{payload}]")
+    if sid := message.get("in_reply_to"):
+        quoted = next(
+            (m for m in thread if sid == m.get("message_id") or sid in (m.get("parts") or ())), None
+        )
+        if quoted and quoted.get("content"):
+            whose = "your" if quoted.get("role") in ("assistant", "agent") else "their own"
+            text = quoted["content"] if len(quoted["content"]) <= 300 else quoted["content"][:299] + "…"
+            lines.append(f"[in reply to {whose} message: «{text}»]")
+        else:
+            lines.append("[in reply to an earlier message]")
+    if referral := message.get("referral"):
+        ad = (
+            f"«{referral['headline']}»"
+            if referral.get("headline")
+            else referral.get("source_type") or "an ad"
+        )
+        body = f": {referral['body']}" if referral.get("body") else ""
+        lines.append(f"[came from the ad {ad}{body}]")
+    return lines
+
+
+def _location(location: dict[str, Any]) -> str:
+    """ "[shared a location: 52.5200, 13.4050 — Alexanderplatz, Berlin (Büro)]", or why it cannot be read."""
+    try:
+        latitude, longitude = float(location.get("latitude")), float(location.get("longitude"))
+    except (TypeError, ValueError):
+        latitude = longitude = float("nan")
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):  # NaN fails both
+        return f"[shared a location that cannot be read ({location.get('latitude')}, {location.get('longitude')})]"
+    place = location.get("address") or ""
+    label = f" ({location['label']})" if location.get("label") else ""
+    where = f" — {place}{label}" if place else label
+    return f"[shared a location: {latitude:.4f}, {longitude:.4f}{where}]"
 
 
 def without_images(context: dict[str, Any]) -> dict[str, Any] | None:

@@ -63,8 +63,9 @@ class OpenAIResponder(OpenAICompatibleClient):
         chat: list[dict[str, Any]] = [
             {"role": "system", "content": ai_context.get("instructions") or SYSTEM_PROMPT}
         ]
-        for message in [*ai_context.get("history", []), *ai_context["messages"]]:
-            if entry := _chat_entry(message):
+        thread = [*ai_context.get("history", []), *ai_context["messages"]]
+        for message in thread:
+            if entry := _chat_entry(message, thread):
                 chat.append(entry)
         body = {"model": self.model, "messages": chat, "tools": [HANDOFF_TOOL]}
         return self._text(self.post(self.url, json=body, headers=self.headers))
@@ -92,14 +93,14 @@ class OpenAIResponder(OpenAICompatibleClient):
         return Reply(text.strip(), usage)
 
 
-def _chat_entry(message: dict[str, Any]) -> dict[str, Any] | None:
+def _chat_entry(message: dict[str, Any], thread: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A thread's message as the model reads it: the person's (its files described, its images shown
     to a model that sees), ours (the AI's and a human colleague's), and the thread's events (a
     hand-off, a hand-back) as system notes."""
     from . import media  # here: the webhook stage builds a responder but never asks it
 
     role = message.get("role")
-    content = media.describe(message) if role == "user" else message.get("content")
+    content = media.describe(message, thread) if role == "user" else message.get("content")
     if not content:
         return None
     if role == "user":

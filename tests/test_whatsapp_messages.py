@@ -1,0 +1,146 @@
+"""What people send over WhatsApp besides text reaches the conversation and the AI: a shared location,
+a quick-reply button, a reply to an earlier message, a click-to-WhatsApp ad's referral, a forward, a
+sticker, a message with nothing in it. Each is Twilio's documented parameters, signed, through the
+public handlers; the stored message keeps the structured fields, and the exact request an
+OpenAI-compatible server on loopback receives has the person's turn, rendered."""
+
+from __future__ import annotations
+
+import pytest
+
+from replies_engine.replies.media import describe
+
+from .conftest import conversation
+from .fakes import Loopback
+from .payloads import twilio_event, whatsapp_location, whatsapp_media, whatsapp_text
+from .test_ai_input import chat_answer, chat_requests, stored
+
+
+@pytest.fixture
+def model():
+    server = Loopback({"/v1/chat/completions": [chat_answer()]})
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def whatsapp(engine, model):
+    engine.env(
+        BATCH_DELAY_SECONDS="0",
+        BATCH_WINDOW_SECONDS="0",
+        RESPONDER="openai",
+        OPENAI_BASE_URL=f"{model.url}/v1",
+        OPENAI_API_KEY="sk-test",
+        RESPONDER_TIMEOUT_SECONDS="2",
+        RESPONDER_ATTEMPTS="1",
+    )
+    return engine
+
+
+def through(engine, model, params: dict[str, str]) -> tuple[dict, dict]:
+    """Stages 1 to 3 on one message: (the message as stored, the person's last turn the model got)."""
+    assert engine.handle(twilio_event("whatsapp", params))["statusCode"] == 200
+    assert engine.deliver("whatsapp") == 1
+    assert engine.deliver("ai") == 1
+    [request] = chat_requests(model)
+    turn = request["messages"][-1]
+    assert turn["role"] == "user"  # never a request without the person's turn
+    return stored(engine, params["MessageSid"]), turn
+
+
+def test_a_shared_location_is_kept_and_read_out(whatsapp, model):
+    message, turn = through(whatsapp, model, whatsapp_location())
+
+    assert message["content"] == "" and message["location"] == {
+        "latitude": "52.520008",
+        "longitude": "13.404954",
+        "address": "Alexanderplatz, Berlin",
+        "label": "Büro",
+    }
+    assert turn["content"] == "[shared a location: 52.5200, 13.4050 — Alexanderplatz, Berlin (Büro)]"
+
+
+def test_a_quick_reply_button_is_kept_with_its_payload(whatsapp, model):
+    params = whatsapp_text("Ja, Freitag passt", MessageType="button", ButtonText="Ja, Freitag passt")
+    params["ButtonPayload"] = "confirm-friday"
+
+    message, turn = through(whatsapp, model, params)
+
+    assert message["button"] == {"text": "Ja, Freitag passt", "payload": "confirm-friday"}
+    assert (
+        turn["content"]
+        == "Ja, Freitag passt\n[pressed the button «Ja, Freitag passt» (payload: confirm-friday)]"
+    )
+
+
+def test_a_reply_to_our_message_quotes_it(whatsapp, model):
+    outreach_sid = "SM" + "e" * 32
+    whatsapp.put(
+        conversation(
+            messages=[{"message_id": outreach_sid, "role": "assistant", "content": "Passt Freitag um 10?"}]
+        )
+    )
+    params = whatsapp_text("Lieber um 11")
+    params.update(
+        OriginalRepliedMessageSid=outreach_sid, OriginalRepliedMessageSender="whatsapp:+14155238886"
+    )
+
+    message, turn = through(whatsapp, model, params)
+
+    assert message["in_reply_to"] == outreach_sid
+    assert turn["content"] == "Lieber um 11\n[in reply to your message: «Passt Freitag um 10?»]"
+
+
+def test_a_click_to_whatsapp_referral_is_kept_click_id_and_all(whatsapp, model):
+    params = whatsapp_text("Hi, is this still available?")
+    params.update(
+        ReferralBody="Winter sale: 30% off",
+        ReferralHeadline="Winter sale",
+        ReferralSourceId="120208750000000000",
+        ReferralSourceType="ad",
+        ReferralSourceUrl="https://fb.me/abc",
+        ReferralCtwaClid="ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-GABDLOPaOdRMv-_zfUQ2a",
+    )
+
+    message, turn = through(whatsapp, model, params)
+
+    assert (
+        message["referral"]["ctwa_clid"].startswith("ARAkLkA8") and message["referral"]["source_type"] == "ad"
+    )
+    assert (
+        turn["content"]
+        == "Hi, is this still available?\n[came from the ad «Winter sale»: Winter sale: 30% off]"
+    )
+
+
+def test_a_forwarded_sticker_is_described_not_answered_as_nothing(whatsapp, model):
+    params = whatsapp_media("image/webp")
+    params.update(MessageType="sticker", Forwarded="true")
+
+    message, turn = through(whatsapp, model, params)
+
+    assert message["forwarded"] is True and message["media"][0]["content_type"] == "image/webp"
+    assert turn["content"] == "[forwarded]\n[an image (image/webp), which you cannot see]"
+
+
+def test_a_message_with_nothing_in_it_is_described_as_empty(whatsapp, model):
+    _, turn = through(whatsapp, model, whatsapp_text(""))
+
+    assert turn["content"] == "[an empty message]"
+
+
+@pytest.mark.parametrize(
+    ("latitude", "longitude"), [("123.0", "13.4"), ("52.5", "-181"), ("north", "13.4"), ("nan", "13.4")]
+)
+def test_a_location_that_cannot_be_read_is_described_as_such(latitude, longitude):
+    text = describe(
+        {"role": "user", "content": "", "location": {"latitude": latitude, "longitude": longitude}}
+    )
+
+    assert text == f"[shared a location that cannot be read ({latitude}, {longitude})]"
+
+
+def test_a_reply_to_a_message_the_engine_does_not_have_says_so():
+    text = describe({"role": "user", "content": "ok", "in_reply_to": "SM" + "0" * 32}, thread=[])
+
+    assert text == "ok\n[in reply to an earlier message]"
