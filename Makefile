@@ -34,7 +34,7 @@ $(CHROMIUM):  # the inbox page's tests drive Debian's Chromium (no browser downl
 
 test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/bin/checkov  ## install the test dependencies (Chromium, checkov), lint the SAM template, run the whole suite, then the floors' smoke subset
 	$(BIN)/cfn-lint template.yaml
-	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q $(ARGS)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 	$(MAKE) --no-print-directory test-floors
 
 # Declared lower bounds are tested ones: every runtime dependency at its floor (.ci/floors.txt), a

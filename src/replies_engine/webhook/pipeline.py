@@ -266,6 +266,7 @@ def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
     if door is None:
         return None
     names, check = door
+    name = names[0]
     try:
         name = next((n for n in names if runtime.secret(n)), names[-1])
         secret = runtime.secret(name)
