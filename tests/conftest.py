@@ -47,6 +47,7 @@ def conversation(conversation_id: str = "c1", **fields: Any) -> dict[str, Any]:
         "gsi_company_email": "support@company.example",
         "gsi_recipient_tel": PERSON,
         "gsi_recipient_email": "zoe@example.org",
+        "profile_name": "Zoë",  # as WhatsApp names her: a message that says so writes nothing
         "task_complete": 0,
         "project_status": "active",
         "allowed_channels": ["whatsapp", "sms", "email"],

@@ -110,7 +110,10 @@ def test_openai_responder_sends_the_conversation_and_returns_the_answer(model_se
     body = request["json"]
     assert body["model"] == "test-model"
     assert [m["role"] for m in body["messages"]] == ["system", "assistant", "user", "user"]
-    assert [m["content"] for m in body["messages"][2:]] == ["[an empty message]", "can I move my appointment?"]
+    assert [m["content"] for m in body["messages"][2:]] == [
+        "[an empty message]",
+        "can I move my appointment?",
+    ]
 
 
 def test_openai_responder_without_a_key_sends_no_authorization(model_server):

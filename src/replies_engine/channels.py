@@ -5,6 +5,7 @@ One table, used by stage 1 (lookup, routing), stage 2 (home queue) and both stor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
 
@@ -45,6 +46,10 @@ class Channel:
 WHATSAPP_GSI = Gsi("gsi-company-whatsapp", "gsi_company_whatsapp_number", "gsi_recipient_tel")
 SMS_GSI = Gsi("gsi-company-sms", "gsi_company_sms_number", "gsi_recipient_tel")
 EMAIL_GSI = Gsi("gsi-company-email", "gsi_company_email", "gsi_recipient_email")
+# WhatsApp's business-scoped user ID: who wrote, when the phone number is withheld (a username). Sparse:
+# only conversations that know the person's BSUID are in it.
+BSUID_GSI = Gsi("gsi-company-whatsapp-bsuid", "gsi_company_whatsapp_number", "recipient_bsuid")
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 
 CHANNELS: dict[str, Channel] = {
     "whatsapp": Channel(
@@ -53,7 +58,7 @@ CHANNELS: dict[str, Channel] = {
     "sms": Channel("sms", SMS_GSI, "sms", True, "auto_queue_reply_message_from_number", TWILIO_MAX_LENGTH),
     "email": Channel("email", EMAIL_GSI, "email", False, "auto_queue_reply_message_from_email", None),
 }
-GSIS = (WHATSAPP_GSI, SMS_GSI, EMAIL_GSI)
+GSIS = (WHATSAPP_GSI, SMS_GSI, EMAIL_GSI, BSUID_GSI)
 BATCH_QUEUES = tuple(channel.queue for channel in CHANNELS.values())
 QUEUES = (*BATCH_QUEUES, HANDOFF_QUEUE, AI_QUEUE)
 
@@ -64,14 +69,24 @@ def normalize_phone(address: str) -> str:
     return "".join(number.split()).replace("-", "")
 
 
+def bsuid(address: str | None) -> str | None:
+    """`whatsapp:US.13491208655302741918` → `US.13491208655302741918` (a parent, `US.ENT.…`, too); None
+    for anything that is not a BSUID (a phone number)."""
+    value = (address or "").strip().rpartition(":")[2]
+    return value if _BSUID.fullmatch(value) else None
+
+
 def normalize_email(address: str) -> str:
     """`Zoë <Zoe@Example.org>` → `zoe@example.org`."""
     return parseaddr(address.strip())[1].lower()
 
 
 def normalize_record_keys(record: dict) -> dict:
-    """The record with its GSI keys in stored form, so a hand-written `whatsapp:+1…` still matches."""
+    """The record with its GSI keys in stored form, so a hand-written `whatsapp:+1…` still matches.
+    ValueError for a `recipient_bsuid` that is not one."""
     normalized = dict(record)
+    if record.get("recipient_bsuid") is not None and not bsuid(str(record["recipient_bsuid"])):
+        raise ValueError(f"recipient_bsuid {record['recipient_bsuid']!r} is not a WhatsApp BSUID (CC.digits)")
     for gsi in GSIS:
         normalize = normalize_email if gsi is EMAIL_GSI else normalize_phone
         for attr in (gsi.company_attr, gsi.recipient_attr):

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from . import clock
+from .channels import bsuid
 
 PROCESSING_REPLY = "processing_reply"  # locked
 AI_RESPONSE_SENT = "ai_response_sent"
@@ -68,6 +69,19 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
         if context_object.get(name):
             entry[name] = context_object[name]
     return {**entry, **structured(context_object)}
+
+
+def identity(context_object: dict[str, Any]) -> dict[str, Any]:
+    """Who wrote, as WhatsApp tells it through Twilio, in the record's fields: their business-scoped
+    user ID (`ExternalUserId`, or a `From` without a phone number) and its parent, their username and
+    their profile name."""
+    found = {
+        "recipient_bsuid": bsuid(context_object.get("external_user_id")) or bsuid(context_object.get("from")),
+        "recipient_parent_bsuid": bsuid(context_object.get("parent_external_user_id")),
+        "recipient_username": context_object.get("profile_username") or context_object.get("username"),
+        "profile_name": context_object.get("profile_name"),
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def structured(context_object: dict[str, Any]) -> dict[str, Any]:

@@ -120,9 +120,13 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _import(args: argparse.Namespace) -> dict[str, Any]:
     records = _read_records(sys.stdin.read() if args.file == "-" else _read_file(args.file))
+    try:
+        normalized = [normalize_record_keys(record) for record in records]
+    except ValueError as exc:
+        raise UsageError(f"{exc}; nothing imported") from None
     store = get_runtime().store
-    for record in records:
-        store.put(normalize_record_keys(record))
+    for record in normalized:
+        store.put(record)
     return {"imported": len(records)}
 
 

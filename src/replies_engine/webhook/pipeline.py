@@ -19,6 +19,7 @@ from ..conversation import (
     DELIVERY_ORDER,
     HUMAN,
     flag,
+    identity,
     message_key,
     owned_by_human,
     user_message,
@@ -107,8 +108,13 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     found = check_conversation_exists(context_object, runtime.store)
     if not found["valid"]:
         return Outcome(found["error_code"], found["message"], log=log)
-    context_object = found["data"]
+    learned = {k: v for k, v in identity(context_object).items() if found["record"].get(k) != v}
+    context_object = {**found["data"], **learned}
     log["conversation_id"] = context_object.get("conversation_id")
+    if learned:  # kept, so that a later message that names them by username alone still finds them
+        written = _write(runtime, context_object, log, learned, None)
+        if isinstance(written, Outcome):
+            return written
     if request.channel.twilio:
         handled = _opt_out_rules(context_object, runtime, log)
         if handled is not None:

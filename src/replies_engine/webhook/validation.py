@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from .. import clock
-from ..channels import CHANNELS
+from ..channels import BSUID_GSI, CHANNELS, WHATSAPP_GSI, bsuid
 from ..config import ConfigurationError
 from ..conversation import HISTORY_FIELDS, MESSAGE_FIELDS, PROCESSING_REPLY, is_locked, message_key
 from ..observability import mask
@@ -32,7 +32,8 @@ def fail(error_code: str, message: str) -> Result:
 def check_conversation_exists(context_object: dict[str, Any], store: ConversationStore) -> Result:
     """Query the channel's GSI for the active (`task_complete = 0`) conversation; newest wins.
 
-    On success `data` is the record (without its history) merged with the context_object.
+    On success `data` is the record (without its history) merged with the context_object, and `record`
+    the record alone.
     """
     channel = CHANNELS.get(context_object.get("channel_type", ""))
     if channel is None or channel.gsi is None:
@@ -40,11 +41,20 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
             "CONFIGURATION_ERROR", f"no GSI configured for channel {context_object.get('channel_type')!r}"
         )
     companies = channel.addresses(context_object.get("to") or "")
-    recipient = channel.normalize_address(context_object.get("from") or "")
+    person = sender_bsuid(context_object) if channel.gsi is WHATSAPP_GSI else None
+    recipient = (
+        None
+        if bsuid(context_object.get("from"))
+        else channel.normalize_address(context_object.get("from") or "")
+    )
     id_field = "message_sid" if channel.twilio else "message_id"
     missing = [
         name
-        for name, value in (("from", recipient), ("to", companies), (id_field, message_key(context_object)))
+        for name, value in (
+            ("from", recipient or person),
+            ("to", companies),
+            (id_field, message_key(context_object)),
+        )
         if not value
     ]
     if missing:
@@ -52,7 +62,10 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
     try:
         records = []
         for company in companies:  # the first address with an active conversation
-            if records := store.find_active(channel.gsi, company, recipient):
+            # by phone number; by BSUID where WhatsApp withholds the number (or none is on record yet)
+            if recipient and (records := store.find_active(channel.gsi, company, recipient)):
+                break
+            if person and (records := store.find_active(BSUID_GSI, company, person)):
                 break
     except ConfigurationError as exc:
         return fail("CONFIGURATION_ERROR", str(exc))
@@ -64,7 +77,7 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
         return fail(
             "CONVERSATION_NOT_FOUND",
             f"no active {channel.name} conversation between {', '.join(map(mask, companies))}"
-            f" and {mask(recipient)}",
+            f" and {mask(recipient or person or '')}",
         )
     records.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
     if len(records) > 1:
@@ -78,7 +91,12 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
         )
     record = {k: v for k, v in records[0].items() if k not in HISTORY_FIELDS}
     own = {k: v for k, v in context_object.items() if k in MESSAGE_FIELDS}
-    return ok({**context_object, **record, **own})
+    return {**ok({**context_object, **record, **own}), "record": record}
+
+
+def sender_bsuid(context_object: dict[str, Any]) -> str | None:
+    """The sender's BSUID: Twilio's `ExternalUserId`, or a `From` that holds one (no phone number)."""
+    return bsuid(context_object.get("external_user_id")) or bsuid(context_object.get("from"))
 
 
 def validate_conversation_rules(

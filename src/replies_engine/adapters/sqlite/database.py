@@ -17,7 +17,7 @@ from ...channels import GSIS
 from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
-SCHEMA_VERSION = 5  # 3: messages in their own table; 4: deliveries; 5: ai_turns
+SCHEMA_VERSION = 6  # 3: messages in their own table; 4: deliveries; 5: ai_turns; 6: recipient_bsuid
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
 _INDEXED_ATTRS = sorted(
@@ -120,6 +120,20 @@ def move_messages_out_of_records(conn: sqlite3.Connection) -> dict[str, int]:
     return {"conversations": len(rows), "messages": moved}
 
 
+def add_indexed_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a table from before an index's attribute had its generated column (schema 6:
+    `recipient_bsuid`); a virtual column is computed, so adding one rewrites nothing."""
+    existing = {row[1] for row in conn.execute("PRAGMA table_xinfo(conversations)")}
+    if not existing:
+        return  # a new database: CREATE TABLE makes them all
+    for attr in _INDEXED_ATTRS:
+        if attr not in existing:
+            conn.execute(
+                f"ALTER TABLE conversations ADD COLUMN {attr}"
+                f" GENERATED ALWAYS AS (json_extract(record, '$.{attr}')) VIRTUAL"
+            )
+
+
 def insert_messages(conn: sqlite3.Connection, conversation_id: str, messages: list[dict]) -> None:
     """Append `messages` after the conversation's newest; a message id already there is skipped."""
     last = conn.execute(
@@ -171,6 +185,7 @@ class Database:
             if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    add_indexed_columns(conn)
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
