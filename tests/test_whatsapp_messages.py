@@ -144,3 +144,44 @@ def test_a_reply_to_a_message_the_engine_does_not_have_says_so():
     text = describe({"role": "user", "content": "ok", "in_reply_to": "SM" + "0" * 32}, thread=[])
 
     assert text == "ok\n[in reply to an earlier message]"
+
+
+# A contact shared from a phone's address book (vCard 3.0, as WhatsApp forwards them), folded line included
+VCARD = (
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nN:Mustermann;Max;;;\r\nFN:Max Mustermann\r\n"
+    "item1.TEL;waid=4915123456789:+49 151 23456789\r\nitem1.X-ABLabel:Mobil\r\n"
+    "NOTE:ruft gern\r\n  abends an\r\nEND:VCARD\r\n"
+)
+
+
+@pytest.fixture
+def cards():
+    server = Loopback(
+        {
+            "/max.vcf": [(200, VCARD.encode(), {"Content-Type": "text/vcard"})],
+            "/not-a-card.vcf": [(200, b"<html>error</html>", {"Content-Type": "text/vcard"})],
+        }
+    )
+    yield server
+    server.close()
+
+
+def test_a_shared_contact_card_is_read_for_its_name_and_number_and_kept(whatsapp, model, cards):
+    params = whatsapp_media("text/vcard", url=f"{cards.url}/max.vcf")
+
+    message, turn = through(whatsapp, model, params)
+
+    assert message["media"][0]["contacts"] == [{"name": "Max Mustermann", "phones": ["+49 151 23456789"]}]
+    assert turn["content"] == "[a contact card: Max Mustermann, +49 151 23456789]"
+
+
+def test_a_contact_card_that_is_not_one_is_described_as_such(whatsapp, model, cards):
+    params = whatsapp_media("text/vcard", url=f"{cards.url}/not-a-card.vcf")
+
+    message, turn = through(whatsapp, model, params)
+
+    assert "contacts" not in message["media"][0]
+    assert (
+        turn["content"]
+        == "[a contact card (text/vcard), which is not a contact card, whatever its type says]"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ NAMES = {  # how a file is named to the AI, by content type (else by its family)
 }
 FAMILY_NAMES = {AUDIO: "a voice note", IMAGE: "an image", "video": "a video", "text": "a text file"}
 SHOWN_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})  # what chat models take
+CONTACT_TYPES = frozenset({"text/vcard", "text/x-vcard"})  # WhatsApp's shared contacts
+MAX_CONTACT_BYTES = 65_536  # a card with a photo inline can be large: its name and numbers come first
 EXTENSIONS = {"audio/mpeg": "mp3", "audio/x-m4a": "m4a", "audio/mp4": "m4a", "audio/x-wav": "wav"}
 
 
@@ -181,7 +184,12 @@ def prepare(runtime: Runtime, context: dict[str, Any]) -> dict[str, Any]:
     media item (and its message's `transcript` is all of them), also in `context`, which goes on to a
     regeneration; images' data URLs are only in the copy returned."""
     settings = runtime.settings
-    if not (runtime.transcriber or settings.vision) or not any(_with_media(m) for m in context["messages"]):
+    cards = any(
+        _base_type(i) in CONTACT_TYPES for m in context["messages"] if _with_media(m) for i in m["media"]
+    )
+    if not (runtime.transcriber or settings.vision or cards) or not any(
+        _with_media(m) for m in context["messages"]
+    ):
         return context
     reading = _Reading(runtime, context)
     messages = []
@@ -212,6 +220,10 @@ class _Reading:
         """The item, with its `transcript` or `data_url`, or why it is `unread`."""
         item = dict(item)
         kind = family(item.get("content_type"))
+        if _base_type(item) in CONTACT_TYPES:
+            if "contacts" not in item:
+                self._contacts(item)
+            return item
         if kind == AUDIO and self.runtime.transcriber and "transcript" not in item:
             if (known := self._stored_transcript(message, index)) is not None:
                 item["transcript"] = known  # an earlier attempt at this batch paid for it
@@ -251,27 +263,53 @@ class _Reading:
         return item
 
     def keep(self, message: dict[str, Any], items: list[dict[str, Any]]) -> None:
-        """Store the message's new transcripts (best effort: this reply has them either way)."""
+        """Store the message's new transcripts and contact cards (best effort: this reply has them
+        either way)."""
         if not any(
-            "transcript" in item and "transcript" not in old
+            key in item and key not in old
             for item, old in zip(items, message["media"], strict=True)
+            for key in ("transcript", "contacts")
         ):
             return
         message["media"] = [
             {k: v for k, v in item.items() if k not in ("data_url", "unread")} for item in items
         ]
-        message["transcript"] = "\n".join(i["transcript"] for i in message["media"] if i.get("transcript"))
+        fields: dict[str, Any] = {"media": message["media"]}
+        if any(i.get("transcript") for i in message["media"]):
+            message["transcript"] = fields["transcript"] = "\n".join(
+                i["transcript"] for i in message["media"] if i.get("transcript")
+            )
         try:
             self.runtime.store.annotate_message(
-                self.context["conversation_id"],
-                message["message_id"],
-                {"media": message["media"], "transcript": message["transcript"]},
+                self.context["conversation_id"], message["message_id"], fields
             )
         except Exception as exc:
             logger.warning(
                 "a transcript could not be stored: a retry pays for it again",
                 extra={"conversation_id": self.context["conversation_id"], "error": str(exc)},
             )
+
+    def _contacts(self, item: dict[str, Any]) -> None:
+        """A shared contact's `contacts` (name and numbers of each card), or why it is `unread`."""
+        if self.items_left <= 0:
+            item["unread"] = "was not read (more files than MAX_MEDIA_ITEMS)"
+            return
+        self.items_left -= 1
+        try:
+            data, _ = self.runtime.media_fetcher.fetch(
+                item["url"], self.deadline, min(self.bytes_left, MAX_CONTACT_BYTES)
+            )
+        except Exception as exc:
+            item["unread"] = str(exc) if isinstance(exc, MediaError) else "could not be read"
+            self.runtime.metrics.add("MediaUnread")
+            return
+        self.bytes_left -= len(data)
+        contacts = vcard_contacts(data)
+        if contacts:
+            item["contacts"] = contacts
+        else:
+            item["unread"] = "is not a contact card, whatever its type says"
+            self.runtime.metrics.add("MediaContentTypeMismatch")
 
     def _fetch(self, item: dict[str, Any], kind: str) -> bytes:
         if self.bytes_left <= 0:
@@ -294,6 +332,29 @@ class _Reading:
         return stored[index].get("transcript") if index < len(stored) else None
 
 
+def vcard_contacts(data: bytes) -> list[dict[str, Any]]:
+    """Each vCard's name (FN, else N) and telephone numbers; [] when `data` holds no vCard."""
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    lines = re.sub(r"\n[ \t]", "", text).split("\n")  # unfold (RFC 6350 3.2)
+    contacts, card = [], None
+    for line in lines:
+        name, _, value = line.partition(":")
+        prop = name.split(";")[0].split(".")[-1].upper()  # `item1.TEL;type=CELL` → TEL
+        if prop == "BEGIN" and value.strip().upper() == "VCARD":
+            card = {"name": "", "phones": []}
+        elif card is None:
+            continue
+        elif prop == "END":
+            contacts.append(card)
+            card = None
+        elif prop == "FN" or (prop == "N" and not card["name"]):
+            parts = [p.strip() for p in value.split(";")]
+            card["name"] = value.strip() if prop == "FN" else " ".join(filter(None, [*parts[1:3], parts[0]]))
+        elif prop == "TEL" and value.strip():
+            card["phones"].append(value.strip().removeprefix("tel:"))
+    return [c for c in contacts if c["name"] or c["phones"]]
+
+
 def _base_type(item: dict[str, Any]) -> str:
     """`audio/ogg` of `audio/ogg; codecs=opus`."""
     return (item.get("content_type") or "").split(";")[0].strip().lower()
@@ -313,6 +374,9 @@ def describe(message: dict[str, Any], thread: Sequence[dict[str, Any]] = ()) -> 
         name = NAMES.get(content_type) or FAMILY_NAMES.get(family(content_type), "a file")
         if item.get("unread"):
             lines.append(f"[{name} ({content_type or 'no type'}), which {item['unread']}]")
+        elif item.get("contacts"):
+            cards = "; ".join(", ".join(filter(None, [c["name"], *c["phones"]])) for c in item["contacts"])
+            lines.append(f"[{name}: {cards}]")
         elif item.get("transcript") is not None:
             lines.append(f"[{name}, transcribed: {item['transcript']}]")
         elif family(content_type) == AUDIO:
