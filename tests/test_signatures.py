@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from .payloads import BASE, TOKEN, api_event, whatsapp_text
 from .processes import serving
-from .test_event_shapes import ALB, HTTP_API
+from .test_event_shapes import ALB, FUNCTION_URL, HTTP_API
 
 pytestmark = pytest.mark.sqlite_only  # stage 1's check comes before any backend is asked
 
@@ -38,14 +38,18 @@ def rest(query: str, params: dict[str, str], signature: str) -> dict:
     return event
 
 
-def http_api(query: str, params: dict[str, str], signature: str) -> dict:
-    event = copy.deepcopy(HTTP_API)
+def http_api(query: str, params: dict[str, str], signature: str, sample: dict = HTTP_API) -> dict:
+    event = copy.deepcopy(sample)
     event["rawPath"] = event["requestContext"]["http"]["path"] = "/prod/whatsapp"
     event["rawQueryString"] = query  # exactly as sent
     event["queryStringParameters"] = dict(parse_qsl(query, keep_blank_values=True)) or None
     event["headers"] = {"content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature}
     event["body"] = urlencode(params)
     return event
+
+
+def function_url(query: str, params: dict[str, str], signature: str) -> dict:
+    return http_api(query, params, signature, FUNCTION_URL)
 
 
 def alb(query: str, params: dict[str, str], signature: str) -> dict:
@@ -61,7 +65,9 @@ def alb(query: str, params: dict[str, str], signature: str) -> dict:
 
 
 @pytest.mark.parametrize("query", QUERIES)
-@pytest.mark.parametrize("door", [rest, http_api, alb], ids=["rest", "http-api", "alb"])
+@pytest.mark.parametrize(
+    "door", [rest, http_api, function_url, alb], ids=["rest", "http-api", "function-url", "alb"]
+)
 def test_a_query_string_is_verified_as_twilio_signed_it_through_every_front_door(engine, door, query):
     params = whatsapp_text()
 
