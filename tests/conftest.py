@@ -14,6 +14,7 @@ from replies_engine.local.workers import QueueWorker
 
 from . import iam
 from .aws import Stack, start_moto
+from .fakes import Loopback
 from .payloads import BASE, COMPANY, EMAIL_TOKEN, PERSON, TOKEN
 
 # Variables a developer's shell may hold that would change what the tests see.
@@ -211,3 +212,41 @@ def secret_reads():
     client("secretsmanager").meta.events.register(event, count)
     yield calls
     client("secretsmanager").meta.events.unregister(event, count)
+
+
+# --- an OpenAI-compatible API on loopback, for what the AI reads (test_ai_input, test_whatsapp_messages)
+
+USAGE = {"prompt_tokens": 120, "completion_tokens": 14, "total_tokens": 134}
+
+
+def chat_answer(text: str = "Sure, Friday works.") -> tuple:
+    return (200, {"choices": [{"message": {"role": "assistant", "content": text}}], "usage": USAGE})
+
+
+@pytest.fixture
+def ai():
+    """The OpenAI-compatible API: transcriptions and chat completions."""
+    server = Loopback(
+        {
+            "/v1/audio/transcriptions": [(200, {"text": "Can we move it to Friday?"})],
+            "/v1/chat/completions": [chat_answer()],
+        }
+    )
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def reader(engine, ai):
+    engine.env(
+        BATCH_DELAY_SECONDS="0",
+        BATCH_WINDOW_SECONDS="0.3",
+        RESPONDER="openai",
+        OPENAI_BASE_URL=f"{ai.url}/v1",
+        OPENAI_API_KEY="sk-test",
+        TRANSCRIBE_MODEL="whisper-1",
+        RESPONDER_TIMEOUT_SECONDS="2",
+        RESPONDER_ATTEMPTS="1",
+    )
+    engine.put(conversation())
+    return engine

@@ -17,30 +17,12 @@ from replies_engine.replies import media, pipeline
 from replies_engine.replies.media import MediaFetcher
 from replies_engine.replies.responders import SYSTEM_PROMPT
 
-from .conftest import conversation
+from .conftest import USAGE, chat_answer, conversation
 from .fakes import Loopback, slowly
 from .payloads import twilio_event, whatsapp_media, whatsapp_text
 
 VOICE = b"OggS\x00\x02" + bytes(range(256)) * 8  # an Ogg page's start, then anything
 PHOTO = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(200)
-USAGE = {"prompt_tokens": 120, "completion_tokens": 14, "total_tokens": 134}
-
-
-def chat_answer(text: str = "Sure, Friday works.") -> tuple:
-    return (200, {"choices": [{"message": {"role": "assistant", "content": text}}], "usage": USAGE})
-
-
-@pytest.fixture
-def ai():
-    """The OpenAI-compatible API: transcriptions and chat completions."""
-    server = Loopback(
-        {
-            "/v1/audio/transcriptions": [(200, {"text": "Can we move it to Friday?"})],
-            "/v1/chat/completions": [chat_answer()],
-        }
-    )
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -54,22 +36,6 @@ def files():
     )
     yield server
     server.close()
-
-
-@pytest.fixture
-def reader(engine, ai):
-    engine.env(
-        BATCH_DELAY_SECONDS="0",
-        BATCH_WINDOW_SECONDS="0.3",
-        RESPONDER="openai",
-        OPENAI_BASE_URL=f"{ai.url}/v1",
-        OPENAI_API_KEY="sk-test",
-        TRANSCRIBE_MODEL="whisper-1",
-        RESPONDER_TIMEOUT_SECONDS="2",
-        RESPONDER_ATTEMPTS="1",
-    )
-    engine.put(conversation())
-    return engine
 
 
 def send(engine, *messages: dict[str, str]) -> None:

@@ -13,28 +13,7 @@ from replies_engine.replies.media import describe
 from .conftest import conversation
 from .fakes import Loopback
 from .payloads import twilio_event, whatsapp_location, whatsapp_media, whatsapp_text
-from .test_ai_input import chat_answer, chat_requests, stored
-
-
-@pytest.fixture
-def model():
-    server = Loopback({"/v1/chat/completions": [chat_answer()]})
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def whatsapp(engine, model):
-    engine.env(
-        BATCH_DELAY_SECONDS="0",
-        BATCH_WINDOW_SECONDS="0",
-        RESPONDER="openai",
-        OPENAI_BASE_URL=f"{model.url}/v1",
-        OPENAI_API_KEY="sk-test",
-        RESPONDER_TIMEOUT_SECONDS="2",
-        RESPONDER_ATTEMPTS="1",
-    )
-    return engine
+from .test_ai_input import chat_requests, stored
 
 
 def through(engine, model, params: dict[str, str]) -> tuple[dict, dict]:
@@ -48,8 +27,8 @@ def through(engine, model, params: dict[str, str]) -> tuple[dict, dict]:
     return stored(engine, params["MessageSid"]), turn
 
 
-def test_a_shared_location_is_kept_and_read_out(whatsapp, model):
-    message, turn = through(whatsapp, model, whatsapp_location())
+def test_a_shared_location_is_kept_and_read_out(reader, ai):
+    message, turn = through(reader, ai, whatsapp_location())
 
     assert message["content"] == "" and message["location"] == {
         "latitude": "52.520008",
@@ -60,11 +39,11 @@ def test_a_shared_location_is_kept_and_read_out(whatsapp, model):
     assert turn["content"] == "[shared a location: 52.5200, 13.4050 — Alexanderplatz, Berlin (Büro)]"
 
 
-def test_a_quick_reply_button_is_kept_with_its_payload(whatsapp, model):
+def test_a_quick_reply_button_is_kept_with_its_payload(reader, ai):
     params = whatsapp_text("Ja, Freitag passt", MessageType="button", ButtonText="Ja, Freitag passt")
     params["ButtonPayload"] = "confirm-friday"
 
-    message, turn = through(whatsapp, model, params)
+    message, turn = through(reader, ai, params)
 
     assert message["button"] == {"text": "Ja, Freitag passt", "payload": "confirm-friday"}
     assert (
@@ -73,9 +52,9 @@ def test_a_quick_reply_button_is_kept_with_its_payload(whatsapp, model):
     )
 
 
-def test_a_reply_to_our_message_quotes_it(whatsapp, model):
+def test_a_reply_to_our_message_quotes_it(reader, ai):
     outreach_sid = "SM" + "e" * 32
-    whatsapp.put(
+    reader.put(
         conversation(
             messages=[{"message_id": outreach_sid, "role": "assistant", "content": "Passt Freitag um 10?"}]
         )
@@ -85,13 +64,13 @@ def test_a_reply_to_our_message_quotes_it(whatsapp, model):
         OriginalRepliedMessageSid=outreach_sid, OriginalRepliedMessageSender="whatsapp:+14155238886"
     )
 
-    message, turn = through(whatsapp, model, params)
+    message, turn = through(reader, ai, params)
 
     assert message["in_reply_to"] == outreach_sid
     assert turn["content"] == "Lieber um 11\n[in reply to your message: «Passt Freitag um 10?»]"
 
 
-def test_a_click_to_whatsapp_referral_is_kept_click_id_and_all(whatsapp, model):
+def test_a_click_to_whatsapp_referral_is_kept_click_id_and_all(reader, ai):
     params = whatsapp_text("Hi, is this still available?")
     params.update(
         ReferralBody="Winter sale: 30% off",
@@ -102,7 +81,7 @@ def test_a_click_to_whatsapp_referral_is_kept_click_id_and_all(whatsapp, model):
         ReferralCtwaClid="ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-GABDLOPaOdRMv-_zfUQ2a",
     )
 
-    message, turn = through(whatsapp, model, params)
+    message, turn = through(reader, ai, params)
 
     assert (
         message["referral"]["ctwa_clid"].startswith("ARAkLkA8") and message["referral"]["source_type"] == "ad"
@@ -113,18 +92,18 @@ def test_a_click_to_whatsapp_referral_is_kept_click_id_and_all(whatsapp, model):
     )
 
 
-def test_a_forwarded_sticker_is_described_not_answered_as_nothing(whatsapp, model):
+def test_a_forwarded_sticker_is_described_not_answered_as_nothing(reader, ai):
     params = whatsapp_media("image/webp")
     params.update(MessageType="sticker", Forwarded="true")
 
-    message, turn = through(whatsapp, model, params)
+    message, turn = through(reader, ai, params)
 
     assert message["forwarded"] is True and message["media"][0]["content_type"] == "image/webp"
     assert turn["content"] == "[forwarded]\n[an image (image/webp), which you cannot see]"
 
 
-def test_a_message_with_nothing_in_it_is_described_as_empty(whatsapp, model):
-    _, turn = through(whatsapp, model, whatsapp_text(""))
+def test_a_message_with_nothing_in_it_is_described_as_empty(reader, ai):
+    _, turn = through(reader, ai, whatsapp_text(""))
 
     assert turn["content"] == "[an empty message]"
 
@@ -166,19 +145,19 @@ def cards():
     server.close()
 
 
-def test_a_shared_contact_card_is_read_for_its_name_and_number_and_kept(whatsapp, model, cards):
+def test_a_shared_contact_card_is_read_for_its_name_and_number_and_kept(reader, ai, cards):
     params = whatsapp_media("text/vcard", url=f"{cards.url}/max.vcf")
 
-    message, turn = through(whatsapp, model, params)
+    message, turn = through(reader, ai, params)
 
     assert message["media"][0]["contacts"] == [{"name": "Max Mustermann", "phones": ["+49 151 23456789"]}]
     assert turn["content"] == "[a contact card: Max Mustermann, +49 151 23456789]"
 
 
-def test_a_contact_card_that_is_not_one_is_described_as_such(whatsapp, model, cards):
+def test_a_contact_card_that_is_not_one_is_described_as_such(reader, ai, cards):
     params = whatsapp_media("text/vcard", url=f"{cards.url}/not-a-card.vcf")
 
-    message, turn = through(whatsapp, model, params)
+    message, turn = through(reader, ai, params)
 
     assert "contacts" not in message["media"][0]
     assert (
