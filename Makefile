@@ -25,14 +25,15 @@ CHECKOV_VENV ?= .venv-checkov
 # pinned: a new release brings new checks, and docs/security.md lists the findings that remain
 CHECKOV_VERSION = 3.3.30
 
-$(CHECKOV_VENV)/bin/checkov:  # in its own environment: it pins its own boto3
+$(CHECKOV_VENV)/.v$(CHECKOV_VERSION):  # in its own environment: it pins its own boto3
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q 'checkov==$(CHECKOV_VERSION)'
+	touch $@
 
 $(CHROMIUM):  # the inbox page's tests drive Debian's Chromium (no browser download is possible here)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/bin/checkov  ## install the test dependencies (Chromium, checkov), lint the SAM template, run the whole suite, then the floors' smoke subset
+test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/.v$(CHECKOV_VERSION)  ## install the test dependencies (Chromium, checkov), lint the SAM template, run the whole suite, then the floors' smoke subset
 	$(BIN)/cfn-lint template.yaml
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 	$(MAKE) --no-print-directory test-floors

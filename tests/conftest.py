@@ -201,7 +201,7 @@ def secret_reads():
     """How often each secret was read from Secrets Manager meanwhile."""
     from collections import Counter
 
-    from replies_engine.adapters.aws.clients import client
+    from replies_engine.adapters.aws.secrets import secrets_client
 
     calls: Counter = Counter()
 
@@ -209,9 +209,9 @@ def secret_reads():
         calls.update([params["SecretId"]])
 
     event = "before-parameter-build.secrets-manager.GetSecretValue"
-    client("secretsmanager").meta.events.register(event, count)
+    secrets_client().meta.events.register(event, count)
     yield calls
-    client("secretsmanager").meta.events.unregister(event, count)
+    secrets_client().meta.events.unregister(event, count)
 
 
 # --- an OpenAI-compatible API on loopback, for what the AI reads (test_ai_input, test_whatsapp_messages)

@@ -14,6 +14,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
 from replies_engine.adapters.aws.clients import client
+from replies_engine.adapters.aws.secrets import secrets_client
 from replies_engine.webhook.responses import TransientWebhookError
 
 from .aws import Body, captured_writes, history, item_size
@@ -21,6 +22,11 @@ from .conftest import conversation
 from .payloads import email_event, email_json, twilio_event, whatsapp_text
 
 pytestmark = pytest.mark.aws_only
+
+
+def made(service: str):
+    """The client our code calls `service` with (Secrets Manager's has an attempt of its own)."""
+    return secrets_client() if service == "secretsmanager" else client(service)
 
 
 @pytest.fixture
@@ -41,13 +47,13 @@ def inject():
             return AWSResponse(request.url, status, headers, Body(body))
 
         event = f"before-send.{service}.{operation}"
-        client(service).meta.events.register(event, answer)
+        made(service).meta.events.register(event, answer)
         hooks.append((service, event, answer))
         return tries
 
     yield install
     for service, event, answer in hooks:
-        client(service).meta.events.unregister(event, answer)
+        made(service).meta.events.unregister(event, answer)
 
 
 def error_code(response):
@@ -193,6 +199,24 @@ def test_the_engine_secret_holds_the_email_token_and_is_reread_after_its_cache(e
     clock.now += 301  # the cache's life: the new token is read without any failure asking for it
     assert engine.runtime.secret("EMAIL_WEBHOOK_TOKEN") == "b" * 40
     assert reads[name] == 2
+
+
+def test_secrets_manager_failing_keeps_the_copy_and_tries_again_only_after_a_while(
+    engine, inject, secret_reads
+):
+    name = f"/replies-engine/{engine.stack.prefix}/engine"
+    engine.stack.secrets.create_secret(Name=name, SecretString=json.dumps({"EMAIL_WEBHOOK_TOKEN": "a" * 40}))
+    engine.env(EMAIL_WEBHOOK_TOKEN="", ENGINE_SECRET_NAME=name)
+    engine.runtime.secrets.clock = clock = Clock()
+    assert engine.runtime.secret("EMAIL_WEBHOOK_TOKEN") == "a" * 40
+
+    inject("secretsmanager", "GetSecretValue", "InternalServiceError", status=500)
+    clock.now += 301  # the copy expired: Secrets Manager is asked, and fails
+    answers = [engine.handle(email_event(email_json(), token="a" * 40))["statusCode"] for _ in range(3)]
+
+    assert answers == [200, 200, 200] and secret_reads[name] == 2  # one failed try, not one per request
+    clock.now += 31
+    assert engine.runtime.secret("EMAIL_WEBHOOK_TOKEN") == "a" * 40 and secret_reads[name] == 3
 
 
 def test_a_stack_without_an_email_credential_refuses_email_and_says_so(engine, capsys):

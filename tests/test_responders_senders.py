@@ -293,6 +293,21 @@ def test_twilio_sender_after_a_401_reads_the_rotated_token_and_sends_once():
     assert len(http.requests) == 3
 
 
+def test_twilio_sender_asks_twilio_with_a_token_rotated_since_its_client_was_made():
+    """The sweeper's question whether a part went out: with the secret's current token, not the one
+    the container started with."""
+    http = TwilioApi(token="old-token")
+    tokens = {"current": "old-token"}
+    sender = TwilioSender(lambda: "AC" + "1" * 32, lambda refresh=False: tokens["current"], http_client=http)
+    noted = note("Sure, which day?")
+    sid = sender.send(noted, 0)
+
+    http.token = tokens["current"] = "new-token"  # rotated at Twilio and in the secret
+
+    assert sender.went_out(noted, 0) == sid
+    assert http.requests[-1]["auth"] == ("AC" + "1" * 32, "new-token")
+
+
 def test_twilio_sender_gives_up_on_a_hung_twilio_within_its_timeout():
     """A server that accepts the connection and never answers: the send is in doubt, in seconds."""
     hung = socket.socket()

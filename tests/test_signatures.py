@@ -201,3 +201,25 @@ def test_shared_key_signatures_are_verified_with_either_key_while_one_is_rotated
 def test_without_shared_keys_a_sha256_signature_is_checked_with_the_auth_token(engine):
     assert engine.handle(shared_key_event(whatsapp_text(), TOKEN))["statusCode"] == 200
     assert engine.handle(shared_key_event(whatsapp_text(), "not-the-token"))["statusCode"] == 403
+
+
+@pytest.mark.parametrize("path", ["/whatsapp", "/twilio/status"])
+@pytest.mark.parametrize("query", ["bodySHA256=", "xbodySHA256=1"])
+def test_a_json_body_without_a_body_hash_is_refused_not_an_error(engine, path, query):
+    event = api_event(path, "{}", {"Content-Type": "application/json", "X-Twilio-Signature": "forged"})
+    event["queryStringParameters"] = dict(parse_qsl(query, keep_blank_values=True))
+
+    answer = engine.handle(event)
+
+    assert answer["statusCode"] == 403 and engine.all_queued() == 0
+    assert engine.metric("InvalidSignature") == 1
+
+
+def test_a_signature_algorithm_twilio_does_not_use_is_refused(engine):
+    params = whatsapp_text()
+    event = shared_key_event(params, TOKEN)
+    event["headers"]["X-Twilio-Webhooks-Signature-Settings"] = (
+        "key=webhooks_sharedkey_0123,algorithm=HMAC_MD5"
+    )
+
+    assert engine.handle(event)["statusCode"] == 403

@@ -196,11 +196,12 @@ def test_a_plain_install_serves_and_the_lambda_package_stays_lean():
 
 
 def parameter_values(document: dict, parameters: dict[str, str]) -> dict:
-    """Each parameter's value: its default, or what `parameters` give; lists split."""
+    """Each parameter's value: its default, or what `parameters` give; lists split as CloudFormation
+    splits them ("" is [""])."""
     values = {}
     for name, parameter in document["Parameters"].items():
         value = parameters.get(name, parameter.get("Default", ""))
-        values[name] = [v for v in str(value).split(",") if v] if "List" in parameter["Type"] else value
+        values[name] = str(value).split(",") if "List" in parameter["Type"] else value
     return values
 
 
@@ -227,6 +228,8 @@ def conditions(document: dict, parameters: dict[str, str]) -> dict[str, bool]:
         [(function, argument)] = node.items()
         if function == "Condition":
             return evaluate(document["Conditions"][argument])
+        if function == "Fn::Contains":  # Rules only
+            return str(value(argument[1], values)) in [str(v) for v in value(argument[0], values)]
         if function == "Fn::Equals":
             return str(value(argument[0], values)) == str(value(argument[1], values))
         if function == "Fn::Not":

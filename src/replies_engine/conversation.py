@@ -71,12 +71,17 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
     return {**entry, **structured(context_object)}
 
 
+def sender_bsuid(context_object: dict[str, Any]) -> str | None:
+    """The sender's BSUID: Twilio's `ExternalUserId`, or a `From` that holds one (no phone number)."""
+    return bsuid(context_object.get("external_user_id")) or bsuid(context_object.get("from"))
+
+
 def identity(context_object: dict[str, Any]) -> dict[str, Any]:
     """Who wrote, as WhatsApp tells it through Twilio, in the record's fields: their business-scoped
     user ID (`ExternalUserId`, or a `From` without a phone number) and its parent, their username and
     their profile name."""
     found = {
-        "recipient_bsuid": bsuid(context_object.get("external_user_id")) or bsuid(context_object.get("from")),
+        "recipient_bsuid": sender_bsuid(context_object),
         "recipient_parent_bsuid": bsuid(context_object.get("parent_external_user_id")),
         "recipient_username": context_object.get("profile_username") or context_object.get("username"),
         "profile_name": context_object.get("profile_name"),

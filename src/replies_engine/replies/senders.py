@@ -165,6 +165,9 @@ class TwilioSender:
         self._client = None
 
     def client(self) -> Any:
+        """twilio's Client with the current credentials (a rotated token makes a new one)."""
+        if self._client is not None and self._client.password != self.auth_token():
+            self._client = None
         if self._client is None:
             from twilio.http.http_client import TwilioHttpClient
             from twilio.rest import Client
@@ -174,11 +177,10 @@ class TwilioSender:
         return self._client
 
     def _rotated(self) -> bool:
-        """After a 401: whether the token changed since the client was made (then it is made again)."""
-        if self.auth_token(refresh=True) == self.client().password:
-            return False
-        self._client = None
-        return True
+        """After a 401: whether the token changed since the refused client was made (`client()` then
+        makes a new one)."""
+        refused = self._client.password if self._client is not None else None
+        return self.auth_token(refresh=True) != refused
 
     def typing(self, message_id: str) -> None:
         """WhatsApp's "typing…" (Twilio's typing indicator, public beta; it shows for 25 s): the person

@@ -109,12 +109,8 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     if not found["valid"]:
         return Outcome(found["error_code"], found["message"], log=log)
     learned = {k: v for k, v in identity(context_object).items() if found["record"].get(k) != v}
-    context_object = {**found["data"], **learned}
+    context_object = found["data"]
     log["conversation_id"] = context_object.get("conversation_id")
-    if learned:  # kept, so that a later message that names them by username alone still finds them
-        written = _write(runtime, context_object, log, learned, None)
-        if isinstance(written, Outcome):
-            return written
     if request.channel.twilio:
         handled = _opt_out_rules(context_object, runtime, log)
         if handled is not None:
@@ -133,6 +129,11 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         ):
             return _record_refused(context_object, rules["message"], runtime, log)
         logger.info("conversation locked: message kept for the next batch", extra=log)
+    if learned:  # kept, so that a later message that names them by username alone still finds them
+        written = _write(runtime, context_object, log, learned, None)
+        if isinstance(written, Outcome):
+            return written
+        context_object = {**context_object, **learned}
 
     if human_silent_too_long(context_object, settings.handoff_auto_return_hours):
         # checked when the person writes again: no scan of the table for silent humans
@@ -272,10 +273,11 @@ def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
     if door is None:
         return None
     names, check = door
-    name = names[0]
+    name, secret = names[0], None
     try:
-        name = next((n for n in names if runtime.secret(n)), names[-1])
-        secret = runtime.secret(name)
+        for name in names:  # the first that is set (a shared key, else the auth token)
+            if secret := runtime.secret(name):
+                break
         problem = check(secret) if secret else None
         if problem is not None and (rotated := runtime.secret(name, refresh=True)) != secret:
             secret, problem = rotated, check(rotated)  # rotated since we read it

@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from urllib.parse import parse_qs, urlsplit
 
-from twilio.request_validator import RequestValidator, get_signature_algorithm
+from twilio.request_validator import HMAC_SHA1, HMAC_SHA256, RequestValidator, get_signature_algorithm
 
 from .parsing import InboundRequest
 
@@ -41,9 +42,11 @@ def verify_twilio(request: InboundRequest, secret: str, public_base_url: str | N
     urls = twilio_urls(request, public_base_url)
     if not urls:
         return "no Host header to rebuild the URL Twilio called: set PUBLIC_BASE_URL"
-    if isinstance(request.signed, str) and "bodySHA256=" not in urls[0]:
+    if isinstance(request.signed, str) and not parse_qs(urlsplit(urls[0]).query).get("bodySHA256"):
         return "a JSON body must be signed with bodySHA256 in the URL"
     algorithm = get_signature_algorithm(request.headers.get("x-twilio-webhooks-signature-settings"))
+    if algorithm.upper() not in (HMAC_SHA1, HMAC_SHA256):
+        return f"the signature algorithm {algorithm!r} is not one Twilio signs with"
     for key in filter(None, (k.strip() for k in secret.split(","))):
         validator = RequestValidator(key)
         if any(validator.validate(url, request.signed, signature, algorithm) for url in urls):

@@ -12,7 +12,14 @@ from typing import Any
 from .. import clock
 from ..channels import BSUID_GSI, CHANNELS, WHATSAPP_GSI, bsuid
 from ..config import ConfigurationError
-from ..conversation import HISTORY_FIELDS, MESSAGE_FIELDS, PROCESSING_REPLY, is_locked, message_key
+from ..conversation import (
+    HISTORY_FIELDS,
+    MESSAGE_FIELDS,
+    PROCESSING_REPLY,
+    is_locked,
+    message_key,
+    sender_bsuid,
+)
 from ..observability import mask
 from ..ports import ConversationStore, StoreError, TransientStoreError
 
@@ -92,11 +99,6 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
     record = {k: v for k, v in records[0].items() if k not in HISTORY_FIELDS}
     own = {k: v for k, v in context_object.items() if k in MESSAGE_FIELDS}
     return {**ok({**context_object, **record, **own}), "record": record}
-
-
-def sender_bsuid(context_object: dict[str, Any]) -> str | None:
-    """The sender's BSUID: Twilio's `ExternalUserId`, or a `From` that holds one (no phone number)."""
-    return bsuid(context_object.get("external_user_id")) or bsuid(context_object.get("from"))
 
 
 def validate_conversation_rules(

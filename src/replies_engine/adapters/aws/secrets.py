@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ...config import ConfigurationError
 from ...ports import SECRET_VARIABLES, BackendError, StoreError, TransientStoreError
@@ -27,7 +28,14 @@ logger = logging.getLogger(__name__)
 
 TTL_SECONDS = 300
 MIN_REFRESH_SECONDS = 10
+RETRY_SECONDS = 30  # Secrets Manager failing: the copy we have serves this long before the next try
 _TWILIO_KEYS = {"TWILIO_ACCOUNT_SID": "account_sid", "TWILIO_AUTH_TOKEN": "auth_token"}
+
+
+def secrets_client() -> Any:
+    """Secrets Manager's client: one attempt (2 s to connect, 5 to read), so that a webhook that must
+    read a secret still answers within its 10 s."""
+    return client("secretsmanager", attempts=1)
 
 
 class SecretsManagerSecrets:
@@ -60,20 +68,22 @@ class SecretsManagerSecrets:
                 return values
             try:
                 values = self._fetch(secret_name)
-            except BackendError:
+            except (BackendError, ConfigurationError):
                 if age is None:
                     raise
-                # Secrets Manager unreachable for a moment: the value we have beats a refusal
+                # unreachable, or mid-edit: the copy we have beats a refusal, and is not asked for
+                # again at every request meanwhile
                 logger.warning(
                     "cannot read secret %s again; using the copy read %.0f s ago", secret_name, age
                 )
+                self._read[secret_name] = (self.clock() - TTL_SECONDS + RETRY_SECONDS, values)
                 return values
             self._read[secret_name] = (self.clock(), values)
             return values
 
     def _fetch(self, secret_name: str) -> dict[str, str]:
         with translated_errors(StoreError, TransientStoreError):
-            text = client("secretsmanager").get_secret_value(SecretId=secret_name)["SecretString"]
+            text = secrets_client().get_secret_value(SecretId=secret_name)["SecretString"]
         try:
             values = json.loads(text)
         except json.JSONDecodeError:
