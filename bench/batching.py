@@ -1,4 +1,4 @@
-"""How often a burst of messages gets exactly one reply, per batching mode (issue 5's table).
+"""How often a burst of messages gets exactly one reply, per batching mode.
 
 A seeded trace of bursts (1-6 messages, gaps lognormal with median 2.5 s; many conversations at
 once) is replayed through the REAL stage 1, 2 and 3 code on the embedded engine, on a virtual clock:

@@ -1,4 +1,4 @@
-"""Every accepted message answered, through crashes (issue 13): seeded runs on both backends, counted.
+"""Every accepted message answered, through crashes: seeded runs on both backends, counted.
 
 A run: a few people write bursts to their conversations (the default debounce mode, a 1 s lease),
 while the engine is killed one to three times at a seeded point: before or after one of its store or

@@ -1,4 +1,4 @@
-"""What a long conversation costs each message (issue 8), on both backends, side by side in one run.
+"""What a long conversation costs each message, on both backends, side by side in one run.
 
 For each history length H (10, 1,000, 3,000 messages of ~200 characters, user and assistant
 alternating), one conversation is `put`, then R rounds, interleaved across the H values so that a

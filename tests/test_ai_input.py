@@ -1,4 +1,4 @@
-"""What the AI reads (issue 12): voice notes transcribed before the burst is answered, images shown to a
+"""What the AI reads: voice notes transcribed before the burst is answered, images shown to a
 model that sees, other files described, a company's own instructions, daily caps on AI turns, and the
 tokens each reply cost. Real HTTP throughout: a media host and an OpenAI-compatible API on loopback,
 reached by the engine's own clients. What the stores keep (transcripts, counters) runs on both

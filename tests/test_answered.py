@@ -1,4 +1,4 @@
-"""Every accepted message gets an answer (issue 13), on both backends: a lease that runs out while the
+"""Every accepted message gets an answer, on both backends: a lease that runs out while the
 context waits or the model thinks, a holder killed after the lock, after the responder or after the
 send, the sweeper racing a late reply, a send that can never succeed. Each ends with every message
 answered once, by a reply that saw it, and nobody answered twice."""

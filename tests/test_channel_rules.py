@@ -1,4 +1,4 @@
-"""Replies that real channels accept (issue 9), on both backends, through the public entry points and
+"""Replies that real channels accept, on both backends, through the public entry points and
 twilio's own Client talking to a fake Twilio API: length, opt-out, WhatsApp's 24-hour window, send
 errors by kind, delivery status callbacks, the typing indicator."""
 

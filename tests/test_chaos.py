@@ -1,4 +1,4 @@
-"""A handful of the seeded crash runs of `bench/chaos.py` (issue 13), on both backends: the engine is
+"""A handful of the seeded crash runs of `bench/chaos.py`, on both backends: the engine is
 killed before or after seeded store and queue calls, started again, and at the end every accepted
 message is in its conversation once, every conversation answered after its last message, nobody
 answered twice and nothing left locked. The benchmark runs hundreds of seeds."""

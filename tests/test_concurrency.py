@@ -1,4 +1,4 @@
-"""Many people at once (issue 8), on both backends: the local engine's pools answer conversations in
+"""Many people at once, on both backends: the local engine's pools answer conversations in
 parallel, like Lambda's concurrent invocations, and stopping with replies in flight loses nothing and
 sends nothing twice. Parallelism is proven by a responder that answers only once K calls are in
 flight together, not by timing."""

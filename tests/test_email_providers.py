@@ -1,4 +1,4 @@
-"""Inbound email as real providers send it (issue 11), through `webhook_handler` on both backends:
+"""Inbound email as real providers send it, through `webhook_handler` on both backends:
 Postmark's inbound webhook and a Mailgun route's forward, each with its authenticity check, mapped onto
 the same `context_object`; quoted history stripped from what the AI sees, the raw text kept."""
 

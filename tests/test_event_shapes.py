@@ -1,4 +1,4 @@
-"""Every front door AWS has for a webhook (issue 11): API Gateway REST (payload 1.0), HTTP API (payload
+"""Every front door AWS has for a webhook: API Gateway REST (payload 1.0), HTTP API (payload
 2.0), Lambda Function URL and Application Load Balancer events, each holding a Twilio body signed
 for the URL Twilio called, through `webhook_handler`. The events are AWS's published samples with the
 body, path and host replaced: the sources are named at each."""

@@ -1,4 +1,4 @@
-"""Human handoff as a loop (issue 10), on both backends: a hand-off by rule, by the AI and by an
+"""Human handoff as a loop, on both backends: a hand-off by rule, by the AI and by an
 operator; a human's reply sent and recorded; the hand-back, then an AI reply that sees what the human
 said; no AI reply while a human owns the conversation. The operators' API is driven over HTTP through
 the same Starlette app `serve` runs (httpx2's ASGI transport), with the engine's real queues and

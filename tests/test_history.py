@@ -1,4 +1,4 @@
-"""Long conversations (issue 8), on both backends: messages live apart from the record, so stage 1
+"""Long conversations, on both backends: messages live apart from the record, so stage 1
 never loads the history and a lock+append never rewrites it, while dedupe and order still hold over
 the whole conversation. And the upgrade of an embedded database from before."""
 

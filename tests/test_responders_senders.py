@@ -253,7 +253,7 @@ def test_twilio_sender_creates_a_message_with_twilios_client():
 
 
 def test_twilio_sender_tells_whether_a_noted_reply_went_out():
-    """What a holder that died while sending leaves for the next one to ask (issue 13)."""
+    """What a holder that died while sending leaves for the next one to ask."""
     http = TwilioApi()
     sender = TwilioSender(lambda: "AC" + "1" * 32, lambda: "token", http_client=http)
     noted = note("Sure, which day?", "and at what time?")

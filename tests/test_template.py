@@ -183,7 +183,7 @@ def test_the_floors_ci_installs_are_the_declared_lower_bounds():
 
 
 def test_a_plain_install_serves_and_the_lambda_package_stays_lean():
-    """`pip install replies-engine` then `replies-engine serve` works (issue 11); `sam build` installs
+    """`pip install replies-engine` then `replies-engine serve` works; `sam build` installs
     src/requirements.txt, which leaves the local server's libraries out of the functions."""
     import tomllib
 

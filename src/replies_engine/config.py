@@ -64,7 +64,7 @@ class Settings:
     agent_secret: str | None = None  # signs what is POSTed to it
     responder_timeout_seconds: float = 15.0  # per attempt; attempts × this stays below the function timeout
     responder_attempts: int = 3
-    # what the AI reads (issue 12)
+    # what the AI reads
     transcribe_model: str | None = None  # voice notes transcribed by this model; unset: not transcribed
     transcribe_base_url: str = "https://api.openai.com/v1"
     transcribe_api_key: str | None = None  # default: OPENAI_API_KEY, when it is the same server

@@ -1,4 +1,4 @@
-"""What people send besides text, made readable for the AI (issue 12).
+"""What people send besides text, made readable for the AI.
 
 The reply stage runs `prepare` before it asks the AI, inside its heartbeat (the lease renewed, "typing…"
 shown), so no burst is answered before its voice notes are transcribed:
@@ -44,7 +44,9 @@ NAMES = {  # how a file is named to the AI, by content type (else by its family)
 FAMILY_NAMES = {AUDIO: "a voice note", IMAGE: "an image", "video": "a video", "text": "a text file"}
 SHOWN_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})  # what chat models take
 CONTACT_TYPES = frozenset({"text/vcard", "text/x-vcard"})  # WhatsApp's shared contacts
-MAX_CONTACT_BYTES = 65_536  # a name and numbers fit many times over; a larger card (a photo inline) is told as too large
+MAX_CONTACT_BYTES = (
+    65_536  # a name and numbers fit many times over; a larger card (a photo inline) is told as too large
+)
 EXTENSIONS = {"audio/mpeg": "mp3", "audio/x-m4a": "m4a", "audio/mp4": "m4a", "audio/x-wav": "wav"}
 
 

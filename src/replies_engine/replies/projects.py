@@ -1,4 +1,4 @@
-"""What a company tells its AI, and how much of it they pay for (issue 12).
+"""What a company tells its AI, and how much of it they pay for.
 
 Instructions: a conversation record's own `ai_instructions`, else those of its `project_id` in
 PROJECTS_FILE, else the default prompt. Caps on the AI's replies per UTC day, to a conversation
