@@ -1,4 +1,4 @@
-"""Debounce mode (DESIGN.md §4.6) on both backends: one reply per burst, after the person pauses; a
+"""Debounce mode (docs/design.md §4.6) on both backends: one reply per burst, after the person pauses; a
 message during the AI's work answered once; the caps; flush tokens and new messages racing."""
 
 from __future__ import annotations

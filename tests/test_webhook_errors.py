@@ -1,4 +1,4 @@
-"""Every error code of DESIGN.md §4.4 through `webhook_handler`: status, content type, body, and what
+"""Every error code of docs/design.md §4.4 through `webhook_handler`: status, content type, body, and what
 was (not) queued. Backend faults are real: a second SQLite connection holding the locks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Settings from the environment (DESIGN.md §5), read once on first use, never at import."""
+"""Settings from the environment (docs/design.md §5), read once on first use, never at import."""
 
 from __future__ import annotations
 

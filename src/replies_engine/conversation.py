@@ -53,7 +53,7 @@ def message_key(context_object: dict[str, Any]) -> str | None:
 
 
 def user_message(context_object: dict[str, Any], batch_id: str | None = None) -> dict[str, Any]:
-    """A message as `messages` stores it (DESIGN.md §4.1)."""
+    """A message as `messages` stores it (docs/design.md §4.1)."""
     entry = {
         "message_id": message_key(context_object),
         "role": "user",
@@ -255,7 +255,7 @@ def provider_ids(message: dict[str, Any]) -> list[str]:
 def flush_due(
     pending: list[dict[str, Any]], now: float, quiet: float, max_wait: float, max_batch: int
 ) -> bool:
-    """Debounce (DESIGN.md §4.6): answer now? When the newest pending message is `quiet` old, or the
+    """Debounce (docs/design.md §4.6): answer now? When the newest pending message is `quiet` old, or the
     oldest `max_wait` old, or `max_batch` are pending."""
     if not pending:
         return False

@@ -1,4 +1,4 @@
-"""The Lambda entry points (DESIGN.md §2). Thin: each hands the event to its stage.
+"""The Lambda entry points (docs/design.md §2). Thin: each hands the event to its stage.
 
 Importing this module reads no configuration and touches no backend; the first call does.
 """

@@ -1,4 +1,4 @@
-"""Structured JSON logs and counters (DESIGN.md §6).
+"""Structured JSON logs and counters (docs/design.md §6).
 
 Log lines carry correlation fields through `extra=`: `conversation_id`, `message_sid`, `batch_id`, …
 Counters are kept in memory here; the AWS backend emits the same names as CloudWatch EMF.

@@ -81,7 +81,7 @@ class LockOutcome:
 
 
 class ConversationStore(Protocol):
-    """ConversationsTable (DESIGN.md §4.1).
+    """ConversationsTable (docs/design.md §4.1).
 
     A conversation's `messages` live apart from its record, one row (item) each, so that what every
     stage reads and writes costs the same in a 3,000-message conversation as in a 10-message one:
@@ -144,7 +144,7 @@ class ConversationStore(Protocol):
 
     def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
         """Debounce: append to `pending_messages` the messages in neither `messages` nor
-        `pending_messages`, bumping `pending_version`; no lock needed (DESIGN.md §4.6)."""
+        `pending_messages`, bumping `pending_version`; no lock needed (docs/design.md §4.6)."""
         ...
 
     def flush_pending(

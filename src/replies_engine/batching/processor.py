@@ -1,4 +1,4 @@
-"""Stage 2, the batch processor (DESIGN.md §1, §4.5).
+"""Stage 2, the batch processor (docs/design.md §1, §4.5).
 
 Group an SQS batch by conversation, order each group, then one conditional write per group takes the
 lock and appends the messages not already there. The AI context goes to the AI queue. A conversation
@@ -181,7 +181,7 @@ def unanswered(runtime: Runtime, conversation_id: str) -> tuple[list[dict[str, A
 
 
 def build_ai_context(runtime: Runtime, record: dict[str, Any], batch_id: str) -> dict[str, Any]:
-    """The AI queue's message (DESIGN.md §4.5) for the batch that holds the lock: every message of the
+    """The AI queue's message (docs/design.md §4.5) for the batch that holds the lock: every message of the
     person's not answered yet (this batch's, and any an expired holder left), and the history before."""
     history, messages = unanswered(runtime, record["conversation_id"])
     latest = messages[-1]
@@ -215,7 +215,7 @@ def dead_letter_context(runtime: Runtime, context: dict[str, Any], reason: str) 
         )
 
 
-# --- debounce mode (DESIGN.md §4.6) ------------------------------------------------------------------
+# --- debounce mode (docs/design.md §4.6) ------------------------------------------------------------------
 
 
 def _debounce_conversation(conversation_id: str, records: list[BatchRecord], runtime: Runtime) -> bool:

@@ -1,4 +1,4 @@
-"""`replies-engine`: the engine on one machine, and the operators' tools (DESIGN.md §5.1).
+"""`replies-engine`: the engine on one machine, and the operators' tools (docs/design.md §5.1).
 
 Every command acts on the configured backend and prints JSON.
 """

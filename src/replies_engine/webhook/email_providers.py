@@ -1,5 +1,5 @@
 """Inbound email as the providers send it, each at its own path under `/email/`, mapped onto the plain
-JSON shape (`from`, `to`, `subject`, `text`, `message_id`; DESIGN.md §4.2) plus `raw_text` (the text
+JSON shape (`from`, `to`, `subject`, `text`, `message_id`; docs/design.md §4.2) plus `raw_text` (the text
 as written, quoted history and all) and `attachments` (name, type and size: the content stays with
 the provider):
 

@@ -1,5 +1,5 @@
 """Stage 1: parse → verify → find conversation → keywords → rules → route → enqueue → respond
-(DESIGN.md §1). The same handler records Twilio's delivery status callbacks (`POST /twilio/status`)."""
+(docs/design.md §1). The same handler records Twilio's delivery status callbacks (`POST /twilio/status`)."""
 
 from __future__ import annotations
 

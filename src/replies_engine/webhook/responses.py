@@ -1,4 +1,4 @@
-"""Stage 1, step 6: error code → HTTP answer (DESIGN.md §4.4).
+"""Stage 1, step 6: error code → HTTP answer (docs/design.md §4.4).
 
 `response_builder` suggests the status and JSON body; `final_response` applies the channel's rules:
 Twilio gets 200 TwiML for everything it must not retry, and a raised error (API Gateway answers 5xx,
@@ -47,7 +47,7 @@ PUBLIC_MESSAGE: dict[str, str] = {
     "QUEUE_TRANSIENT_ERROR": "the queue is busy: retry later",
 }
 
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'  # DESIGN.md §4.4, to the letter
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'  # docs/design.md §4.4, to the letter
 
 
 class TransientWebhookError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Stage 1, step 2: is the request genuine? (DESIGN.md §4.2.1)
+"""Stage 1, step 2: is the request genuine? (docs/design.md §4.2.1)
 
 Twilio signs the URL it called plus the POST parameters (every value of a repeated one), or, for a
 JSON body, the URL with the body's SHA-256 in its `bodySHA256` parameter; with the auth token, or with
