@@ -25,7 +25,14 @@ ARCHIVE = "old#archive#2026-01-0{}T00:00:00.000000Z"  # what the old store named
 
 
 def message(message_id: str, **fields) -> dict:
-    return {"message_id": message_id, "role": "user", "content": message_id, "batch_id": None, **fields}
+    return {
+        "message_id": message_id,
+        "role": "user",
+        "content": message_id,
+        "timestamp": "2026-01-01T00:00:01.000000Z",  # as stage 1 stamps them
+        "batch_id": None,
+        **fields,
+    }
 
 
 def raw_put(engine, item: dict) -> None:

@@ -42,8 +42,12 @@ def test_whatsapp_text_is_answered_with_empty_twiml_and_queued_with_the_batch_de
     assert body["message_sid"] == params["MessageSid"]
     assert body["account_sid"] == params["AccountSid"]
     assert body["from"] == f"whatsapp:{PERSON}"
-    assert body["profile_name"] == "Zoë" and body["wa_id"] == PERSON.lstrip("+")
-    assert body["sms_message_sid"] == params["MessageSid"] and body["num_segments"] == "1"
+    assert body["schema_version"] == 2 and body["kind"] == "message"
+    # the provider's other fields, snake-cased, under a key of their own
+    fields = body["provider_fields"]
+    assert fields["profile_name"] == "Zoë" and fields["wa_id"] == PERSON.lstrip("+")
+    assert fields["sms_message_sid"] == params["MessageSid"] and fields["num_segments"] == "1"
+    assert "message_sid" not in fields and "wa_id" not in body
     assert body["received_at"].endswith("Z") and len(body["received_at"]) == len(
         "2026-11-24T20:15:03.123456Z"
     )
@@ -70,9 +74,17 @@ def test_location_message_keeps_every_twilio_field(engine):
     engine.handle(twilio_event("whatsapp", whatsapp_location()))
 
     body = engine.queued("whatsapp")[0]["body"]
-    assert (body["latitude"], body["longitude"]) == ("52.520008", "13.404954")
-    assert body["address"] == "Alexanderplatz, Berlin" and body["label"] == "Büro"
-    assert body["message_type"] == "location"
+    fields = body["provider_fields"]
+    assert (fields["latitude"], fields["longitude"]) == ("52.520008", "13.404954")
+    assert fields["address"] == "Alexanderplatz, Berlin" and fields["label"] == "Büro"
+    assert fields["message_type"] == "location"
+    # and read into the engine's own key
+    assert body["location"] == {
+        "latitude": "52.520008",
+        "longitude": "13.404954",
+        "address": "Alexanderplatz, Berlin",
+        "label": "Büro",
+    }
 
 
 def test_sms_goes_to_the_sms_queue(engine):
@@ -83,7 +95,8 @@ def test_sms_goes_to_the_sms_queue(engine):
     assert response["statusCode"] == 200 and response["body"] == EMPTY_TWIML
     [queued] = engine.queued("sms")
     assert queued["body"]["message_sid"] == params["MessageSid"]
-    assert queued["body"]["from_country"] == "DE" and queued["body"]["from_zip"] == ""
+    fields = queued["body"]["provider_fields"]
+    assert fields["from_country"] == "DE" and fields["from_zip"] == ""
     assert engine.queued("whatsapp") == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
@@ -15,6 +16,20 @@ def iso(timestamp: float | None = None) -> str:
     """ISO-8601 UTC with microseconds, `2026-11-24T20:15:03.123456Z`: sorts as text."""
     moment = datetime.fromtimestamp(now() if timestamp is None else timestamp, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
+
+
+def is_stamp(value: object) -> bool:
+    """Is `value` a time as `iso` writes it (one that sorts as text with the others)?"""
+    if not isinstance(value, str) or not _STAMP.fullmatch(value):
+        return False
+    try:
+        parse_iso(value)
+    except ValueError:  # 2026-13-45…
+        return False
+    return True
 
 
 def parse_iso(text: str) -> float:

@@ -30,21 +30,6 @@ DELIVERY_FINAL = frozenset({"undelivered", "failed", "canceled"})
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
-# A message's own fields: where the message and the record disagree, the record wins on all others.
-MESSAGE_FIELDS = frozenset(
-    {
-        "channel_type",
-        "from",
-        "to",
-        "body",
-        "subject",
-        "message_sid",
-        "message_id",
-        "account_sid",
-        "received_at",
-        "media",
-    }
-)
 
 
 def message_key(context_object: dict[str, Any]) -> str | None:
@@ -53,7 +38,7 @@ def message_key(context_object: dict[str, Any]) -> str | None:
 
 
 def user_message(context_object: dict[str, Any], batch_id: str | None = None) -> dict[str, Any]:
-    """A message as `messages` stores it (docs/design.md §4.1)."""
+    """A message as `messages` stores it (docs/design.md §4.1), from the engine's keys of its envelope."""
     entry = {
         "message_id": message_key(context_object),
         "role": "user",
@@ -65,56 +50,57 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
         "from": context_object.get("from"),
         "to": context_object.get("to"),
     }
-    for name in ("media", "subject", "raw_text", "attachments"):  # those a message has (email: a subject)
+    for name in ("media", "subject", "raw_text", "attachments", *STRUCTURED):  # those the message has
         if context_object.get(name):
             entry[name] = context_object[name]
-    return {**entry, **structured(context_object)}
+    return entry
 
 
 def sender_bsuid(context_object: dict[str, Any]) -> str | None:
     """The sender's BSUID: Twilio's `ExternalUserId`, or a `From` that holds one (no phone number)."""
-    return bsuid(context_object.get("external_user_id")) or bsuid(context_object.get("from"))
+    fields = context_object.get("provider_fields") or {}
+    return bsuid(fields.get("external_user_id")) or bsuid(context_object.get("from"))
 
 
 def identity(context_object: dict[str, Any]) -> dict[str, Any]:
     """Who wrote, as WhatsApp tells it through Twilio, in the record's fields: their business-scoped
     user ID (`ExternalUserId`, or a `From` without a phone number) and its parent, their username and
     their profile name."""
+    fields = context_object.get("provider_fields") or {}
     found = {
         "recipient_bsuid": sender_bsuid(context_object),
-        "recipient_parent_bsuid": bsuid(context_object.get("parent_external_user_id")),
-        "recipient_username": context_object.get("profile_username") or context_object.get("username"),
-        "profile_name": context_object.get("profile_name"),
+        "recipient_parent_bsuid": bsuid(fields.get("parent_external_user_id")),
+        "recipient_username": fields.get("profile_username") or fields.get("username"),
+        "profile_name": fields.get("profile_name"),
     }
     return {k: v for k, v in found.items() if v}
 
 
-def structured(context_object: dict[str, Any]) -> dict[str, Any]:
-    """What a WhatsApp message carries besides its text, from Twilio's fields (stage 1 snake-cases
-    them), under names of its own: a shared `location`, a quick-reply `button`, the provider's id of
-    the message it answers (`in_reply_to`), the click-to-WhatsApp ad it came from (`referral`, click id
+STRUCTURED = ("location", "button", "in_reply_to", "referral", "forwarded")
+
+
+def structured(fields: dict[str, Any]) -> dict[str, Any]:
+    """What a WhatsApp message carries besides its text, from Twilio's fields (snake-cased), under names
+    of its own (`STRUCTURED`): a shared `location`, a quick-reply `button`, the provider's id of the
+    message it answers (`in_reply_to`), the click-to-WhatsApp ad it came from (`referral`, click id
     included), whether it was `forwarded`."""
     found: dict[str, Any] = {}
-    location = {
-        k: context_object[k] for k in ("latitude", "longitude", "address", "label") if context_object.get(k)
-    }
+    location = {k: fields[k] for k in ("latitude", "longitude", "address", "label") if fields.get(k)}
     if "latitude" in location or "longitude" in location:
         found["location"] = location
-    button = {
-        k: context_object[f"button_{k}"] for k in ("text", "payload") if context_object.get(f"button_{k}")
-    }
+    button = {k: fields[f"button_{k}"] for k in ("text", "payload") if fields.get(f"button_{k}")}
     if button:
         found["button"] = button
-    if context_object.get("original_replied_message_sid"):
-        found["in_reply_to"] = context_object["original_replied_message_sid"]
+    if fields.get("original_replied_message_sid"):
+        found["in_reply_to"] = fields["original_replied_message_sid"]
     referral = {
         name.removeprefix("referral_"): value
-        for name, value in context_object.items()
+        for name, value in fields.items()
         if name.startswith("referral_") and value and name != "referral_num_media"
     }
     if referral:
         found["referral"] = referral
-    if str(context_object.get("forwarded", "")).lower() == "true":
+    if str(fields.get("forwarded", "")).lower() == "true":
         found["forwarded"] = True
     return found
 
@@ -252,14 +238,34 @@ def provider_ids(message: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i and not i.startswith("unknown-")))
 
 
+def unreadable(message: Any) -> str | None:
+    """Why a stored pending message cannot be ordered and batched (None: it can). Stage 2 checks what it
+    adds; this finds what an older engine or a hand-edited record left."""
+    if not isinstance(message, dict):
+        return "not an object"
+    if not isinstance(message.get("message_id"), str) or not message["message_id"]:
+        return "no message_id"
+    if not clock.is_stamp(message.get("timestamp")):
+        return f"timestamp {message.get('timestamp')!r} is not a time stage 1 writes"
+    return None
+
+
+def readable(pending: list[Any]) -> list[dict[str, Any]]:
+    """The pending messages that can be batched: what a flush moves (stage 2 dead-letters the others)."""
+    return [m for m in pending if not unreadable(m)]
+
+
 def flush_due(
     pending: list[dict[str, Any]], now: float, quiet: float, max_wait: float, max_batch: int
 ) -> bool:
     """Debounce (docs/design.md §4.6): answer now? When the newest pending message is `quiet` old, or the
-    oldest `max_wait` old, or `max_batch` are pending."""
+    oldest `max_wait` old, or `max_batch` are pending; at once when one cannot be read, so that it goes to
+    the dead-letter queue and blocks no one."""
     if not pending:
         return False
-    received = [clock.parse_iso(m["timestamp"]) for m in pending if m.get("timestamp")] or [now]
+    if len(readable(pending)) < len(pending):
+        return True
+    received = [clock.parse_iso(m["timestamp"]) for m in pending]
     slack = 0.05  # clocks and SQS's whole-second delays
     return (
         len(pending) >= max_batch
@@ -272,7 +278,7 @@ def flush_delay(pending: list[dict[str, Any]], now: float, quiet: int, max_wait:
     """When to look again after a message was added: at the quiet time, or earlier for the caps."""
     if len(pending) >= max_batch:
         return 0
-    oldest = min((clock.parse_iso(m["timestamp"]) for m in pending if m.get("timestamp")), default=now)
+    oldest = min((clock.parse_iso(m["timestamp"]) for m in readable(pending)), default=now)
     return max(0, min(quiet, math.ceil(max_wait - (now - oldest))))
 
 

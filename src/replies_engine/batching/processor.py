@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from .. import clock
+from .. import clock, envelope
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE, CHANNELS
 from ..config import SQS_MAX_DELAY_SECONDS
@@ -27,77 +27,51 @@ from ..conversation import (
     is_locked,
     message_key,
     split_unanswered,
+    unreadable,
     user_message,
 )
+from ..envelope import FLUSH, SqsRecord, Unreadable
 from ..ports import LockOutcome, OutgoingMessage
 
 logger = logging.getLogger(__name__)
 
 HISTORY_MESSAGES = 20  # how much of the conversation before this batch the AI stage sees
 MAX_UNANSWERED = 100  # the newest unanswered messages one AI context carries (an SQS message is ≤ 256 KiB)
-FLUSH = "flush"  # debounce mode's token: "look at this conversation's pending messages now"
 
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """One SQS record of a batch queue: the message it carries and where it came from."""
+    """One SQS record of a batch queue: the envelope it carries (its engine keys, read and checked)."""
 
-    sqs_message_id: str
-    body: str
-    context_object: dict[str, Any]  # for a flush token: {"kind": "flush", "conversation_id", "channel_type"}
-    retry_attempt: int
+    sqs: SqsRecord
+    envelope: dict[str, Any]
 
     @property
     def is_flush(self) -> bool:
-        return self.context_object.get("kind") == FLUSH
+        return self.envelope["kind"] == FLUSH
 
     @property
     def conversation_id(self) -> str:
-        return self.context_object["conversation_id"]
+        return self.envelope["conversation_id"]
 
     @property
     def home_queue(self) -> str:
         """The batch queue of its channel: where it goes back on contention."""
-        return CHANNELS[self.context_object["channel_type"]].queue
-
-    @classmethod
-    def from_sqs(cls, record: dict[str, Any]) -> BatchRecord:
-        """Parse a record; ValueError with the reason when it is not one stage 1 could have sent."""
-        body = record.get("body")
-        try:
-            context_object = json.loads(body)
-        except (TypeError, json.JSONDecodeError):
-            raise ValueError("the body is not JSON") from None
-        if not isinstance(context_object, dict):
-            raise ValueError("the body is not a JSON object")
-        missing = [f for f in ("conversation_id", "channel_type") if not context_object.get(f)]
-        if missing or not (message_key(context_object) or context_object.get("kind") == FLUSH):
-            raise ValueError(f"the body lacks {', '.join(missing) or 'a message id'}")
-        if context_object["channel_type"] not in CHANNELS:
-            raise ValueError(f"unknown channel_type {context_object['channel_type']!r}")
-        attribute = (record.get("messageAttributes") or {}).get("RetryAttempt") or {}
-        try:
-            retry_attempt = int(attribute.get("stringValue") or 0)
-        except ValueError:
-            raise ValueError(f"RetryAttempt {attribute.get('stringValue')!r} is not a number") from None
-        return cls(record["messageId"], body, context_object, retry_attempt)
+        return CHANNELS[self.envelope["channel_type"]].queue
 
 
 def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-    """An SQS event from a batch queue → `{"batchItemFailures": [...]}`."""
+    """An SQS event from a batch queue → `{"batchItemFailures": [...]}`. Each record is read on its own:
+    one that cannot be read fails alone and is retried until the queue's redrive policy dead-letters it."""
     failed: list[str] = []
     groups: dict[str, list[BatchRecord]] = defaultdict(list)
-    for raw in event.get("Records") or []:
-        try:
-            record = BatchRecord.from_sqs(raw)
-        except ValueError as exc:
-            # Retried until the queue's redrive policy dead-letters it: kept, never dropped.
-            logger.error(
-                "unreadable batch record", extra={"sqs_message_id": raw.get("messageId"), "reason": str(exc)}
-            )
-            failed.append(raw.get("messageId"))
-            continue
-        groups[record.conversation_id].append(record)
+    for read in envelope.records(event, envelope.read):
+        if isinstance(read, Unreadable):
+            failed += envelope.failure(read, "batch")
+            runtime.metrics.add("UnreadableRecord", stage="batch")
+        else:
+            record = BatchRecord(*read)
+            groups[record.conversation_id].append(record)
     for conversation_id, records in groups.items():
         try:
             if runtime.settings.batching_mode == "debounce":
@@ -110,7 +84,7 @@ def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
             )
             done = False
         if not done:
-            failed.extend(r.sqs_message_id for r in records)
+            failed.extend(r.sqs.message_id for r in records)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
@@ -119,7 +93,7 @@ def _process_conversation(conversation_id: str, records: list[BatchRecord], runt
     batch_id = f"batch-{uuid.uuid4().hex}"
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
     logger.info("batch started", extra={**log, "size": len(records)})
-    messages = [user_message(r.context_object, batch_id) for r in records]
+    messages = [user_message(r.envelope, batch_id) for r in records]
     outcome = runtime.store.lock_and_append(
         conversation_id,
         batch_id,
@@ -225,7 +199,7 @@ def _debounce_conversation(conversation_id: str, records: list[BatchRecord], run
     if messages:
         now = clock.now()
         outcome = runtime.store.add_pending(
-            conversation_id, [user_message(r.context_object) for r in messages], now=now
+            conversation_id, [user_message(r.envelope) for r in messages], now=now
         )
         if outcome.status == "missing":
             return _dead_letter(messages, "the conversation does not exist", runtime)
@@ -240,7 +214,7 @@ def _debounce_conversation(conversation_id: str, records: list[BatchRecord], run
             delay = flush_delay(
                 pending, now, settings.quiet_seconds, settings.max_wait_seconds, settings.max_batch_messages
             )
-            send_flush_token(runtime, conversation_id, messages[-1].context_object["channel_type"], delay)
+            send_flush_token(runtime, conversation_id, messages[-1].envelope["channel_type"], delay)
     if any(r.is_flush for r in records):
         return flush(conversation_id, runtime)
     return True
@@ -249,6 +223,7 @@ def _debounce_conversation(conversation_id: str, records: list[BatchRecord], run
 def flush(conversation_id: str, runtime: Runtime) -> bool:
     """Run the batch if the flush rule says so: lock + move the pending messages in one write."""
     settings = runtime.settings
+    quarantined: set[str] = set()
     for _ in range(5):
         now = clock.now()
         record = runtime.store.get(conversation_id)
@@ -261,10 +236,9 @@ def flush(conversation_id: str, runtime: Runtime) -> bool:
         if is_locked(record, now, settings.lock_timeout_seconds):
             # Back later: the unlock sends a token too, but a crash between the unlock and its token
             # must not leave these messages waiting for nobody. (Tokens never multiply: one for one.)
-            send_flush_token(
-                runtime, conversation_id, pending[-1]["channel_type"], max(1, settings.quiet_seconds)
-            )
+            send_flush_token(runtime, conversation_id, _channel(pending), max(1, settings.quiet_seconds))
             return True
+        _quarantine(runtime, conversation_id, pending, quarantined)  # before the flush drops them
         batch_id = f"batch-{uuid.uuid4().hex}"
         outcome = runtime.store.flush_pending(
             conversation_id,
@@ -288,13 +262,47 @@ def flush(conversation_id: str, runtime: Runtime) -> bool:
 def flush_if_pending(runtime: Runtime, record: dict[str, Any] | None) -> None:
     """After an unlock: messages that waited for the lock get their batch (debounce mode)."""
     if record and record.get("pending_messages") and runtime.settings.batching_mode == "debounce":
-        send_flush_token(runtime, record["conversation_id"], record["pending_messages"][-1]["channel_type"])
+        send_flush_token(runtime, record["conversation_id"], _channel(record["pending_messages"]))
+
+
+def _channel(pending: list[Any]) -> str:
+    """The channel of the newest pending message that names one: its batch queue takes the token (any
+    would do: a flush is per conversation)."""
+    named = [
+        m.get("channel_type") for m in pending if isinstance(m, dict) and m.get("channel_type") in CHANNELS
+    ]
+    return named[-1] if named else next(iter(CHANNELS))
+
+
+def _quarantine(runtime: Runtime, conversation_id: str, pending: list[Any], done: set[str]) -> None:
+    """Pending messages that cannot be ordered (written by an older engine, or by hand) to their
+    channel's dead-letter queue with the reason, so that the flush can drop them and the conversation
+    goes on with its other messages."""
+    for message in pending:
+        reason = unreadable(message)
+        key = json.dumps(message, sort_keys=True, default=str)
+        if reason is None or key in done:
+            continue
+        queue = CHANNELS[_channel([message])].queue
+        runtime.queue.send(
+            f"{queue}-dlq",
+            json.dumps(
+                {"conversation_id": conversation_id, "unreadable_pending_message": message}, default=str
+            ),
+            attributes={"conversation_id": conversation_id, "DeadLetterReason": f"pending message: {reason}"},
+        )
+        runtime.metrics.add("DeadLettered")
+        logger.error(
+            "unreadable pending message dead-lettered",
+            extra={"conversation_id": conversation_id, "reason": reason},
+        )
+        done.add(key)
 
 
 def send_flush_token(
     runtime: Runtime, conversation_id: str, channel_type: str, delay_seconds: int = 0
 ) -> None:
-    token = {"kind": FLUSH, "conversation_id": conversation_id, "channel_type": channel_type}
+    token = envelope.flush_token(conversation_id, channel_type)
     runtime.queue.send(
         CHANNELS[channel_type].queue,
         json.dumps(token),
@@ -304,7 +312,7 @@ def send_flush_token(
 
 
 def _arrival(record: BatchRecord) -> tuple[str, str]:
-    return record.context_object.get("received_at") or "", message_key(record.context_object) or ""
+    return record.envelope["received_at"], message_key(record.envelope)
 
 
 def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:
@@ -313,20 +321,20 @@ def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:
     outgoing: dict[str, list[OutgoingMessage]] = defaultdict(list)
     exhausted = []
     for record in records:
-        if record.retry_attempt + 1 > settings.max_retry_attempts:
+        if record.sqs.retry_attempt + 1 > settings.max_retry_attempts:
             exhausted.append(record)
             continue
         delay = min(
             SQS_MAX_DELAY_SECONDS,
-            settings.batch_delay_seconds + settings.requeue_delay_seconds * 2**record.retry_attempt,
+            settings.batch_delay_seconds + settings.requeue_delay_seconds * 2**record.sqs.retry_attempt,
         )
-        attributes = {"conversation_id": record.conversation_id, "RetryAttempt": record.retry_attempt + 1}
-        outgoing[record.home_queue].append(OutgoingMessage(record.body, delay, attributes))
+        attributes = {"conversation_id": record.conversation_id, "RetryAttempt": record.sqs.retry_attempt + 1}
+        outgoing[record.home_queue].append(OutgoingMessage(record.sqs.body, delay, attributes))
     for queue, messages in outgoing.items():
         runtime.queue.send_batch(queue, messages)
         runtime.metrics.add("Requeued", len(messages))
     if exhausted:
-        reason = f"lock contention after {exhausted[0].retry_attempt} retries"
+        reason = f"lock contention after {exhausted[0].sqs.retry_attempt} retries"
         return _dead_letter(exhausted, reason, runtime, logging.WARNING)
     return True
 
@@ -339,10 +347,10 @@ def _dead_letter(
     for record in records:
         attributes = {
             "conversation_id": record.conversation_id,
-            "RetryAttempt": record.retry_attempt,
+            "RetryAttempt": record.sqs.retry_attempt,
             "DeadLetterReason": reason,
         }
-        outgoing[f"{record.home_queue}-dlq"].append(OutgoingMessage(record.body, 0, attributes))
+        outgoing[f"{record.home_queue}-dlq"].append(OutgoingMessage(record.sqs.body, 0, attributes))
     for queue, messages in outgoing.items():
         runtime.queue.send_batch(queue, messages)
         runtime.metrics.add("DeadLettered", len(messages))
@@ -356,4 +364,4 @@ def _dead_letter(
 
 
 def _sid(record: BatchRecord) -> dict[str, Any]:
-    return {"message_sid": message_key(record.context_object)}
+    return {"message_sid": message_key(record.envelope)}

@@ -388,7 +388,7 @@ def describe(message: dict[str, Any], thread: Sequence[dict[str, Any]] = ()) -> 
         else:
             lines.append(f"[{name} ({content_type or 'no type'})]")
     for attachment in message.get("attachments") or []:
-        content_type = _base_type({"content_type": attachment.get("type")})
+        content_type = _base_type({"content_type": attachment.get("content_type") or attachment.get("type")})
         name = NAMES.get(content_type) or FAMILY_NAMES.get(family(content_type), "a file")
         size = f", {_size(attachment['size'])}" if isinstance(attachment.get("size"), int) else ""
         filename = attachment.get("name") or "unnamed"

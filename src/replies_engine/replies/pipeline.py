@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import clock
+from .. import clock, envelope
 from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
-from ..conversation import REPLY_SUPERSEDED, holds
+from ..conversation import REPLY_SUPERSEDED, holds, readable
+from ..envelope import SqsRecord, Unreadable
 from ..ports import Handoff, Reply
 from . import media, projects
 from .delivery import deliver, finish, hand_to_human, new_note, settle, withheld, write_note
@@ -44,31 +45,34 @@ _ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
 
 def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     """An SQS event from the AI queue → `{"batchItemFailures": [...]}`."""
-    failed = []
-    for record in event.get("Records") or []:
+    failed: list[str] = []
+    for read in envelope.records(event, envelope.read_ai_context):
+        if isinstance(read, Unreadable):
+            failed += envelope.failure(read, "AI queue")
+            runtime.metrics.add("UnreadableRecord", stage="ai")
+            continue
+        record, context = read
         try:
-            context = json.loads(record["body"])
             done = _reply(context, runtime)
         except Exception:
-            logger.exception(
-                "reply failed; it will be retried", extra={"sqs_message_id": record.get("messageId")}
-            )
+            logger.exception("reply failed; it will be retried", extra={"sqs_message_id": record.message_id})
             done = False
         if not done:
-            failed.append({"itemIdentifier": record.get("messageId")})
+            failed.append(record.message_id)
             _retry_soon(runtime, record)
-    return {"batchItemFailures": failed}
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
-def _retry_soon(runtime: Runtime, record: dict[str, Any]) -> None:
+def _retry_soon(runtime: Runtime, record: SqsRecord) -> None:
     """A failed reply comes back after a short, growing backoff, not after the queue's visibility
     timeout (12 minutes in AWS): well within the lease that it keeps."""
-    receives = int((record.get("attributes") or {}).get("ApproximateReceiveCount") or 1)
+    if record.receipt_handle is None:
+        return
     try:
         runtime.queue.change_visibility(
             AI_QUEUE,
-            record["receiptHandle"],
-            min(RETRY_BACKOFF_SECONDS * 2 ** (receives - 1), RETRY_MAX_WAIT_SECONDS),
+            record.receipt_handle,
+            min(RETRY_BACKOFF_SECONDS * 2 ** max(0, record.receive_count - 1), RETRY_MAX_WAIT_SECONDS),
         )
     except Exception as exc:  # it comes back after the visibility timeout instead
         logger.warning("could not shorten the retry's wait", extra={"error": str(exc)})
@@ -117,8 +121,10 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
             logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
             return True
         rounds = context.get("regenerations", 0)
+        pending = record.get("pending_messages") or []
         if (
-            not record.get("pending_messages")
+            not pending
+            or len(readable(pending)) < len(pending)  # stage 2's flush dead-letters those: not here
             or runtime.settings.batching_mode != "debounce"
             or rounds >= _ROUNDS
         ):

@@ -78,9 +78,7 @@ def multipart_form(body: bytes, content_type: str) -> tuple[dict[str, str], list
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True) or b""
         if part.get_filename():
-            attachments.append(
-                {"name": part.get_filename(), "content_type": part.get_content_type(), "size": len(payload)}
-            )
+            attachments.append(attachment(part.get_filename(), part.get_content_type(), len(payload)))
         elif name:
             fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8", "replace")
     if not fields:
@@ -138,10 +136,20 @@ def _postmark(text: str) -> dict[str, Any]:
         "text": body.get("StrippedTextReply") or strip_quoted(raw),
         "raw_text": raw,
         "attachments": [
-            {"name": a.get("Name"), "content_type": a.get("ContentType"), "size": a.get("ContentLength")}
+            attachment(a.get("Name"), a.get("ContentType"), a.get("ContentLength"))
             for a in body.get("Attachments") or []
             if isinstance(a, dict)
         ],
+    }
+
+
+def attachment(name: Any, content_type: Any, size: Any) -> dict[str, Any]:
+    """An attachment as a message keeps it: its name, type and size (the content stays with the
+    provider), each of its type or None, whatever the sender wrote."""
+    return {
+        "name": name if isinstance(name, str) else None,
+        "content_type": content_type if isinstance(content_type, str) else None,
+        "size": size if isinstance(size, int) and not isinstance(size, bool) else None,
     }
 
 

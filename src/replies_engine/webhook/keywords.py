@@ -19,7 +19,7 @@ _WORDS = {
 
 def keyword(context_object: dict[str, Any]) -> str | None:
     """STOP, START or HELP when the message is that keyword, else None."""
-    named = str(context_object.get("opt_out_type") or "").strip().lower()
+    named = str((context_object.get("provider_fields") or {}).get("opt_out_type") or "").strip().lower()
     if named in (STOP, START, HELP):
         return named
     return _WORDS.get(_bare(str(context_object.get("body") or "")).casefold())

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, quote_plus
 
 from .. import clock
 from ..channels import CHANNELS, Channel
+from ..conversation import structured
 from . import email_providers
 
 # Twilio's webhooks are a few KB; anything near this is not one, and it keeps queue messages small.
@@ -25,7 +26,8 @@ MAX_BODY_BYTES = 262_144
 _MAX_FIELDS = 500
 _MEDIA_FIELD = re.compile(r"Media(Url|ContentType)(\d+)")
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-EMAIL_FIELDS = ("from", "to", "subject", "text", "message_id")
+EMAIL_FIELDS = ("from", "to", "subject", "text", "message_id", "raw_text")  # `/email`'s JSON, all strings
+_TWILIO_KEYS = ("from", "to", "body", "message_sid", "account_sid")  # the envelope's own, not provider_fields
 STATUS_PATH = "/twilio/status"  # Twilio's delivery status callbacks
 
 
@@ -135,18 +137,25 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
 
 
 def build_context_object(request: InboundRequest, received_at: str | None = None) -> dict[str, Any]:
-    """The provider's fields with snake_case names, the channel, media as a list, and `received_at`."""
+    """The message's keys of the envelope (`envelope.MESSAGE_KEYS`): the channel, `received_at`, and
+    for Twilio its `From`, `To`, `Body`, `MessageSid`, `AccountSid`, the media as a list and what
+    `structured` finds; the provider's other fields, snake-cased, under `provider_fields` only."""
     context: dict[str, Any] = {"channel_type": request.channel.name}
     if request.channel.twilio:
         media: dict[int, dict[str, str]] = {}
+        fields: dict[str, str] = {}
         for name, value in request.params.items():
             if match := _MEDIA_FIELD.fullmatch(name):
                 kind = "url" if match[1] == "Url" else "content_type"
                 media.setdefault(int(match[2]), {})[kind] = value
             elif name != "NumMedia":  # implied by the media list
-                context[snake_case(name)] = value
+                fields[snake_case(name)] = value
+        context.update((k, fields.pop(k)) for k in _TWILIO_KEYS if k in fields)
         if media:
             context["media"] = [media[i] for i in sorted(media)]
+        context.update(structured(fields))
+        if fields:
+            context["provider_fields"] = fields
     else:
         # Only the email's own fields: anything else in the JSON could pose as a record field.
         context.update(
@@ -161,7 +170,7 @@ def build_context_object(request: InboundRequest, received_at: str | None = None
         if context["body"] != raw:
             context["raw_text"] = raw  # the text as written; `body`, what the AI sees, without the quotes
         if request.params.get("attachments"):
-            context["attachments"] = request.params["attachments"]
+            context["attachments"] = request.params["attachments"]  # checked by the parser
     context["received_at"] = received_at or clock.iso()
     return context
 
@@ -260,7 +269,16 @@ def _email_json(text: str) -> dict[str, Any]:
             (params.get(name) or "").encode("utf-8")
         except UnicodeEncodeError:
             raise ParsingError(f"the email field {name!r} is not valid Unicode (a lone surrogate)") from None
-    return params
+    attachments = params.get("attachments") or []
+    if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
+        raise ParsingError("attachments must be a list of objects {name, type, size}")
+    return {
+        **{k: params[k] for k in EMAIL_FIELDS if k in params},
+        "attachments": [
+            email_providers.attachment(a.get("name"), a.get("type") or a.get("content_type"), a.get("size"))
+            for a in attachments
+        ],
+    }
 
 
 def _headers(event: dict[str, Any]) -> dict[str, str]:

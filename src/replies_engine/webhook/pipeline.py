@@ -24,6 +24,7 @@ from ..conversation import (
     owned_by_human,
     user_message,
 )
+from ..envelope import for_conversation
 from ..handoff import TIMEOUT, hand_back, handoff_changes, human_silent_too_long
 from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
 from .email_providers import verify_mailgun
@@ -96,8 +97,8 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         return Outcome("PARSING_ERROR", str(exc))
     if request.channel is None:
         return _verify(request, runtime) or _record_delivery_status(request, runtime)
-    context_object = build_context_object(request)
-    log = {"message_sid": message_key(context_object)}
+    message = build_context_object(request)
+    log = {"message_sid": message_key(message)}
     logger.info("webhook received", extra={**log, "channel_type": request.channel.name})
 
     refusal = _verify(request, runtime)
@@ -105,11 +106,11 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         refusal.log = log
         return refusal
 
-    found = check_conversation_exists(context_object, runtime.store)
+    found = check_conversation_exists(message, runtime.store)
     if not found["valid"]:
         return Outcome(found["error_code"], found["message"], log=log)
-    learned = {k: v for k, v in identity(context_object).items() if found["record"].get(k) != v}
-    context_object = found["data"]
+    learned = {k: v for k, v in identity(message).items() if found["record"].get(k) != v}
+    context_object = found["data"]  # the envelope: the record's fields, then the message's
     log["conversation_id"] = context_object.get("conversation_id")
     if request.channel.twilio:
         handled = _opt_out_rules(context_object, runtime, log)
@@ -143,7 +144,7 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
             return Outcome("DB_TRANSIENT_ERROR", f"cannot hand the conversation back: {exc}", log=log)
         except BackendError as exc:
             return Outcome("DB_QUERY_ERROR", f"cannot hand the conversation back: {exc}", log=log)
-        context_object = {**context_object, **record}
+        context_object = for_conversation(message, {**context_object, **record})
     queue = determine_target_queue(context_object, settings.honor_hand_off_to_human)
     if queue is None or not runtime.queue.has_queue(queue):
         return Outcome(

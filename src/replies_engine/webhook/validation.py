@@ -14,12 +14,12 @@ from ..channels import BSUID_GSI, CHANNELS, WHATSAPP_GSI, bsuid
 from ..config import ConfigurationError
 from ..conversation import (
     HISTORY_FIELDS,
-    MESSAGE_FIELDS,
     PROCESSING_REPLY,
     is_locked,
     message_key,
     sender_bsuid,
 )
+from ..envelope import for_conversation
 from ..observability import mask
 from ..ports import ConversationStore, StoreError, TransientStoreError
 
@@ -39,8 +39,8 @@ def fail(error_code: str, message: str) -> Result:
 def check_conversation_exists(context_object: dict[str, Any], store: ConversationStore) -> Result:
     """Query the channel's GSI for the active (`task_complete = 0`) conversation; newest wins.
 
-    On success `data` is the record (without its history) merged with the context_object, and `record`
-    the record alone.
+    On success `data` is the envelope for the queue (`envelope.for_conversation`: the record's fields
+    without its history, then the message's), and `record` the record alone.
     """
     channel = CHANNELS.get(context_object.get("channel_type", ""))
     if channel is None or channel.gsi is None:
@@ -97,8 +97,7 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
             },
         )
     record = {k: v for k, v in records[0].items() if k not in HISTORY_FIELDS}
-    own = {k: v for k, v in context_object.items() if k in MESSAGE_FIELDS}
-    return {**ok({**context_object, **record, **own}), "record": record}
+    return {**ok(for_conversation(context_object, record)), "record": record}
 
 
 def validate_conversation_rules(

@@ -50,6 +50,7 @@ from ...conversation import (
     is_locked,
     lock_fields,
     provider_ids,
+    readable,
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -318,7 +319,9 @@ class DynamoConversationStore:
             not held and is_locked(record, now, lock_timeout_seconds)
         ):
             return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-        pending = [{**m, "batch_id": batch_id} for m in in_order(record.get("pending_messages", []))]
+        pending = [
+            {**m, "batch_id": batch_id} for m in in_order(readable(record.get("pending_messages", [])))
+        ]
         fresh, duplicates = split_duplicates(self._stored(conversation_id, pending), pending)
         moved, rest = fresh[:MAX_NEW_MESSAGES], fresh[MAX_NEW_MESSAGES:]  # the rest wait for the next batch
         fields: dict[str, Any] = {

@@ -26,6 +26,7 @@ from ...conversation import (
     is_locked,
     lock_fields,
     provider_ids,
+    readable,
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -200,7 +201,9 @@ class SqliteConversationStore:
                 not held and is_locked(record, now, lock_timeout_seconds)
             ):
                 return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-            pending = [{**m, "batch_id": batch_id} for m in in_order(record.get("pending_messages", []))]
+            pending = [
+                {**m, "batch_id": batch_id} for m in in_order(readable(record.get("pending_messages", [])))
+            ]
             fresh, duplicates = split_duplicates(_present(conn, conversation_id, pending), pending)
             record.update(pending_messages=[], pending_version=pending_version + 1)
             if not fresh:
