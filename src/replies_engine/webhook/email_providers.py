@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl
+
+from .json_body import json_object
 
 PROVIDERS = ("sendgrid", "mailgun", "postmark")
 MAILGUN_MAX_AGE_SECONDS = 300
@@ -118,11 +119,9 @@ def _mailgun(form: dict[str, str], attachments: list[dict[str, Any]]) -> dict[st
 
 def _postmark(text: str) -> dict[str, Any]:
     try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProviderError(f"the body is not Postmark's JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ProviderError("the body is not a JSON object")
+        body = json_object(text, "Postmark's body")
+    except ValueError as exc:
+        raise ProviderError(str(exc)) from None
     headers = {
         h.get("Name", "").lower(): h.get("Value") for h in body.get("Headers") or [] if isinstance(h, dict)
     }

@@ -20,6 +20,7 @@ from .. import clock
 from ..channels import CHANNELS, Channel
 from ..conversation import structured
 from . import email_providers
+from .json_body import json_object
 
 # Twilio's webhooks are a few KB; anything near this is not one, and it keeps queue messages small.
 MAX_BODY_BYTES = 262_144
@@ -243,11 +244,9 @@ def _is_json(headers: dict[str, str], raw: bytes) -> bool:
 def _twilio_json(text: str) -> dict[str, str]:
     """A JSON webhook's fields; values that are not strings kept as their JSON text."""
     try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ParsingError(f"the body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ParsingError("the body is not a JSON object")
+        body = json_object(text)
+    except ValueError as exc:
+        raise ParsingError(str(exc)) from None
     return {
         str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
         for k, v in list(body.items())[:_MAX_FIELDS]
@@ -256,11 +255,9 @@ def _twilio_json(text: str) -> dict[str, str]:
 
 def _email_json(text: str) -> dict[str, Any]:
     try:
-        params = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParsingError(f"the body is not JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise ParsingError("the body is not a JSON object")
+        params = json_object(text)
+    except ValueError as exc:
+        raise ParsingError(str(exc)) from None
     wrong = [f for f in EMAIL_FIELDS if params.get(f) is not None and not isinstance(params[f], str)]
     if wrong:
         raise ParsingError(f"these email fields must be strings: {', '.join(wrong)}")
@@ -282,8 +279,16 @@ def _email_json(text: str) -> dict[str, Any]:
 
 
 def _headers(event: dict[str, Any]) -> dict[str, str]:
-    headers = {k.lower(): v[-1] for k, v in (event.get("multiValueHeaders") or {}).items() if v}
-    headers.update((k.lower(), v) for k, v in (event.get("headers") or {}).items() if v is not None)
+    """The headers, names lowercased, a repeated one's last value (`multiValueHeaders`: REST, ALB)."""
+    multi, single = event.get("multiValueHeaders") or {}, event.get("headers") or {}
+    if not isinstance(multi, dict) or not isinstance(single, dict):
+        raise ParsingError("the event's headers are not an object")
+    if not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in multi.values()):
+        raise ParsingError("the event's multiValueHeaders are not lists of strings")
+    if not all(v is None or isinstance(v, str) for v in single.values()):
+        raise ParsingError("the event's headers are not strings")
+    headers = {k.lower(): v[-1] for k, v in multi.items() if v}
+    headers.update((k.lower(), v) for k, v in single.items() if v is not None)
     return headers
 
 
@@ -294,12 +299,18 @@ def _queries(event: dict[str, Any]) -> tuple[str, ...]:
     bounded handful, most likely first."""
     if isinstance(event.get("rawQueryString"), str):
         return (event["rawQueryString"],)
-    multi = event.get("multiValueQueryStringParameters")
-    single = event.get("queryStringParameters")
-    if isinstance(multi, dict) and multi:
+    multi = event.get("multiValueQueryStringParameters") or {}
+    single = event.get("queryStringParameters") or {}
+    if not (isinstance(multi, dict) and isinstance(single, dict)) or not all(
+        isinstance(values, list | None) for values in multi.values()
+    ):
+        raise ParsingError("the event's query string parameters are not an object of strings")
+    if multi:
         params = [(k, v) for k, values in multi.items() for v in values or ()]
     else:
-        params = list(single.items()) if isinstance(single, dict) else []
+        params = list(single.items())
+    if not all(isinstance(v, str) for _, v in params):
+        raise ParsingError("the event's query string parameters are not strings")
     if not params:
         return ("",)
     if is_alb(event):
