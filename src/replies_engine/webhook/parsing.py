@@ -305,10 +305,7 @@ def _queries(event: dict[str, Any]) -> tuple[str, ...]:
         isinstance(values, list | None) for values in multi.values()
     ):
         raise ParsingError("the event's query string parameters are not an object of strings")
-    if multi:
-        params = [(k, v) for k, values in multi.items() for v in values or ()]
-    else:
-        params = list(single.items())
+    params = [(k, v) for k, values in multi.items() for v in values or ()] if multi else list(single.items())
     if not all(isinstance(v, str) for _, v in params):
         raise ParsingError("the event's query string parameters are not strings")
     if not params:
