@@ -9,7 +9,8 @@ batch records (envelopes of both schema versions, flush tokens, each key replace
 that are not objects or whose attributes have the wrong type) in batches of up to ten, and AI queue
 records the same way. Counted:
 
-  cases          webhook requests, batch records and AI queue records run
+  webhooks       requests run, and of them, those accepted and queued
+  records        batch records and AI queue records run
   escaped        exceptions out of a handler (a Lambda invocation that fails as a whole)
   internal       answers INTERNAL_ERROR (the engine's own bug) or CONFIGURATION_ERROR
   off table      answers outside README's table (status and error code, for the path's channel)
@@ -391,6 +392,7 @@ class Fuzz:
             return self._bad("internal", f"{codes} for {str(event)[:300]}")
         if not _in_table(answer, codes, _path(event)):
             return self._bad("off table", f"{answer} for {codes}")
+        self.counts["accepted"] += len(queued)
         if (added := self.depth() - before) != len(queued):
             self._bad("not queued", f"{len(queued)} accepted, {added} queued")
 
@@ -547,7 +549,7 @@ def main() -> None:
         counts = fuzz.verdict()
         fuzz.close()
         elapsed = time.perf_counter() - started
-    columns = ("webhooks", "batch records", "AI records", *FAULTS)
+    columns = ("webhooks", "accepted", "batch records", "AI records", *FAULTS)
     print(" | ".join(columns) + " | seconds")
     print(" | ".join(str(counts[c]) for c in columns) + f" | {elapsed:.0f}")
     sys.exit(
