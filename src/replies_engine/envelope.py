@@ -9,7 +9,6 @@ it reads, so that a record it cannot read is that record's failure alone.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from . import clock
 from .channels import CHANNELS
 from .conversation import HISTORY_FIELDS, structured
+from .json_body import json_object
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +148,7 @@ def flush_token(conversation_id: str, channel_type: str) -> dict[str, Any]:
 def read(body: str) -> dict[str, Any]:
     """The envelope in a batch queue's `body`, its engine keys checked, the record's fields dropped: what
     stage 2 may rely on. Unreadable with the reason otherwise."""
-    try:
-        envelope = json.loads(body)
-    except (ValueError, RecursionError):
-        raise Unreadable("the body is not JSON") from None
-    if not isinstance(envelope, dict):
-        raise Unreadable("the body is not a JSON object")
+    envelope = _object(body)
     version = envelope.get("schema_version", 1)
     if version == 1:
         envelope = _from_version_1(envelope)
@@ -201,6 +196,13 @@ def _from_version_1(body: dict[str, Any]) -> dict[str, Any]:
     return {**taken, **structured(body), "conversation_id": body.get("conversation_id"), "kind": MESSAGE}
 
 
+def _object(body: str) -> dict[str, Any]:
+    try:
+        return json_object(body)
+    except ValueError as exc:
+        raise Unreadable(str(exc)) from None
+
+
 # --- the AI queue -----------------------------------------------------------------------------------------
 
 _CONTEXT_KEYS: dict[str, type] = {
@@ -216,12 +218,7 @@ _CONTEXT_KEYS: dict[str, type] = {
 
 def read_ai_context(body: str) -> dict[str, Any]:
     """The AI queue's context (stage 2's `build_ai_context`), its shape checked."""
-    try:
-        context = json.loads(body)
-    except (ValueError, RecursionError):
-        raise Unreadable("the body is not JSON") from None
-    if not isinstance(context, dict):
-        raise Unreadable("the body is not a JSON object")
+    context = _object(body)
     wrong = [k for k, kind in _CONTEXT_KEYS.items() if not isinstance(context.get(k), kind)]
     if wrong:
         raise Unreadable(f"missing or of the wrong JSON type: {', '.join(wrong)}")

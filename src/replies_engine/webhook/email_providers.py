@@ -26,7 +26,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .json_body import json_object
+from ..json_body import json_object
 
 PROVIDERS = ("sendgrid", "mailgun", "postmark")
 MAILGUN_MAX_AGE_SECONDS = 300

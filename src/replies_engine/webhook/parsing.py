@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl, quote, quote_plus
 from .. import clock
 from ..channels import CHANNELS, Channel
 from ..conversation import structured
+from ..json_body import json_object
 from . import email_providers
-from .json_body import json_object
 
 # Twilio's webhooks are a few KB; anything near this is not one, and it keeps queue messages small.
 MAX_BODY_BYTES = 262_144

@@ -1,5 +1,6 @@
-"""A webhook's JSON body, read within bounds: its size is bounded before (`parsing.MAX_BODY_BYTES`), its
-depth here, before Python's parser recurses into it (a few thousand levels raise RecursionError)."""
+"""A JSON body read within bounds (a webhook's, a queue record's): its size is bounded by whoever
+received it (`webhook/parsing.MAX_BODY_BYTES`, SQS's 256 KiB), its depth here, before Python's parser
+recurses into it (a few thousand levels raise RecursionError)."""
 
 from __future__ import annotations
 
