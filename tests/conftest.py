@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,21 @@ class Engine:
         return QueueWorker(self.runtime, queue, batch_processor, self.runtime.settings.batch_window_seconds)
 
     def deliver(self, queue: str, wait_seconds: float = 5) -> int:
-        """Wait for visible messages on `queue` and run one batch of them through its handler."""
-        return self.worker(queue).poll_once(wait_seconds=wait_seconds)
+        """Wait for visible messages on `queue` and run one batch of them through its handler, as the
+        local engine's worker does; in debounce mode a batch queue's messages and then the flush tokens
+        they scheduled. How many people's messages it handed over (flush tokens are not counted)."""
+        if queue == "ai" or self.runtime.settings.batching_mode != "debounce":
+            return self.worker(queue).poll_once(wait_seconds=wait_seconds)
+        handed = Counter()
+
+        def counting(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            handed.update(json.loads(r["body"]).get("kind", "message") for r in event["Records"])
+            return batch_processor(event, context)
+
+        worker = QueueWorker(self.runtime, queue, counting, self.runtime.settings.batch_window_seconds)
+        while worker.poll_once(wait_seconds=wait_seconds) and handed["message"] > handed["flush"]:
+            wait_seconds = 0  # the tokens the messages scheduled: visible at once with QUIET_SECONDS=0
+        return handed["message"]
 
     def outbox(self) -> list[dict[str, Any]]:
         if self.stack:
@@ -137,7 +151,9 @@ def engine_env(tmp_path: Path) -> dict[str, str]:
         VERIFY_SIGNATURES="enforce",
         EMAIL_WEBHOOK_TOKEN=EMAIL_TOKEN,
         BATCH_DELAY_SECONDS="10",
-        BATCHING_MODE="delay",  # the original design; tests/test_debounce.py switches to debounce
+        BATCHING_MODE="debounce",  # the shipped default
+        QUIET_SECONDS="0",  # a burst ends at once: tests that wait for a pause set their own
+        BATCH_WINDOW_SECONDS="0",  # a worker hands over what is visible at once: tests of the window set it
     )
     return env
 
@@ -182,6 +198,8 @@ def engine(
             monkeypatch.delenv(name)
     stack = Stack(request.getfixturevalue("moto_endpoint")) if backend == "aws" else None
     environment = {**stack.environment(), **engine_env, "REPLIES_BACKEND": "aws"} if stack else engine_env
+    if request.node.get_closest_marker("delay_mode"):
+        environment = {**environment, "BATCHING_MODE": "delay"}
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     reset_runtime()

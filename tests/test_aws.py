@@ -244,8 +244,28 @@ def count_requests():
     return seen
 
 
-def test_aws_requests_of_one_message_end_to_end(engine):
-    engine.env(BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0")
+STAGE_2 = {
+    "debounce": [
+        "dynamodb.GetItem",  # stage 2, the message: the record,
+        "dynamodb.BatchGetItem",  # which ids are stored already (dedupe),
+        "dynamodb.TransactWriteItems",  # added to pending_messages (and not in the history meanwhile),
+        "sqs.SendMessage",  # its flush token, due after QUIET_SECONDS
+        "dynamodb.GetItem",  # the token: the pending messages, due?
+        "dynamodb.GetItem",  # the flush's own read, conditioned on pending_version
+        "dynamodb.BatchGetItem",  # dedupe against the history
+        "dynamodb.TransactWriteItems",  # lock + move the pending messages in
+    ],
+    "delay": [
+        "dynamodb.GetItem",  # stage 2: the record,
+        "dynamodb.BatchGetItem",  # which of the batch's message ids are stored already (dedupe),
+        "dynamodb.TransactWriteItems",  # lock + append: the record's Update and the message's Put,
+    ],
+}
+
+
+@pytest.mark.parametrize("mode", ["debounce", "delay"])
+def test_aws_requests_of_one_message_end_to_end(engine, mode):
+    engine.env(BATCHING_MODE=mode, BATCH_DELAY_SECONDS="0", BATCH_WINDOW_SECONDS="0")
     engine.runtime  # noqa: B018 (built before counting)
     seen = count_requests()
 
@@ -262,9 +282,7 @@ def test_aws_requests_of_one_message_end_to_end(engine):
     assert ours == [
         "dynamodb.Query",
         "sqs.SendMessage",  # stage 1
-        "dynamodb.GetItem",  # stage 2: the record,
-        "dynamodb.BatchGetItem",  # which of the batch's message ids are stored already (dedupe),
-        "dynamodb.TransactWriteItems",  # lock + append: the record's Update and the message's Put,
+        *STAGE_2[mode],
         "dynamodb.Query",  # the newest messages (lsi-seq): the unanswered ones and the history before,
         "sqs.SendMessage",  # to the AI queue
         "dynamodb.UpdateItem",  # stage 3: picked up, the lease starts again (fenced: still the holder?)

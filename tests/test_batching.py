@@ -21,7 +21,9 @@ from .payloads import COMPANY, PERSON, twilio_event, whatsapp_text
 @pytest.fixture
 def fast(engine):
     """A one-second batching window, so that tests wait for it."""
-    engine.env(BATCH_DELAY_SECONDS="1", REQUEUE_DELAY_SECONDS="15", BATCH_WINDOW_SECONDS="0.3")
+    engine.env(
+        BATCHING_MODE="delay", BATCH_DELAY_SECONDS="1", REQUEUE_DELAY_SECONDS="15", BATCH_WINDOW_SECONDS="0.3"
+    )
     return engine
 
 

@@ -88,6 +88,7 @@ def test_a_redelivered_batch_is_appended_once_in_a_long_conversation(long):
 
     assert batch_processor(event, None) == {"batchItemFailures": []}
     assert batch_processor(event, None) == {"batchItemFailures": []}  # SQS delivers it again
+    long.deliver("whatsapp")  # the flush tokens
 
     users = [m for m in long.get()["messages"] if m["content"] == "hello again"]
     assert len(users) == 1

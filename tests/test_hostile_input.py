@@ -45,7 +45,10 @@ def envelope(message_sid: str, **fields: object) -> dict:
 
 
 def stored(engine) -> list[str]:
-    return [m["message_id"] for m in engine.get()["messages"] if m["role"] == "user"]
+    """The person's messages in the conversation, pending ones included (debounce)."""
+    record = engine.get()
+    pending = record.get("pending_messages", [])
+    return [m["message_id"] for m in record["messages"] + pending if m["role"] == "user"]
 
 
 # --- one bad record fails alone -------------------------------------------------------------------------

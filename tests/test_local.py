@@ -28,8 +28,9 @@ def imported(engine_env):
 
 @pytest.fixture
 def served(imported):
-    """A running `replies-engine serve` on loopback; yields (base URL, env, process)."""
-    env = {**imported, "PUBLIC_BASE_URL": ""}
+    """A running `replies-engine serve` on loopback; yields (base URL, env, process). Delay mode with
+    BATCH_DELAY_SECONDS=10: what stage 1 queued stays in the queue long enough to be looked at."""
+    env = {**imported, "PUBLIC_BASE_URL": "", "BATCHING_MODE": "delay"}
     with serving(env) as (url, process):
         yield url, env, process
 

@@ -1,6 +1,9 @@
-"""Nothing is lost: crashes after the lock, a holder killed outright, contention past the retry limit.
+"""Nothing is lost in delay mode: crashes after the lock, a holder killed outright, contention past the
+retry limit (a lock taken by the message's own record, and requeues: delay mode's mechanics).
 
-After each, every accepted message is in its conversation exactly once, in a queue, or in a DLQ.
+After each, every accepted message is in its conversation exactly once, in a queue, or in a DLQ. In
+debounce mode, the default, the same crashes are `bench/chaos.py`'s seeded kill points
+(tests/test_chaos.py), and a holder's death in tests/test_answered.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from replies_engine.ports import QueueError
 
 from .conftest import conversation
 from .payloads import twilio_event, whatsapp_text
+
+pytestmark = pytest.mark.delay_mode
 
 
 @pytest.fixture

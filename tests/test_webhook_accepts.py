@@ -27,7 +27,10 @@ from .payloads import (
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
-def test_whatsapp_text_is_answered_with_empty_twiml_and_queued_with_the_batch_delay(engine):
+@pytest.mark.parametrize(("mode", "delay"), [("debounce", 0), ("delay", 10)])
+def test_whatsapp_text_is_answered_with_empty_twiml_and_queued(engine, mode, delay):
+    """Debounce queues at once (stage 2 then waits for the pause); delay mode with BATCH_DELAY_SECONDS."""
+    engine.env(BATCHING_MODE=mode)
     params = whatsapp_text("Hallo! 👋 Habt ihr morgen Zeit?")
 
     response = engine.handle(twilio_event("whatsapp", params))
@@ -35,7 +38,7 @@ def test_whatsapp_text_is_answered_with_empty_twiml_and_queued_with_the_batch_de
     assert response == {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": EMPTY_TWIML}
     [queued] = engine.queued("whatsapp")
     assert queued["attributes"] == {"conversation_id": "c1", "RetryAttempt": 0}
-    assert queued["delay"] == 10
+    assert queued["delay"] == delay
     body = queued["body"]
     assert body["channel_type"] == "whatsapp"
     assert body["body"] == "Hallo! 👋 Habt ihr morgen Zeit?"
@@ -173,7 +176,7 @@ def test_email_is_queued_and_answered_with_json(engine):
     [queued] = engine.queued("email")
     assert queued["body"]["message_id"] == message["message_id"]
     assert queued["body"]["body"] == message["text"] and queued["body"]["subject"] == message["subject"]
-    assert queued["delay"] == 10
+    assert queued["delay"] == 0
 
 
 def test_email_accepts_basic_auth_with_the_token_as_password(engine):
@@ -208,7 +211,7 @@ def test_handoff_routing(engine, fields, env, queue):
     assert engine.handle(twilio_event("whatsapp", whatsapp_text()))["statusCode"] == 200
 
     [queued] = engine.queued(queue)
-    assert queued["delay"] == (0 if queue == "handoff" else 10)
+    assert queued["delay"] == 0  # debounce: at once, stage 2 waits for the pause
     assert queued["attributes"]["conversation_id"] == "c1"
     assert engine.all_queued() == 1
 

@@ -86,6 +86,7 @@ def locked(**fields):
     return conversation(conversation_status="processing_reply", processing_started_at=clock.iso(), **fields)
 
 
+@pytest.mark.delay_mode  # debounce keeps collecting: tests/test_debounce.py
 def test_locked_conversation_answers_with_a_message_and_records_what_was_refused(engine):
     engine.env(LOCKED_REPLY_TEXT="One moment <please> & thanks")
     engine.put(locked())
@@ -107,6 +108,7 @@ def test_locked_conversation_answers_with_a_message_and_records_what_was_refused
     assert engine.all_queued() == 0
 
 
+@pytest.mark.delay_mode
 def test_locked_conversation_on_email_is_409(engine):
     engine.put(locked())
 
