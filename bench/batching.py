@@ -148,12 +148,11 @@ class Replay:
     def _lost(self) -> int:
         """Messages neither in their conversation nor in a queue or DLQ (must be 0)."""
         kept = set()
-        for record in self.runtime.store.list():
-            kept |= {
-                m["message_id"]
-                for key in ("messages", "pending_messages", "refused_messages")
-                for m in record.get(key, [])
-            }
+        store = self.runtime.store
+        for record in store.list():
+            stored = store.messages(record["conversation_id"])  # messages are kept apart from the record
+            waiting = record.get("pending_messages", []) + record.get("refused_messages", [])
+            kept |= {m["message_id"] for m in stored + waiting}
         for queue in ("whatsapp", "whatsapp-dlq"):
             kept |= {json.loads(m.body).get("message_sid") for m in self.runtime.queue.peek(queue)}
         return sum(1 for m in self.messages if m.sid not in kept)
