@@ -3,7 +3,12 @@
 import     `import <module>` of each entry point's stage, next to `import boto3` (python -X importtime)
 1st call   that entry point's first invocation on the AWS backend (moto on loopback): what a cold
            container pays after the import: settings, boto3, clients, the first requests
-2nd call   the next invocation in the same container
+2nd call   the next invocation in the same container, with an event of its own
+
+Each call does its stage's real work: stage 1 queues a signed WhatsApp message; stage 2 takes one
+person's message (debounce: into pending_messages, its flush token sent); stage 3 answers a conversation
+its batch holds the lock of (the local responder, the outbox, the unlock); the sweeper looks for
+expired locks.
 
   .venv/bin/python bench/cold_start.py [--runs 5]
 """
@@ -22,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.aws import Stack, start_moto  # noqa: E402
 from tests.conftest import conversation  # noqa: E402
+from tests.payloads import sid, twilio_event, whatsapp_text  # noqa: E402
+
+from replies_engine import clock  # noqa: E402
 
 STAGES = {
     "webhook_handler": "replies_engine.webhook.pipeline",
@@ -37,10 +45,10 @@ started = time.perf_counter()
 from replies_engine import handlers
 handler = getattr(handlers, sys.argv[1])
 imported = time.perf_counter()
-event = json.loads(sys.argv[2])
-handler(event, None)
+first_event, second_event = json.loads(sys.argv[2])
+handler(first_event, None)
 first = time.perf_counter()
-handler(event, None)
+handler(second_event, None)
 second = time.perf_counter()
 print(json.dumps({"first": first - imported, "second": second - first}))
 """
@@ -56,15 +64,34 @@ def import_ms(module: str) -> float:
     return int(result.stderr.strip().splitlines()[-1].split("|")[1]) / 1000
 
 
-def events() -> dict[str, dict]:
-    from tests.payloads import twilio_event, whatsapp_text
+def sqs(body: dict) -> dict:
+    return {"Records": [{"messageId": sid("rec-"), "receiptHandle": sid("rh-"), "body": json.dumps(body)}]}
 
-    return {
-        "webhook_handler": twilio_event("whatsapp", whatsapp_text()),
-        "batch_processor": {"Records": []},
-        "reply_sender": {"Records": []},
-        "stalled_sweeper": {"source": "aws.events"},
-    }
+
+def events(name: str, store) -> list[dict]:
+    """Two events for the entry point `name`, each with work to do (made afresh for each run): for stage
+    3, two conversations locked by the batches whose contexts it gets."""
+    now = clock.iso()
+    if name == "webhook_handler":
+        return [twilio_event("whatsapp", whatsapp_text()) for _ in range(2)]
+    if name == "batch_processor":
+        store.put(conversation("c3"))
+        envelope = {"schema_version": 2, "kind": "message", "conversation_id": "c3", "channel_type": "whatsapp",
+                    "from": "whatsapp:+4915112345678", "to": "whatsapp:+14155238886", "body": "hello"}  # fmt: skip
+        return [sqs({**envelope, "message_sid": sid(), "received_at": now}) for _ in range(2)]
+    if name == "reply_sender":
+        contexts = []
+        for conversation_id in ("c1", "c2"):
+            batch = sid("batch-")
+            store.put(conversation(conversation_id, conversation_status="processing_reply", lock_owner=batch,
+                                   processing_started_at=now))  # fmt: skip
+            message = {"message_id": sid(), "role": "user", "content": "Can we meet on Friday?", "timestamp": now,
+                       "channel_type": "whatsapp", "from": "whatsapp:+4915112345678", "to": "whatsapp:+14155238886"}  # fmt: skip
+            contexts.append(sqs({"conversation_id": conversation_id, "batch_id": batch, "channel_type": "whatsapp",
+                                 "messages": [message], "history": [], "conversation": {},
+                                 "reply_address": {"from": message["to"], "to": message["from"]}}))  # fmt: skip
+        return contexts
+    return [{"source": "aws.events"}] * 2
 
 
 def main() -> None:
@@ -86,7 +113,8 @@ def main() -> None:
     os.environ.update(env)
     from replies_engine.adapters.aws import DynamoConversationStore
 
-    DynamoConversationStore(stack.refs["ConversationsTable"], stack.refs["MessagesTable"]).put(conversation())
+    store = DynamoConversationStore(stack.refs["ConversationsTable"], stack.refs["MessagesTable"])
+    store.put(conversation())
 
     boto3 = min(import_ms("boto3") for _ in range(args.runs))
     print(f"{'entry point':<18} {'import ms':>10} {'vs boto3':>9} {'1st call ms':>12} {'2nd call ms':>12}")
@@ -96,7 +124,7 @@ def main() -> None:
         calls = []
         for _ in range(args.runs):
             out = subprocess.run(
-                [sys.executable, "-c", CHILD, name, json.dumps(events()[name])],
+                [sys.executable, "-c", CHILD, name, json.dumps(events(name, store))],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -106,6 +134,11 @@ def main() -> None:
         first = min(c["first"] for c in calls) * 1000
         second = min(c["second"] for c in calls) * 1000
         print(f"{name:<18} {imported:10.0f} {imported / boto3:9.2f} {first:12.0f} {second:12.0f}")
+        if (
+            name == "reply_sender"
+            and (status := store.get("c2")["conversation_status"]) != "ai_response_sent"
+        ):
+            sys.exit(f"stage 3 did not answer the conversation it was given: {status}")  # the work timed
     server.shutdown()
 
 
