@@ -199,7 +199,7 @@ def run_in_process(backend: str, seed: int, stack_factory: Any) -> Counter:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > LEASE + 1.5:  # leases and visibility timeouts ran out
+        elif time.monotonic() - quiet_since > LEASE + 4:  # leases, visibility timeouts and retries ran out
             break
         time.sleep(0.05)
     counts = verdict(accepted, stack)
