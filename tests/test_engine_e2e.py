@@ -95,8 +95,9 @@ def test_send_reports_a_refusal(env):
             env, "send", "--url", url, "--from", "+10000000000", "--to", COMPANY, "who?", check=False
         )
 
-    assert result.returncode == 0  # Twilio channels answer 200 even when nobody is found
-    assert json.loads(result.stdout)["status"] == 200
+    assert result.returncode == 1  # said, although Twilio's channels answer 200 TwiML when nobody is found
+    [refused] = json.loads(result.stdout)
+    assert refused["status"] == 200 and refused["error_code"] == "CONVERSATION_NOT_FOUND"
     assert cli_json(env, "queues", "peek", "whatsapp") == []
 
 

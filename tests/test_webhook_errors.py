@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from replies_engine.webhook.responses import TransientWebhookError, final_response
+from replies_engine.webhook.responses import ERROR_HEADER, ERROR_STATUS, TransientWebhookError, final_response
 from replies_engine.webhook.routing import determine_target_queue
 
 from .conftest import conversation
@@ -20,8 +20,18 @@ from .payloads import api_event, email_event, email_json, sms_text, twilio_event
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 
-def assert_empty_twiml(response):
+def assert_accepted_twiml(response):
     assert response == {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": EMPTY_TWIML}
+
+
+def assert_empty_twiml(response):
+    """A refusal as Twilio gets it: 200 empty TwiML, its code in a header for whoever debugs."""
+    assert (response["statusCode"], response["body"]) == (200, EMPTY_TWIML)
+    assert response["headers"] == {
+        "Content-Type": "text/xml",
+        ERROR_HEADER: response["headers"][ERROR_HEADER],
+    }
+    assert response["headers"][ERROR_HEADER] in ERROR_STATUS
 
 
 def assert_json_error(response, status, error_code):
@@ -96,7 +106,8 @@ def test_locked_conversation_answers_with_a_message_and_records_what_was_refused
     again = engine.handle(twilio_event("whatsapp", params))  # Twilio retried: recorded once
 
     assert response == again
-    assert response["statusCode"] == 200 and response["headers"] == {"Content-Type": "text/xml"}
+    assert response["statusCode"] == 200
+    assert response["headers"] == {"Content-Type": "text/xml", ERROR_HEADER: "CONVERSATION_LOCKED"}
     assert response["body"] == (
         '<?xml version="1.0" encoding="UTF-8"?><Response>'
         "<Message>One moment &lt;please&gt; &amp; thanks</Message></Response>"
@@ -120,7 +131,7 @@ def test_locked_policy_defer_queues_the_message_for_the_next_batch(engine):
     engine.env(LOCKED_POLICY="defer")
     engine.put(locked())
 
-    assert_empty_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
+    assert_accepted_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
     assert len(engine.queued("whatsapp")) == 1
     assert "refused_messages" not in engine.get()
 
@@ -131,7 +142,7 @@ def test_an_expired_lock_does_not_refuse(engine):
         conversation(conversation_status="processing_reply", processing_started_at="2026-01-01T00:00:00Z")
     )
 
-    assert_empty_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
+    assert_accepted_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
     assert len(engine.queued("whatsapp")) == 1
 
 
@@ -282,7 +293,7 @@ def test_database_held_exclusively_elsewhere_is_transient_and_twilio_retries(eng
 
     other_connection.close()  # the other process lets go
     assert engine.all_queued() == 0
-    assert_empty_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
+    assert_accepted_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
 
 
 @pytest.mark.sqlite_only
@@ -298,7 +309,7 @@ def test_queue_write_blocked_by_another_writer_is_transient_and_nothing_is_lost(
     other_connection.execute("ROLLBACK")
     assert engine.all_queued() == 0
     # Twilio's retry of the same message now goes through
-    assert_empty_twiml(engine.handle(twilio_event("whatsapp", params)))
+    assert_accepted_twiml(engine.handle(twilio_event("whatsapp", params)))
     assert [q["body"]["message_sid"] for q in engine.queued("whatsapp")] == [params["MessageSid"]]
 
 

@@ -184,7 +184,7 @@ def _send(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]:
         post_inbound(runtime, args.channel, args.sender, args.recipient, text, args.url, args.message_id)
         for text in args.texts
     ]
-    if any(r["status"] >= 400 for r in responses):
+    if any(r["status"] >= 400 or r.get("error_code") for r in responses):  # refused: said, and exit 1
         print(json.dumps(responses, indent=2, ensure_ascii=False))
         raise SystemExit(1)
     return responses[0] if len(responses) == 1 else responses

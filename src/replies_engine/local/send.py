@@ -13,6 +13,7 @@ from twilio.request_validator import RequestValidator
 
 from ..bootstrap import Runtime
 from ..channels import CHANNELS
+from ..webhook.responses import ERROR_HEADER
 
 
 def post_inbound(
@@ -24,7 +25,8 @@ def post_inbound(
     base_url: str,
     message_id: str | None,
 ) -> dict[str, Any]:
-    """POST one message to `base_url`/`channel`; returns `{"status", "body", "message_id"}`."""
+    """POST one message to `base_url`/`channel`; returns `{"status", "body", "message_id"}`, and the
+    refusal's `error_code` (and `message`) when the engine refused it."""
     url = f"{base_url.rstrip('/')}/{channel}"
     settings = runtime.settings
     if CHANNELS[channel].twilio:
@@ -59,9 +61,14 @@ def post_inbound(
     request = urllib.request.Request(url, data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            status, body = response.status, response.read().decode()
+            status, body, refused = response.status, response.read().decode(), response.headers[ERROR_HEADER]
     except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read().decode()
+        status, body, refused = exc.code, exc.read().decode(), exc.headers[ERROR_HEADER]
     except urllib.error.URLError as exc:
         return {"status": 599, "body": f"cannot reach {url}: {exc.reason}", "message_id": message_id}
-    return {"status": status, "body": body, "message_id": message_id}
+    answer = {"status": status, "body": body, "message_id": message_id}
+    if status >= 400 and body.startswith("{"):
+        answer.update({k: v for k, v in json.loads(body).items() if k in ("error_code", "message")})
+    elif refused:  # Twilio's channels: a 200 with TwiML, the code in a header
+        answer["error_code"] = refused
+    return answer

@@ -65,8 +65,12 @@ def response_builder(error_code: str, message: str) -> dict:
     return json_response(ERROR_STATUS.get(error_code, 500), {"error_code": error_code, "message": public})
 
 
-def twiml_response(text: str | None = None) -> dict:
-    """200 TwiML: empty, or with one `<Message>` back to the sender."""
+ERROR_HEADER = "X-Replies-Error-Code"  # on a refusal answered 200 TwiML: the code, for whoever debugs
+
+
+def twiml_response(text: str | None = None, error_code: str | None = None) -> dict:
+    """200 TwiML: empty, or with one `<Message>` back to the sender; a refusal names its code in
+    `ERROR_HEADER` (Twilio ignores it; the code names no one)."""
     body = EMPTY_TWIML
     if text:
         from twilio.twiml.messaging_response import MessagingResponse  # only here: it costs the cold start
@@ -74,7 +78,8 @@ def twiml_response(text: str | None = None) -> dict:
         reply = MessagingResponse()
         reply.message(text)
         body = str(reply)
-    return {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": body}
+    headers = {"Content-Type": "text/xml", **({ERROR_HEADER: error_code} if error_code else {})}
+    return {"statusCode": 200, "headers": headers, "body": body}
 
 
 def success_response(channel: Channel | None, message_id: str, reply_text: str | None = None) -> dict:
@@ -91,8 +96,8 @@ def final_response(channel: Channel | None, error_code: str, message: str, locke
     if error_code in TRANSIENT_ERROR_CODES:
         raise TransientWebhookError(error_code, message)
     if error_code == "CONVERSATION_LOCKED":
-        return twiml_response(locked_reply_text)
-    return twiml_response()
+        return twiml_response(locked_reply_text, error_code)
+    return twiml_response(error_code=error_code)
 
 
 def for_alb(response: dict) -> dict:
