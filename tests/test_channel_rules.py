@@ -12,8 +12,8 @@ import pytest
 from replies_engine import conversation
 from replies_engine.handlers import reply_sender, stalled_sweeper
 from replies_engine.local.workers import sqs_event
+from replies_engine.parts import split_reply, twilio_length
 from replies_engine.replies import pipeline
-from replies_engine.replies.parts import split_reply, twilio_length
 
 from .fakes import TwilioApi
 from .payloads import BASE, TOKEN, twilio_event, whatsapp_text

@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from replies_engine import clock
-from replies_engine.ports import Handoff, Reply
+from replies_engine.adapters.senders import TwilioSender
+from replies_engine.ports import AmbiguousSendError, Handoff, Reply, TransientSendError
 from replies_engine.replies.responders import LocalResponder, OpenAIResponder, ResponderError
-from replies_engine.replies.senders import AmbiguousSendError, TransientSendError, TwilioSender
 
 from .fakes import TwilioApi
 

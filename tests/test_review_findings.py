@@ -10,8 +10,7 @@ import pytest
 from replies_engine import clock
 from replies_engine.handlers import reply_sender
 from replies_engine.local.workers import sqs_event
-from replies_engine.ports import TransientStoreError
-from replies_engine.replies.senders import TransientSendError
+from replies_engine.ports import TransientSendError, TransientStoreError
 from replies_engine.webhook.parsing import create_context_object
 from replies_engine.webhook.responses import TransientWebhookError
 

@@ -67,7 +67,7 @@ class Runtime:
     @cached_property
     def senders(self) -> dict[str, Sender]:
         """How replies reach people, by channel_type; made on first use."""
-        from .replies.senders import OutboxSender, SmtpSender, TwilioSender
+        from .adapters.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
         outbox = OutboxSender(self.outbox)

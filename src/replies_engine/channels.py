@@ -12,6 +12,7 @@ from email.utils import getaddresses, parseaddr
 HANDOFF_QUEUE = "handoff"
 TWILIO_MAX_LENGTH = 1600  # characters in a message body (error 21617 beyond)
 AI_QUEUE = "ai"
+WINDOW_CLOSED_CODE = "63016"  # WhatsApp: free-form outside the 24-hour window (Twilio's error code)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from typing import Any
 
 def webhook_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Stage 1: API Gateway proxy event → API Gateway proxy response."""
+    from .bootstrap import get_runtime
     from .webhook.pipeline import handle_webhook
 
-    return handle_webhook(event)
+    return handle_webhook(event, get_runtime)
 
 
 def batch_processor(event: dict[str, Any], context: Any) -> dict[str, Any]:

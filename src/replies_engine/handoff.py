@@ -19,12 +19,17 @@ import uuid
 from typing import Any
 
 from . import clock
-from .bootstrap import Runtime
 from .channels import CHANNELS, HANDOFF_QUEUE
 from .conversation import AI, HUMAN, flag, outside_window, owned_by_human
-from .ports import TransientBackendError
-from .replies.parts import split_reply
-from .replies.senders import OPTED_OUT_CODES, AmbiguousSendError, PermanentSendError, TransientSendError
+from .parts import split_reply
+from .ports import (
+    PERSON_OPTED_OUT,
+    AmbiguousSendError,
+    PermanentSendError,
+    Runtime,
+    TransientBackendError,
+    TransientSendError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +176,7 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
             sent.append(sender.send(note, part))
         except PermanentSendError as exc:
             failure = OperatorError(502, f"the provider refused the reply: {exc}")
-            if exc.code in OPTED_OUT_CODES:
+            if exc.kind == PERSON_OPTED_OUT:
                 runtime.store.write_unlocked(
                     conversation_id, changes={"opted_out": True, "opted_out_at": now}
                 )

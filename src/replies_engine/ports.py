@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .channels import Gsi
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .observability import Metrics
 
 Record = dict[str, Any]
 Attributes = Mapping[str, str | int]
@@ -299,8 +303,36 @@ class Responder(Protocol):
     def respond(self, ai_context: Record) -> str | Reply | Handoff: ...
 
 
+PERSON_OPTED_OUT, WINDOW_CLOSED = "opted_out", "window_closed"  # what a PermanentSendError's `kind` may say
+
+
+class SendError(RuntimeError):
+    """How a send failed, since what happens next depends on it. `code`: the provider's own (recorded
+    as `last_error_code`); `kind`: what it means to the engine, when it means more than a failure."""
+
+    def __init__(self, message: str, code: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.kind = kind
+
+
+class TransientSendError(SendError):
+    """The provider refused for now, before anything was sent (throttled, unavailable, unreachable, bad
+    credentials: a rotated token must not fail every reply for good): retried, the lock kept."""
+
+
+class AmbiguousSendError(SendError):
+    """The request may have reached the provider (a timeout after it was sent): the retry asks
+    `went_out` before it sends again."""
+
+
+class PermanentSendError(SendError):
+    """The provider refused for good: never retried. `kind` PERSON_OPTED_OUT (the person unsubscribed or
+    blocked the sender), WINDOW_CLOSED (WhatsApp's 24-hour window), or None."""
+
+
 class Sender(Protocol):
-    """Delivers a reply on its channel, part by part (`replies/senders.py` says how it fails)."""
+    """Delivers a reply on its channel, part by part (`adapters/senders.py`), failing with a SendError."""
 
     def send(self, note: Record, part: int) -> str:
         """Send part `part` of the delivery note (`sending`: texts, to, from, batch_id, …); returns the
@@ -335,3 +367,26 @@ class SecretSource(Protocol):
         """The secret's current value, None when the backend has none. `refresh`: the provider refused
         the cached value (a rotated token): read it again, at most every few seconds."""
         ...
+
+
+class Runtime(Protocol):
+    """What a stage is handed: the settings and the adapters the composition root (`bootstrap`) built
+    for this process. Stages depend on this, never on how it is built."""
+
+    settings: Settings
+    store: ConversationStore
+    queue: MessageQueue
+    outbox: Outbox
+    metrics: Metrics
+    secrets: SecretSource
+    senders: dict[str, Sender]  # by channel_type
+    responder: Responder
+    transcriber: Any  # replies.media.Transcriber, or None without TRANSCRIBE_MODEL
+    media_fetcher: Any  # replies.media.MediaFetcher
+    projects: dict[str, dict[str, Any]]  # PROJECTS_FILE
+
+    def secret(self, name: str, refresh: bool = False) -> str | None: ...
+
+    def twilio_auth_token(self, refresh: bool = False) -> str | None: ...
+
+    def twilio_account_sid(self) -> str | None: ...

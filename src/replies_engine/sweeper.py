@@ -19,11 +19,11 @@ import logging
 import uuid
 
 from . import clock
-from .batching.processor import build_ai_context, dead_letter_context, flush_if_pending, unanswered
-from .bootstrap import Runtime
+from .batches import build_ai_context, dead_letter_context, flush_if_pending, unanswered
 from .channels import AI_QUEUE
 from .conversation import AI, PROCESSING_TIMEOUT, lock_age
 from .handoff import notify_handoff
+from .ports import Runtime
 from .replies.delivery import closing, complete, recorded_reply, settle
 
 logger = logging.getLogger(__name__)

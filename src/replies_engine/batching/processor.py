@@ -16,27 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import clock, envelope
-from ..bootstrap import Runtime
+from ..batches import build_ai_context, send_flush_token, token_channel
 from ..channels import AI_QUEUE, CHANNELS
 from ..config import SQS_MAX_DELAY_SECONDS
 from ..conversation import (
-    HISTORY_FIELDS,
-    awaits_reply,
     flush_delay,
     flush_due,
     is_locked,
     message_key,
-    split_unanswered,
     unreadable,
     user_message,
 )
 from ..envelope import FLUSH, SqsRecord, Unreadable
-from ..ports import LockOutcome, OutgoingMessage
+from ..ports import LockOutcome, OutgoingMessage, Runtime
 
 logger = logging.getLogger(__name__)
-
-HISTORY_MESSAGES = 20  # how much of the conversation before this batch the AI stage sees
-MAX_UNANSWERED = 100  # the newest unanswered messages one AI context carries (an SQS message is ≤ 256 KiB)
 
 
 @dataclass(frozen=True)
@@ -139,56 +133,6 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
     return True
 
 
-def unanswered(runtime: Runtime, conversation_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(the recent history, the person's messages after the last reply): a bounded read from the newest
-    back, however long the conversation."""
-    last = HISTORY_MESSAGES + 16
-    while True:
-        recent = runtime.store.messages(conversation_id, last=last)
-        split = split_unanswered(recent)
-        if len(recent) < last or last >= MAX_UNANSWERED:
-            answered, waiting = split or ([], [m for m in recent if awaits_reply(m)])
-            return answered[-HISTORY_MESSAGES:], waiting[-MAX_UNANSWERED:]
-        if split and len(split[0]) >= HISTORY_MESSAGES:
-            return split[0][-HISTORY_MESSAGES:], split[1]
-        last *= 4
-
-
-def build_ai_context(runtime: Runtime, record: dict[str, Any], batch_id: str) -> dict[str, Any]:
-    """The AI queue's message (docs/design.md §4.5) for the batch that holds the lock: every message of the
-    person's not answered yet (this batch's, and any an expired holder left), and the history before."""
-    history, messages = unanswered(runtime, record["conversation_id"])
-    latest = messages[-1]
-    return {
-        "conversation_id": record["conversation_id"],
-        "batch_id": batch_id,
-        "channel_type": latest["channel_type"],
-        "messages": messages,
-        "conversation": {k: v for k, v in record.items() if k not in HISTORY_FIELDS},
-        "history": history,
-        # the reply goes back the way the last message came
-        "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
-        "first_received_at": min((m.get("timestamp") or "" for m in messages), default="") or None,
-    }
-
-
-def dead_letter_context(runtime: Runtime, context: dict[str, Any], reason: str) -> None:
-    """Messages nobody will answer by themselves: to the AI queue's DLQ, with the reason, for an
-    operator (`replies-engine dlq list ai`). Never raises: the log then keeps the trace."""
-    try:
-        runtime.queue.send(
-            f"{AI_QUEUE}-dlq",
-            json.dumps(context, ensure_ascii=False),
-            attributes={"conversation_id": context["conversation_id"], "DeadLetterReason": reason},
-        )
-        runtime.metrics.add("DeadLettered", len(context["messages"]))
-    except Exception:
-        logger.exception(
-            "dead-lettering failed: the messages stay unanswered in the conversation",
-            extra={"conversation_id": context["conversation_id"], "reason": reason},
-        )
-
-
 # --- debounce mode (docs/design.md §4.6) ------------------------------------------------------------------
 
 
@@ -236,7 +180,7 @@ def flush(conversation_id: str, runtime: Runtime) -> bool:
         if is_locked(record, now, settings.lock_timeout_seconds):
             # Back later: the unlock sends a token too, but a crash between the unlock and its token
             # must not leave these messages waiting for nobody. (Tokens never multiply: one for one.)
-            send_flush_token(runtime, conversation_id, _channel(pending), max(1, settings.quiet_seconds))
+            send_flush_token(runtime, conversation_id, token_channel(pending), max(1, settings.quiet_seconds))
             return True
         _quarantine(runtime, conversation_id, pending, quarantined)  # before the flush drops them
         batch_id = f"batch-{uuid.uuid4().hex}"
@@ -259,21 +203,6 @@ def flush(conversation_id: str, runtime: Runtime) -> bool:
     return False  # contended: the token is retried
 
 
-def flush_if_pending(runtime: Runtime, record: dict[str, Any] | None) -> None:
-    """After an unlock: messages that waited for the lock get their batch (debounce mode)."""
-    if record and record.get("pending_messages") and runtime.settings.batching_mode == "debounce":
-        send_flush_token(runtime, record["conversation_id"], _channel(record["pending_messages"]))
-
-
-def _channel(pending: list[Any]) -> str:
-    """The channel of the newest pending message that names one: its batch queue takes the token (any
-    would do: a flush is per conversation)."""
-    named = [
-        m.get("channel_type") for m in pending if isinstance(m, dict) and m.get("channel_type") in CHANNELS
-    ]
-    return named[-1] if named else next(iter(CHANNELS))
-
-
 def _quarantine(runtime: Runtime, conversation_id: str, pending: list[Any], done: set[str]) -> None:
     """Pending messages that cannot be ordered (written by an older engine, or by hand) to their
     channel's dead-letter queue with the reason, so that the flush can drop them and the conversation
@@ -283,7 +212,7 @@ def _quarantine(runtime: Runtime, conversation_id: str, pending: list[Any], done
         key = json.dumps(message, sort_keys=True, default=str)
         if reason is None or key in done:
             continue
-        queue = CHANNELS[_channel([message])].queue
+        queue = CHANNELS[token_channel([message])].queue
         runtime.queue.send(
             f"{queue}-dlq",
             json.dumps(
@@ -297,18 +226,6 @@ def _quarantine(runtime: Runtime, conversation_id: str, pending: list[Any], done
             extra={"conversation_id": conversation_id, "reason": reason},
         )
         done.add(key)
-
-
-def send_flush_token(
-    runtime: Runtime, conversation_id: str, channel_type: str, delay_seconds: int = 0
-) -> None:
-    token = envelope.flush_token(conversation_id, channel_type)
-    runtime.queue.send(
-        CHANNELS[channel_type].queue,
-        json.dumps(token),
-        delay_seconds=delay_seconds,
-        attributes={"conversation_id": conversation_id, "RetryAttempt": 0},
-    )
 
 
 def _arrival(record: BatchRecord) -> tuple[str, str]:

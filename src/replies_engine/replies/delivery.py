@@ -23,9 +23,8 @@ import time
 from typing import Any
 
 from .. import clock
-from ..batching.processor import dead_letter_context, flush_if_pending
-from ..bootstrap import Runtime
-from ..channels import CHANNELS, HANDOFF_QUEUE
+from ..batches import dead_letter_context, flush_if_pending
+from ..channels import CHANNELS, HANDOFF_QUEUE, WINDOW_CLOSED_CODE
 from ..conversation import (
     AI,
     AI_RESPONSE_SENT,
@@ -38,13 +37,14 @@ from ..conversation import (
     owned_by_human,
 )
 from ..handoff import handoff_changes, notify_handoff
-from ..ports import TransientBackendError
-from .parts import split_reply
-from .senders import (
-    OPTED_OUT_CODES,
-    WINDOW_CLOSED_CODE,
+from ..parts import split_reply
+from ..ports import (
+    PERSON_OPTED_OUT,
+    WINDOW_CLOSED,
     AmbiguousSendError,
     PermanentSendError,
+    Runtime,
+    TransientBackendError,
     TransientSendError,
 )
 
@@ -222,9 +222,9 @@ def refused(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], exc
     log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"], "error_code": code}
     runtime.metrics.add("ReplyFailed", error_code=code)
     changes: dict[str, Any] = {"last_error_code": code}
-    if code == WINDOW_CLOSED_CODE and not note.get("template"):
+    if exc.kind == WINDOW_CLOSED and not note.get("template"):
         return window_closed(runtime, context, note)
-    if code in OPTED_OUT_CODES:
+    if exc.kind == PERSON_OPTED_OUT:
         logger.warning("the person opted out or blocked the sender: nothing more is sent", extra=log)
         changes.update(opted_out=True, opted_out_at=clock.iso())
     else:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from .http import OpenAICompatibleClient, ResponderError
 
 if TYPE_CHECKING:
-    from ..bootstrap import Runtime
+    from ..ports import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import clock, envelope
-from ..bootstrap import Runtime
 from ..channels import AI_QUEUE
 from ..conversation import REPLY_SUPERSEDED, holds, readable
 from ..envelope import SqsRecord, Unreadable
-from ..ports import Handoff, Reply
+from ..ports import Handoff, Reply, Runtime
 from . import media, projects
 from .delivery import deliver, finish, hand_to_human, new_note, settle, withheld, write_note
 from .http import ResponderError

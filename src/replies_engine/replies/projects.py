@@ -19,7 +19,7 @@ from .. import clock
 from ..config import ConfigurationError
 
 if TYPE_CHECKING:
-    from ..bootstrap import Runtime
+    from ..ports import Runtime
 
 _FIELDS = {"ai_instructions": str, "max_ai_turns_per_day": int}
 

@@ -11,7 +11,6 @@ from functools import partial
 from typing import Any
 
 from .. import clock
-from ..bootstrap import Runtime, get_runtime
 from ..channels import HANDOFF_QUEUE
 from ..config import ConfigurationError, Settings
 from ..conversation import (
@@ -26,7 +25,7 @@ from ..conversation import (
 )
 from ..envelope import for_conversation
 from ..handoff import TIMEOUT, hand_back, handoff_changes, human_silent_too_long
-from ..ports import BackendError, QueueError, TransientBackendError, TransientQueueError
+from ..ports import BackendError, QueueError, Runtime, TransientBackendError, TransientQueueError
 from .email_providers import verify_mailgun
 from .keywords import HELP, START, STOP, keyword
 from .parsing import (
@@ -55,17 +54,18 @@ class Outcome:
     answer: dict[str, Any] | None = None  # the JSON answer to a status callback
 
 
-def handle_webhook(event: dict[str, Any]) -> dict[str, Any]:
-    """Answer one webhook request; raises TransientWebhookError only to make Twilio retry."""
-    answer = _answer(event)
+def handle_webhook(event: dict[str, Any], runtime_of: Callable[[], Runtime]) -> dict[str, Any]:
+    """Answer one webhook request; raises TransientWebhookError only to make Twilio retry. `runtime_of`
+    builds the runtime on first use: a configuration error is answered as one (Twilio: 200 TwiML)."""
+    answer = _answer(event, runtime_of)
     return for_alb(answer) if is_alb(event) else answer
 
 
-def _answer(event: dict[str, Any]) -> dict[str, Any]:
+def _answer(event: dict[str, Any], runtime_of: Callable[[], Runtime]) -> dict[str, Any]:
     channel = channel_from_event(event) if isinstance(event, dict) else None
     runtime: Runtime | None = None
     try:
-        runtime = get_runtime()
+        runtime = runtime_of()
         outcome = _accept(event, runtime)
     except ConfigurationError as exc:
         outcome = Outcome("CONFIGURATION_ERROR", str(exc))

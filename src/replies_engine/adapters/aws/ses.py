@@ -1,11 +1,12 @@
 """Email replies through Amazon SES (v2 `SendEmail` with the raw message, so that it threads: see
-`senders.reply_email`). The sender's address (or its domain) must be a verified SES identity."""
+`adapters/senders.reply_email`). The sender's address (or its domain) must be a verified SES identity."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ...replies.senders import AmbiguousSendError, PermanentSendError, TransientSendError, reply_email
+from ...ports import AmbiguousSendError, PermanentSendError, TransientSendError
+from ..senders import reply_email
 from .clients import TRANSIENT_ERROR_CODES, client, error_code
 
 _TRANSIENT = TRANSIENT_ERROR_CODES | {"TooManyRequestsException", "LimitExceededException"}

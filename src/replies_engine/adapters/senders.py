@@ -1,13 +1,6 @@
-"""Senders: how a reply reaches the person.
-
-A sender sends one part of a delivery note (`sending` on the record: `texts`, `to`, `from`,
-`conversation_id`, `batch_id`, `timestamp`, and `template` when a WhatsApp template goes instead), and
-says how a send failed, because what happens next depends on it:
-- TransientSendError: nothing went out (throttled, unavailable, unreachable): retried, the lock kept;
-- AmbiguousSendError: the request may have reached the provider (a timeout after it was sent): the
-  retry asks `went_out` before it sends again;
-- PermanentSendError: refused for good (`code`: Twilio's error code): never retried.
-"""
+"""Senders (the `Sender` port): the outbox, SMTP and Twilio. Each sends one part of a delivery note and
+says how a send failed in the port's terms (`ports.SendError`): Twilio's error codes become the kinds
+the engine acts on (opted out, WhatsApp's window closed), and stay the `code` it records."""
 
 from __future__ import annotations
 
@@ -15,31 +8,24 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..ports import Outbox
+from ..channels import WINDOW_CLOSED_CODE
+from ..ports import (
+    PERSON_OPTED_OUT,
+    WINDOW_CLOSED,
+    AmbiguousSendError,
+    Outbox,
+    PermanentSendError,
+    TransientSendError,
+)
 
-OPTED_OUT_CODES = frozenset({"21610", "63014"})  # unsubscribed (STOP); the person blocked the sender
-WINDOW_CLOSED_CODE = "63016"  # WhatsApp: free-form outside the 24-hour window
+# Twilio's codes that mean something to the engine (`SendError.kind`)
+_KINDS = {
+    "21610": PERSON_OPTED_OUT,
+    "63014": PERSON_OPTED_OUT,
+    WINDOW_CLOSED_CODE: WINDOW_CLOSED,
+}  # STOP; blocked
 _TRANSIENT_CODES = frozenset({"20429", "20500", "20503", "20003"})  # 20003: credentials (a rotated token)
 _GATEWAY_STATUSES = frozenset({502, 504})  # a gateway's failure: Twilio may have created the message
-
-
-class SendError(RuntimeError):
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class TransientSendError(SendError):
-    """The provider refused for now, before anything was sent: retry (bad credentials too: a rotated
-    token must not fail every reply for good; past the queue's retries, the AI queue's DLQ)."""
-
-
-class AmbiguousSendError(SendError):
-    """The send may or may not have gone out: look before sending again."""
-
-
-class PermanentSendError(SendError):
-    """The provider refused for good (`code`): do not retry."""
 
 
 class OutboxSender:
@@ -222,7 +208,7 @@ class TwilioSender:
                 raise AmbiguousSendError(message, code) from exc
             if exc.status in (401, 429) or exc.status >= 500 or code in _TRANSIENT_CODES:
                 raise TransientSendError(message, code) from exc
-            raise PermanentSendError(message, code) from exc
+            raise PermanentSendError(message, code, _KINDS.get(code)) from exc
         except OSError as exc:  # requests' connection errors and timeouts are OSErrors
             if _before_sending(exc):
                 raise TransientSendError(f"Twilio unreachable: {exc}") from exc
