@@ -33,9 +33,10 @@ $(CHECKOV_VENV)/.v$(CHECKOV_VERSION):  # in its own environment: it pins its own
 $(CHROMIUM):  # the inbox page's tests drive Debian's Chromium (no browser download is possible here)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/.v$(CHECKOV_VERSION)  ## install the test dependencies (Chromium, checkov), lint the SAM template and the import contracts, run the whole suite, then the floors' smoke subset
+test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/.v$(CHECKOV_VERSION)  ## install the test dependencies (Chromium, checkov), lint the SAM template, the import contracts and the domain's types, run the whole suite, then the floors' smoke subset
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 	$(MAKE) --no-print-directory test-floors
 
@@ -61,6 +62,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(FLOOR_VENV) build src/*.egg-info .pytest_cache replies-engine.db*

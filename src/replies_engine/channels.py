@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
+from typing import Any
 
 HANDOFF_QUEUE = "handoff"
 TWILIO_MAX_LENGTH = 1600  # characters in a message body (error 21617 beyond)
@@ -82,7 +83,7 @@ def normalize_email(address: str) -> str:
     return parseaddr(address.strip())[1].lower()
 
 
-def normalize_record_keys(record: dict) -> dict:
+def normalize_record_keys(record: dict[str, Any]) -> dict[str, Any]:
     """The record with its GSI keys in stored form, so a hand-written `whatsapp:+1…` still matches.
     ValueError for a `recipient_bsuid` that is not one."""
     normalized = dict(record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from . import clock
@@ -282,7 +283,9 @@ def flush_delay(pending: list[dict[str, Any]], now: float, quiet: int, max_wait:
     return max(0, min(quiet, math.ceil(max_wait - (now - oldest))))
 
 
-def outside_window(record: dict[str, Any], channel_type: str, messages: list[dict[str, Any]] = ()) -> bool:
+def outside_window(
+    record: dict[str, Any], channel_type: str, messages: Sequence[dict[str, Any]] = ()
+) -> bool:
     """WhatsApp only: more than 24 hours since the person's last message (that the record or
     `messages` know of; none known: inside)."""
     if channel_type != "whatsapp":

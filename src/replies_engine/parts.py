@@ -28,7 +28,8 @@ def split_reply(text: str, max_length: int | None, max_parts: int) -> tuple[list
     `max_parts`: past that the last part ends in an ellipsis and the rest is not sent."""
     if max_length is None or twilio_length(text) <= max_length:
         return [text], False
-    parts, rest = [], text
+    parts: list[str] = []
+    rest = text
     while rest and len(parts) < max_parts:
         if twilio_length(rest) <= max_length:
             parts.append(rest)

@@ -6,6 +6,7 @@ transient (retry later: a busy database, throttling, a timeout) or not.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -137,7 +138,7 @@ class ConversationStore(Protocol):
         self,
         conversation_id: str,
         batch_id: str,
-        messages: list[Record],
+        messages: builtins.list[Record],
         *,
         now: float,
         lock_timeout_seconds: float,
@@ -146,7 +147,9 @@ class ConversationStore(Protocol):
         conversation is not locked (or its lease expired), take the lock for `batch_id` and append them."""
         ...
 
-    def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
+    def add_pending(
+        self, conversation_id: str, messages: builtins.list[Record], *, now: float
+    ) -> LockOutcome:
         """Debounce: append to `pending_messages` the messages in neither `messages` nor
         `pending_messages`, bumping `pending_version`; no lock needed (docs/design.md §4.6)."""
         ...
@@ -216,7 +219,7 @@ class ConversationStore(Protocol):
         (debounce) they go back to `pending_messages` for the next flush."""
         ...
 
-    def list_locked(self) -> list[Record]:
+    def list_locked(self) -> builtins.list[Record]:
         """Conversations in `processing_reply`, from the sparse lock index (never a full scan)."""
         ...
 
@@ -379,11 +382,22 @@ class Runtime(Protocol):
     outbox: Outbox
     metrics: Metrics
     secrets: SecretSource
-    senders: dict[str, Sender]  # by channel_type
-    responder: Responder
-    transcriber: Any  # replies.media.Transcriber, or None without TRANSCRIBE_MODEL
-    media_fetcher: Any  # replies.media.MediaFetcher
-    projects: dict[str, dict[str, Any]]  # PROJECTS_FILE
+
+    # made on first use: only the stage that needs one pays for it
+    @property
+    def senders(self) -> dict[str, Sender]: ...  # by channel_type
+
+    @property
+    def responder(self) -> Responder: ...
+
+    @property
+    def transcriber(self) -> Any: ...  # replies.media.Transcriber, or None without TRANSCRIBE_MODEL
+
+    @property
+    def media_fetcher(self) -> Any: ...  # replies.media.MediaFetcher
+
+    @property
+    def projects(self) -> dict[str, dict[str, Any]]: ...  # PROJECTS_FILE
 
     def secret(self, name: str, refresh: bool = False) -> str | None: ...
 
