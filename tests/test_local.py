@@ -75,9 +75,11 @@ def test_serve_without_credentials_of_its_own_makes_them_and_keeps_every_door_cl
         [EXE, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
+        banner = process.stderr.readline()  # for the person, then the same as JSON
         startup = json.loads(process.stderr.readline())
         tokens = startup["twilio_auth_token"], startup["email_webhook_token"]
         assert startup["message"] == "replies-engine serving"
+        assert f"twilio auth token {tokens[0]}" in banner and f"email webhook token {tokens[1]}" in banner
         assert [len(t) for t in tokens] == [32, 32] and TOKEN not in tokens
         wait_for_port(port)
         url = f"http://127.0.0.1:{port}/email"
@@ -98,6 +100,7 @@ def test_serve_without_credentials_of_its_own_makes_them_and_keeps_every_door_cl
         [EXE, "serve", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
+        process.stderr.readline()  # the banner
         startup = json.loads(process.stderr.readline())
         assert (startup["twilio_auth_token"], startup["email_webhook_token"]) == tokens
     finally:
@@ -237,3 +240,43 @@ def test_the_openai_responder_without_a_key_for_api_openai_com_is_a_one_line_err
         )
     )
     assert local.responder.api_key is None  # a local server that needs none
+
+
+def test_a_second_serve_on_the_same_database_is_refused(imported):
+    with serving(imported):
+        second = subprocess.run(
+            [EXE, "serve", "--port", str(free_port())],
+            env=imported,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert second.returncode == 1
+    assert "another replies-engine serve is running on" in second.stderr
+    assert imported["REPLIES_SQLITE_PATH"] in second.stderr and "REPLIES_SQLITE_PATH" in second.stderr
+
+
+def test_serve_says_where_it_serves_in_one_line_before_the_json_logs(imported):
+    port = free_port()
+    process = subprocess.Popen(
+        [EXE, "serve", "--port", str(port)],
+        env=imported,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first_line = process.stderr.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    assert first_line.startswith(f"serving http://127.0.0.1:{port} · backend sqlite · database ")
+    assert imported["REPLIES_SQLITE_PATH"] in first_line and not first_line.startswith("{")
+
+
+def test_the_version_is_the_packages(engine_env):
+    from importlib.metadata import version
+
+    assert cli(engine_env, "--version").stdout.strip() == f"replies-engine {version('replies-engine')}"

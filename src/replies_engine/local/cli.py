@@ -1,6 +1,7 @@
-"""`replies-engine`: the engine on one machine, and the operators' tools (docs/design.md §5.1).
+"""`replies-engine`: the engine on one machine, and the operators' tools.
 
-Every command acts on the configured backend and prints JSON.
+Every command acts on the configured backend (REPLIES_BACKEND: sqlite, the default, or aws) and prints
+JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from ..handlers import stalled_sweeper
 from ..ports import BackendError, QueuedMessage
 
 logger = logging.getLogger("replies_engine.cli")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("replies-engine")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 class UsageError(Exception):
@@ -47,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (always)")
     parser = argparse.ArgumentParser(prog="replies-engine", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def add_parser(subparsers, name, **kwargs):
@@ -94,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     outbox_list = add_parser(outbox, "list", help="every reply in the outbox")
     outbox_list.set_defaults(command=lambda args: get_runtime().outbox.list())
 
-    migrate = add_parser(commands, "migrate", help="move messages out of records written before 0.2")
+    migrate = add_parser(commands, "migrate", help="move messages out of records an older engine wrote")
     migrate.set_defaults(command=_migrate)
 
     sweep = add_parser(commands, "sweep", help="reset stalled locks now")

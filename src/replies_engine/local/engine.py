@@ -4,8 +4,12 @@ the sweeper, all calling the same handlers as in Lambda."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from typing import IO
 
 from ..bootstrap import get_runtime
+from ..config import ConfigurationError, Settings
 
 logger = logging.getLogger("replies_engine.engine")
 
@@ -19,7 +23,9 @@ def serve(host: str, port: int) -> None:
 
     runtime = get_runtime()  # fail now, not on the first request, when the configuration is wrong
     settings = runtime.settings
-    startup = {"url": f"http://{host}:{port}", "backend": settings.backend, "database": settings.sqlite_path}
+    held = _only_engine_on(settings)  # noqa: F841 (held open: released when the process ends)
+    database = os.path.abspath(settings.sqlite_path) if settings.backend == "sqlite" else None
+    startup = {"url": f"http://{host}:{port}", "backend": settings.backend, "database": database}
     # Without credentials of their own, requests are signed with the engine's (`replies-engine send` uses them).
     if settings.verify_signatures != "off" and not settings.twilio_auth_token:
         startup["twilio_auth_token"] = runtime.twilio_auth_token()
@@ -27,6 +33,11 @@ def serve(host: str, port: int) -> None:
         startup["email_webhook_token"] = runtime.secret("EMAIL_WEBHOOK_TOKEN")
     engine = LocalEngine(runtime)
     engine.start()
+    print(  # for the person at the keyboard, before the JSON logs
+        " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in startup.items() if v).replace("url ", "serving "),
+        file=sys.stderr,
+        flush=True,
+    )
     logger.info("replies-engine serving", extra=startup)
     try:
         loopback = host in ("127.0.0.1", "localhost", "::1")
@@ -36,3 +47,22 @@ def serve(host: str, port: int) -> None:
     finally:
         engine.stop()
         logger.info("replies-engine stopped")
+
+
+def _only_engine_on(settings: Settings) -> IO[str] | None:
+    """Refuse a second `serve` on the same embedded database: its workers and sweeper would run beside
+    the first one's. The lock is the operating system's: it goes with the process, however it ends."""
+    if settings.backend != "sqlite":
+        return None
+    import fcntl
+
+    lock = open(f"{settings.sqlite_path}-serve.lock", "w")  # noqa: SIM115 (held for the process's life)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigurationError(
+            f"another replies-engine serve is running on {os.path.abspath(settings.sqlite_path)}:"
+            " stop it, or set REPLIES_SQLITE_PATH to another database"
+        ) from None
+    return lock
