@@ -83,24 +83,6 @@ def test_the_emergency_unlock_takes_out_exactly_the_batchs_messages(engine):
     assert store.emergency_unlock("c1", "b2", reason="again", now=time.time()) is None  # not its lock
 
 
-def test_a_flush_moves_at_most_99_messages_the_rest_wait(engine):
-    store = engine.runtime.store
-    pending = [message(f"SM{n:03d}") for n in range(120)]
-    engine.put(conversation(pending_messages=pending, pending_version=1))
-
-    flushed = store.flush_pending("c1", "b1", pending_version=1, now=time.time(), lock_timeout_seconds=LEASE)
-
-    assert flushed.status == "acquired" and flushed.appended == [
-        {**m, "batch_id": "b1"} for m in pending[:99]
-    ]
-    assert flushed.record["pending_messages"] == pending[99:]
-    assert store.get("c1")["pending_messages"] == pending[99:]
-    assert [m["message_id"] for m in store.messages("c1")] == [
-        "SMold",
-        *(m["message_id"] for m in pending[:99]),
-    ]
-
-
 def test_debounce_dedupes_against_the_history_and_the_pending_messages(engine):
     store = engine.runtime.store
 

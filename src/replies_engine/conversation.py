@@ -139,6 +139,27 @@ def in_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(messages, key=lambda m: (m.get("timestamp") or "", m.get("message_id") or ""))
 
 
+# One conditional write takes the lock and stores a batch's messages: DynamoDB's transaction holds 100
+# items (the record's and 99 messages'), and both backends batch alike; the rest wait for the next batch.
+MAX_MESSAGES_PER_BATCH = 99
+
+
+def flush_candidates(record: dict[str, Any], batch_id: str) -> list[dict[str, Any]]:
+    """Debounce's flush: the pending messages a batch would move in, in arrival order, tagged with it
+    (those that cannot be read are left out: stage 2 dead-lettered them)."""
+    return [{**m, "batch_id": batch_id} for m in in_order(readable(record.get("pending_messages", [])))]
+
+
+def flush_split(
+    existing: list[dict[str, Any]], candidates: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(the messages the batch moves in: those not in `existing`, the history's, at most
+    MAX_MESSAGES_PER_BATCH; those that stay pending for the next batch; the ids already stored)."""
+    fresh, duplicates = split_duplicates(existing, candidates)
+    moved, rest = fresh[:MAX_MESSAGES_PER_BATCH], fresh[MAX_MESSAGES_PER_BATCH:]
+    return moved, [{**m, "batch_id": None} for m in rest], duplicates
+
+
 def split_duplicates(
     existing: list[dict[str, Any]], messages: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[str]]:

@@ -40,17 +40,18 @@ from ...channels import GSIS, Gsi
 from ...conversation import (
     DELIVERY_FINAL,
     DELIVERY_ORDER,
+    MAX_MESSAGES_PER_BATCH,
     PROCESSING_ERROR,
     PROCESSING_REPLY,
     PROCESSING_TIMEOUT,
     delivery_moves,
+    flush_candidates,
+    flush_split,
     holds,
-    in_order,
     inbound_changes,
     is_locked,
     lock_fields,
     provider_ids,
-    readable,
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -59,7 +60,7 @@ from .clients import client, error_code, translated_errors
 LOCKED_INDEX = "gsi-locked"
 LOCKED = "locked"
 SEQ_INDEX = "lsi-seq"
-MAX_NEW_MESSAGES = 99  # a transaction holds at most 100 items: the record and 99 messages
+MAX_NEW_MESSAGES = MAX_MESSAGES_PER_BATCH  # a transaction holds at most 100 items: the record and 99 messages
 _ATTEMPTS = 5  # conditional writes lost to concurrent ones before giving up (transient)
 _KEY_ATTRS = frozenset(attr for gsi in GSIS for attr in (gsi.company_attr, gsi.recipient_attr))
 _MESSAGE_ATTRS = ("conversation_id", "message_key", "seq")  # the item's, not the message's
@@ -319,13 +320,10 @@ class DynamoConversationStore:
             not held and is_locked(record, now, lock_timeout_seconds)
         ):
             return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-        pending = [
-            {**m, "batch_id": batch_id} for m in in_order(readable(record.get("pending_messages", [])))
-        ]
-        fresh, duplicates = split_duplicates(self._stored(conversation_id, pending), pending)
-        moved, rest = fresh[:MAX_NEW_MESSAGES], fresh[MAX_NEW_MESSAGES:]  # the rest wait for the next batch
+        candidates = flush_candidates(record, batch_id)
+        moved, rest, duplicates = flush_split(self._stored(conversation_id, candidates), candidates)
         fields: dict[str, Any] = {
-            "pending_messages": [{**m, "batch_id": None} for m in rest],
+            "pending_messages": rest,
             "pending_version": pending_version + 1,
         }
         unchanged, values = _unchanged("pending_version", pending_version)

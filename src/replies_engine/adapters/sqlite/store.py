@@ -20,13 +20,13 @@ from ...conversation import (
     PROCESSING_REPLY,
     PROCESSING_TIMEOUT,
     delivery_moves,
+    flush_candidates,
+    flush_split,
     holds,
-    in_order,
     inbound_changes,
     is_locked,
     lock_fields,
     provider_ids,
-    readable,
     split_duplicates,
 )
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -201,16 +201,14 @@ class SqliteConversationStore:
                 not held and is_locked(record, now, lock_timeout_seconds)
             ):
                 return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-            pending = [
-                {**m, "batch_id": batch_id} for m in in_order(readable(record.get("pending_messages", [])))
-            ]
-            fresh, duplicates = split_duplicates(_present(conn, conversation_id, pending), pending)
-            record.update(pending_messages=[], pending_version=pending_version + 1)
-            if not fresh:
+            candidates = flush_candidates(record, batch_id)
+            moved, rest, duplicates = flush_split(_present(conn, conversation_id, candidates), candidates)
+            record.update(pending_messages=rest, pending_version=pending_version + 1)
+            if not moved:
                 return LockOutcome("duplicates", duplicates=duplicates)
-            record.update(lock_fields(record, batch_id, fresh, now))
-            insert_messages(conn, conversation_id, fresh)
-            return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
+            record.update(lock_fields(record, batch_id, moved, now))
+            insert_messages(conn, conversation_id, moved)
+            return LockOutcome("acquired", record=record, appended=moved, duplicates=duplicates)
 
         outcome = self._update(
             conversation_id, flush, write_if=lambda o: o.status in ("acquired", "duplicates")
