@@ -98,7 +98,13 @@ def test_queues_stats_accepts_json(engine_env):
 
 
 @pytest.mark.parametrize(
-    ("variable", "value"), [("BATCHING_MODE", "later"), ("SUPERSEDE", "maybe"), ("QUIET_SECONDS", "-1")]
+    ("variable", "value"),
+    [
+        ("BATCHING_MODE", "later"),
+        ("SUPERSEDE", "maybe"),
+        ("QUIET_SECONDS", "-1"),
+        ("LOCKED_POLICY", "defer"),  # nothing to defer in debounce mode, the default
+    ],
 )
 def test_a_bad_batching_setting_is_refused_clearly(engine, variable, value):
     engine.env(**{variable: value})
@@ -162,3 +168,12 @@ def test_a_send_that_fails_for_now_is_retried_with_the_lock_kept(engine, ai_reco
     monkeypatch.setattr(sender, "send", send)
     assert reply_sender(sqs_event("ai", [ai_record]), None) == {"batchItemFailures": []}
     assert len(engine.outbox()) == 1 and engine.get()["conversation_status"] == "ai_response_sent"
+
+
+@pytest.mark.delay_mode
+def test_supersede_drop_in_delay_mode_is_refused_clearly(engine):
+    engine.env(SUPERSEDE="drop")
+
+    body = json.loads(engine.handle(email_event(email_json()))["body"])
+
+    assert body["error_code"] == "CONFIGURATION_ERROR" and "SUPERSEDE=drop does nothing" in body["message"]

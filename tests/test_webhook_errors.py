@@ -127,6 +127,7 @@ def test_locked_conversation_on_email_is_409(engine):
     assert len(engine.get()["refused_messages"]) == 1
 
 
+@pytest.mark.delay_mode
 def test_locked_policy_defer_queues_the_message_for_the_next_batch(engine):
     engine.env(LOCKED_POLICY="defer")
     engine.put(locked())

@@ -163,12 +163,27 @@ class Settings:
             batch_concurrency=env.integer("BATCH_CONCURRENCY", 4, 1, 256),
             reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
+        _check_batching(settings)
         if settings.responder == "http":
             if not settings.agent_url:
                 raise ConfigurationError("AGENT_URL is required with RESPONDER=http")
             if not _is_http_url(settings.agent_url):
                 raise ConfigurationError(f"AGENT_URL={settings.agent_url!r} is not an http(s) URL")
         return settings  # the secrets' checks are the runtime's: in AWS they come from Secrets Manager
+
+
+def _check_batching(settings: Settings) -> None:
+    """A setting that does nothing in the chosen BATCHING_MODE is refused, not silently ignored."""
+    if settings.batching_mode == "debounce" and settings.locked_policy == "defer":
+        raise ConfigurationError(
+            "LOCKED_POLICY=defer does nothing with BATCHING_MODE=debounce, which keeps every message of a"
+            " locked conversation for the next batch: unset LOCKED_POLICY, or use BATCHING_MODE=delay"
+        )
+    if settings.batching_mode == "delay" and settings.supersede == "drop":
+        raise ConfigurationError(
+            "SUPERSEDE=drop does nothing with BATCHING_MODE=delay (a reply is superseded only by messages"
+            " pending in debounce mode): unset SUPERSEDE, or use BATCHING_MODE=debounce"
+        )
 
 
 def _is_http_url(url: str) -> bool:
