@@ -13,7 +13,7 @@ records the same way. Counted:
   records        batch records and AI queue records run
   escaped        exceptions out of a handler (a Lambda invocation that fails as a whole)
   internal       answers INTERNAL_ERROR (the engine's own bug) or CONFIGURATION_ERROR
-  off table      answers outside README's table (status and error code, for the path's channel)
+  off table      answers outside the table of stage 1's answers (docs/architecture.md) (status and error code, for the path's channel)
   not queued     webhooks accepted (a queue message id logged) without their message in the queue
   nowhere        batch records acknowledged whose message is not in its conversation (pending
                  included), not in a queue and not in a dead-letter queue
@@ -61,7 +61,7 @@ from replies_engine import clock  # noqa: E402
 from replies_engine.bootstrap import get_runtime, reset_runtime  # noqa: E402
 from replies_engine.handlers import batch_processor, reply_sender, webhook_handler  # noqa: E402
 
-# README's table: the answers each error code may get, on a Twilio channel and on the others.
+# The table of stage 1's answers (docs/architecture.md): the answers each error code may get, on a Twilio channel and on the others.
 TWILIO_STATUS = {"INVALID_SIGNATURE": 403}  # every other code: 200 TwiML (transient ones raise)
 JSON_STATUS = {
     "PARSING_ERROR": 400,

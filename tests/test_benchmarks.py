@@ -1,5 +1,5 @@
 """Each benchmark, briefly, as a user runs it: a storage or API change cannot silently break one (the
-long runs and their figures are in README's Benchmarks). `bench/chaos.py` and `bench/fuzz.py` have
+long runs and their figures are in docs/benchmarks.md). `bench/chaos.py` and `bench/fuzz.py` have
 tests of their own (tests/test_chaos.py, tests/test_hostile_input.py)."""
 
 from __future__ import annotations

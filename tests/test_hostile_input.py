@@ -219,7 +219,7 @@ def test_an_emails_attachments_keep_their_type(engine):
 
 
 def test_generated_requests_and_records_escape_nothing_and_lose_nothing(engine, backend):
-    """`bench/fuzz.py` in short (derandomized: the same cases every run); its long run is in README."""
+    """`bench/fuzz.py` in short (derandomized: the same cases every run); its long run is in docs/benchmarks.md."""
     engine.env(MAILGUN_SIGNING_KEY="mailgun-signing-key")
     seed(engine.put)
     every = [*QUEUES, *(f"{q}-dlq" for q in QUEUES)]
