@@ -208,9 +208,9 @@ def _quarantine(runtime: Runtime, conversation_id: str, pending: list[Any], done
     channel's dead-letter queue with the reason, so that the flush can drop them and the conversation
     goes on with its other messages."""
     for message in pending:
-        reason = unreadable(message)
-        key = json.dumps(message, sort_keys=True, default=str)
-        if reason is None or key in done:
+        if (reason := unreadable(message)) is None:
+            continue
+        if (key := json.dumps(message, sort_keys=True, default=str)) in done:
             continue
         queue = CHANNELS[token_channel([message])].queue
         runtime.queue.send(
