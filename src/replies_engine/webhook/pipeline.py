@@ -138,12 +138,13 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
 
     if human_silent_too_long(context_object, settings.handoff_auto_return_hours):
         # checked when the person writes again: no scan of the table for silent humans
-        try:
-            record = hand_back(runtime, context_object["conversation_id"], by=TIMEOUT)
-        except TransientBackendError as exc:
-            return Outcome("DB_TRANSIENT_ERROR", f"cannot hand the conversation back: {exc}", log=log)
-        except BackendError as exc:
-            return Outcome("DB_QUERY_ERROR", f"cannot hand the conversation back: {exc}", log=log)
+        record = _stored(
+            "hand the conversation back",
+            log,
+            partial(hand_back, runtime, context_object["conversation_id"], by=TIMEOUT),
+        )
+        if isinstance(record, Outcome):
+            return record
         context_object = for_conversation(message, {**context_object, **record})
     queue = determine_target_queue(context_object, settings.honor_hand_off_to_human)
     if queue is None or not runtime.queue.has_queue(queue):
@@ -226,14 +227,20 @@ def _write(
 ) -> Outcome | bool:
     """Stage 1's own write to the conversation: whether it wrote (False: the message was there), or an
     error Outcome."""
+    write = partial(
+        runtime.store.write_unlocked, context_object["conversation_id"], changes=changes, message=message
+    )
+    return _stored("record the message", log, write)
+
+
+def _stored(what: str, log: dict, call: Callable[[], Any]) -> Any:
+    """`call()`'s result, or the Outcome its backend's failure is: transient (Twilio retries) or not."""
     try:
-        return runtime.store.write_unlocked(
-            context_object["conversation_id"], changes=changes, message=message
-        )
+        return call()
     except TransientBackendError as exc:
-        return Outcome("DB_TRANSIENT_ERROR", f"cannot record the message: {exc}", log=log)
+        return Outcome("DB_TRANSIENT_ERROR", f"cannot {what}: {exc}", log=log)
     except BackendError as exc:
-        return Outcome("DB_QUERY_ERROR", f"cannot record the message: {exc}", log=log)
+        return Outcome("DB_QUERY_ERROR", f"cannot {what}: {exc}", log=log)
 
 
 _DELIVERY_STATUSES = frozenset({*DELIVERY_ORDER, *DELIVERY_FINAL} - {"unknown"})  # "unknown" is ours
@@ -251,12 +258,13 @@ def _record_delivery_status(request: InboundRequest, runtime: Runtime) -> Outcom
         return Outcome("PARSING_ERROR", f"MessageStatus {status!r} is not a delivery status")
     error_code = (params.get("ErrorCode") or "").strip() or None
     log = {"message_sid": sid, "delivery_status": status}
-    try:
-        result = runtime.store.record_delivery(sid, status, error_code, now=clock.now())
-    except TransientBackendError as exc:
-        return Outcome("DB_TRANSIENT_ERROR", f"cannot record the status: {exc}", log=log)
-    except BackendError as exc:
-        return Outcome("DB_QUERY_ERROR", f"cannot record the status: {exc}", log=log)
+    result = _stored(
+        "record the status",
+        log,
+        partial(runtime.store.record_delivery, sid, status, error_code, now=clock.now()),
+    )
+    if isinstance(result, Outcome):
+        return result
     if result == "unknown":
         runtime.metrics.add("StatusCallbackUnknown")
     elif result == "recorded" and status == "delivered":
@@ -329,10 +337,8 @@ def _door(
 
 def _record_refused(context_object: dict[str, Any], reason: str, runtime: Runtime, log: dict) -> Outcome:
     """Keep a message refused while the conversation is locked where an operator can see it."""
-    try:
-        runtime.store.record_refused_message(context_object["conversation_id"], user_message(context_object))
-    except TransientBackendError as exc:
-        return Outcome("DB_TRANSIENT_ERROR", f"cannot record the refused message: {exc}", log=log)
-    except BackendError as exc:
-        return Outcome("DB_QUERY_ERROR", f"cannot record the refused message: {exc}", log=log)
-    return Outcome("CONVERSATION_LOCKED", reason, log=log)
+    record = partial(
+        runtime.store.record_refused_message, context_object["conversation_id"], user_message(context_object)
+    )
+    failed = _stored("record the refused message", log, record)
+    return failed if isinstance(failed, Outcome) else Outcome("CONVERSATION_LOCKED", reason, log=log)
