@@ -18,21 +18,12 @@ reads again. A write without message items is one conditional UpdateItem.
 Locked records carry `gsi_locked = "locked"`, the partition key of the sparse `gsi-locked` index:
 the sweeper queries that index, never scans the table.
 
-Tables from before kept `messages` in the record (and the oldest of them in `{id}#archive#…` items
-with `archive_of`): `migrate()` (`replies-engine migrate`) moves them into MessagesTable, the archived
-ones before the record's (seq ≤ 0). Every write path migrates a record it finds in the old shape
-before it writes (not its archives: finding those takes a Scan). Reads do not: until then
-`messages()` shows the messages such a record still holds itself.
+Records from before MessagesTable are migrated by `migration.py`; the DynamoDB toolkit is `dynamo.py`.
 """
 
 from __future__ import annotations
 
-import random
-import time
-import uuid
-from collections import defaultdict
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
 from ... import clock
@@ -54,14 +45,30 @@ from ...conversation import (
     provider_ids,
     split_duplicates,
 )
-from ...ports import LockOutcome, Record, StoreError, TransientStoreError
-from .clients import client, error_code, translated_errors
+from ...ports import LockOutcome, Record, StoreError
+from .clients import client
+from .dynamo import (
+    ATTEMPTS,
+    ConditionFailed,
+    after,
+    chunks,
+    commit,
+    conditional,
+    contended,
+    counter_unchanged,
+    drain,
+    errors,
+    from_dynamo,
+    length_unchanged,
+    to_dynamo,
+    without,
+)
+from .migration import LegacyShape
 
 LOCKED_INDEX = "gsi-locked"
 LOCKED = "locked"
 SEQ_INDEX = "lsi-seq"
 MAX_NEW_MESSAGES = MAX_MESSAGES_PER_BATCH  # a transaction holds at most 100 items: the record and 99 messages
-_ATTEMPTS = 5  # conditional writes lost to concurrent ones before giving up (transient)
 _KEY_ATTRS = frozenset(attr for gsi in GSIS for attr in (gsi.company_attr, gsi.recipient_attr))
 _MESSAGE_ATTRS = ("conversation_id", "message_key", "seq")  # the item's, not the message's
 _LOCK_FREE = (
@@ -69,27 +76,9 @@ _LOCK_FREE = (
     " OR processing_started_at < :expiry)"
 )
 _LOCK_ATTRS = ("lock_owner", "gsi_locked", "sending")  # what an unlock removes
-_RETRYABLE = frozenset({"None", "ConditionalCheckFailed", "TransactionConflict"})
 
 
-def _errors():
-    return translated_errors(StoreError, TransientStoreError)
-
-
-class _ConditionFailed(Exception):
-    """A conditional write did not apply; `reasons` has one code per item of a transaction."""
-
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__(", ".join(reasons))
-        self.reasons = reasons
-
-    @property
-    def conflict(self) -> bool:
-        """Another transaction held the item: no condition was even evaluated."""
-        return "TransactionConflict" in self.reasons
-
-
-class DynamoConversationStore:
+class DynamoConversationStore(LegacyShape):
     """The ConversationStore port on DynamoDB: `table` the conversations, `messages_table` the messages."""
 
     def __init__(self, table: str, messages_table: str) -> None:
@@ -115,7 +104,7 @@ class DynamoConversationStore:
 
     def get(self, conversation_id: str) -> Record | None:
         record = self._get(conversation_id)
-        return _without("messages", record) if record else None
+        return without("messages", record) if record else None
 
     def messages(self, conversation_id: str, *, last: int | None = None) -> list[Record]:
         """A Query on `lsi-seq`: oldest first; with `last`, the newest `last` read backwards, then turned."""
@@ -178,18 +167,18 @@ class DynamoConversationStore:
         self._batch_write(
             [{"DeleteRequest": {"Key": self._message_key(conversation_id, k)}} for k in stored - written]
         )
-        with _errors():
+        with errors():
             client("dynamodb").put_item(TableName=self.table, Item=self._item(item))
 
     def record_refused_message(self, conversation_id: str, message: Record) -> bool:
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             record = self.get(conversation_id)
             if record is None:
                 raise StoreError(f"conversation {conversation_id} does not exist")
             refused = record.get("refused_messages", [])
             if any(m.get("message_id") == message["message_id"] for m in refused):
                 return False
-            unchanged, length = _same_length("refused_messages", len(refused))
+            unchanged, length = length_unchanged("refused_messages", len(refused))
             try:
                 self._update(
                     conversation_id,
@@ -198,12 +187,12 @@ class DynamoConversationStore:
                     {":m": [message], ":empty": [], **length},
                 )
                 return True
-            except _ConditionFailed:
+            except ConditionFailed:
                 continue
-        raise _contended(conversation_id)
+        raise contended(conversation_id)
 
     def write_unlocked(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             record = self._current(conversation_id)
             if record is None:
                 raise StoreError(f"conversation {conversation_id} does not exist")
@@ -211,20 +200,20 @@ class DynamoConversationStore:
             fields = inbound_changes(record, changes)
             if message is not None:
                 fields = {**fields, "last_message_seq": seq + 1}
-            unchanged, values = _unchanged("last_message_seq", seq)
+            unchanged, values = counter_unchanged("last_message_seq", seq)
             items = []
             if message is not None:
                 items.append(self._put(conversation_id, message, seq + 1))
                 if message.get("role") == "agent":
                     items.extend(self._pointers(conversation_id, message))
             try:
-                self._commit(self._update_op(conversation_id, fields, unchanged, values), items)
-            except _ConditionFailed as failed:
+                commit(self._update_op(conversation_id, fields, unchanged, values), items)
+            except ConditionFailed as failed:
                 if failed.reasons[:2] == ["None", "ConditionalCheckFailed"]:
                     return False  # the message is there already
                 continue
             return True
-        raise _contended(conversation_id)
+        raise contended(conversation_id)
 
     def lock_and_append(
         self,
@@ -235,7 +224,7 @@ class DynamoConversationStore:
         now: float,
         lock_timeout_seconds: float,
     ) -> LockOutcome:
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             record = self._current(conversation_id)
             if record is None:
                 return LockOutcome("missing")
@@ -252,24 +241,24 @@ class DynamoConversationStore:
                 "gsi_locked": LOCKED,
                 "last_message_seq": seq + len(fresh),
             }
-            unchanged, values = _unchanged("last_message_seq", seq)
+            unchanged, values = counter_unchanged("last_message_seq", seq)
             values.update(
                 {":locked_status": PROCESSING_REPLY, ":expiry": clock.iso(now - lock_timeout_seconds)}
             )
             try:
-                self._commit(
+                commit(
                     self._update_op(conversation_id, fields, f"{_LOCK_FREE} AND {unchanged}", values),
                     [self._put(conversation_id, m, n) for n, m in enumerate(fresh, seq + 1)],
                 )
-            except _ConditionFailed:
+            except ConditionFailed:
                 continue  # someone wrote in between: decide again on what is there now
             return LockOutcome(
-                "acquired", record=_after(record, fields), appended=fresh, duplicates=duplicates
+                "acquired", record=after(record, fields), appended=fresh, duplicates=duplicates
             )
-        raise _contended(conversation_id)
+        raise contended(conversation_id)
 
     def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             record = self._current(conversation_id)
             if record is None:
                 return LockOutcome("missing")
@@ -289,17 +278,17 @@ class DynamoConversationStore:
                 "pending_version": version + 1,
                 "updated_at": clock.iso(now),
             }
-            unchanged, values = _unchanged("pending_version", version)
+            unchanged, values = counter_unchanged("pending_version", version)
             try:
-                self._commit(
+                commit(
                     self._update_op(conversation_id, fields, unchanged, values),
                     # not in the history either, when the transaction commits
                     [self._absent(conversation_id, m["message_id"]) for m in fresh if m.get("message_id")],
                 )
-            except _ConditionFailed:
+            except ConditionFailed:
                 continue
-            return LockOutcome("added", record=_after(record, fields), appended=fresh, duplicates=duplicates)
-        raise _contended(conversation_id)
+            return LockOutcome("added", record=after(record, fields), appended=fresh, duplicates=duplicates)
+        raise contended(conversation_id)
 
     def flush_pending(
         self,
@@ -326,7 +315,7 @@ class DynamoConversationStore:
             "pending_messages": rest,
             "pending_version": pending_version + 1,
         }
-        unchanged, values = _unchanged("pending_version", pending_version)
+        unchanged, values = counter_unchanged("pending_version", pending_version)
         values[":locked_status"] = PROCESSING_REPLY
         if held:
             condition = f"{unchanged} AND conversation_status = :locked_status AND lock_owner = :batch"
@@ -341,19 +330,19 @@ class DynamoConversationStore:
                 gsi_locked=LOCKED,
                 last_message_seq=seq + len(moved),
             )
-            same_seq, seq_values = _unchanged("last_message_seq", seq)
+            same_seq, seq_values = counter_unchanged("last_message_seq", seq)
             condition += f" AND {same_seq}"
             values.update(seq_values)
         try:
-            self._commit(
+            commit(
                 self._update_op(conversation_id, fields, condition, values),
                 [self._put(conversation_id, m, n) for n, m in enumerate(moved, seq + 1)],
             )
-        except _ConditionFailed:
+        except ConditionFailed:
             return LockOutcome("changed")  # a message or a lock came in between: the caller decides again
         if not moved:
             return LockOutcome("duplicates", duplicates=duplicates)
-        return LockOutcome("acquired", record=_after(record, fields), appended=moved, duplicates=duplicates)
+        return LockOutcome("acquired", record=after(record, fields), appended=moved, duplicates=duplicates)
 
     def release_lock(
         self,
@@ -374,7 +363,7 @@ class DynamoConversationStore:
         }
         if reply is None:
             return self._fenced(conversation_id, batch_id, fields)
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             record = self._current(conversation_id)
             if record is None or not holds(record, batch_id):
                 return None
@@ -388,20 +377,20 @@ class DynamoConversationStore:
                 else []
             )
             try:
-                self._commit(
+                commit(
                     self._update_op(conversation_id, written, condition, values, remove=_LOCK_ATTRS), items
                 )
-            except _ConditionFailed as failed:
+            except ConditionFailed as failed:
                 if failed.reasons[:2] == ["None", "ConditionalCheckFailed"]:
                     reply = None  # a message with its id is in the history already
                 continue
-            return _after(record, written, removed=_LOCK_ATTRS)
-        raise _contended(conversation_id)
+            return after(record, written, removed=_LOCK_ATTRS)
+        raise contended(conversation_id)
 
     def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
         """Two requests: the pointer item (GetItem), then the message's UpdateItem, conditioned on the
         status it holds being one that `status` moves forward from."""
-        with _errors():
+        with errors():
             pointer = (
                 client("dynamodb")
                 .get_item(
@@ -420,7 +409,7 @@ class DynamoConversationStore:
         if error_code:
             fields["delivery_error_code"] = error_code
         try:
-            self._conditional(
+            conditional(
                 "update_item",
                 TableName=self.messages_table,
                 Key=self._message_key(
@@ -430,14 +419,14 @@ class DynamoConversationStore:
                 ConditionExpression=f"attribute_exists(message_key) AND {condition}",
                 ExpressionAttributeValues=self._values({**names, **{f":{k}": v for k, v in fields.items()}}),
             )
-        except _ConditionFailed:
+        except ConditionFailed:
             return "stale"
         return "recorded"
 
     def annotate_message(self, conversation_id: str, message_id: str, fields: Record) -> bool:
         names = {f"#f{i}": name for i, name in enumerate(fields)}
         try:
-            self._conditional(
+            conditional(
                 "update_item",
                 TableName=self.messages_table,
                 Key=self._message_key(conversation_id, message_id),
@@ -446,14 +435,14 @@ class DynamoConversationStore:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=self._values({f":v{i}": v for i, v in enumerate(fields.values())}),
             )
-        except _ConditionFailed:
+        except ConditionFailed:
             return False
         return True
 
     def count_turn(self, scope: str, day: str) -> int:
         """One UpdateItem (ADD) on a MessagesTable item no conversation uses: `ai_turns#<scope>`, `<day>`,
         expiring three days after its day began (the table's TTL)."""
-        with _errors():
+        with errors():
             answer = client("dynamodb").update_item(
                 TableName=self.messages_table,
                 Key=self._message_key(f"ai_turns#{scope}", day),
@@ -467,7 +456,7 @@ class DynamoConversationStore:
         return int(answer["Attributes"]["turns"]["N"])
 
     def turns(self, scope: str, day: str) -> int:
-        with _errors():
+        with errors():
             item = (
                 client("dynamodb")
                 .get_item(
@@ -482,7 +471,7 @@ class DynamoConversationStore:
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             record = self._current(conversation_id)
             if record is None or not holds(record, batch_id):
                 return None
@@ -509,19 +498,19 @@ class DynamoConversationStore:
                 for item in batch
             ]
             try:
-                self._commit(
+                commit(
                     self._update_op(conversation_id, fields, condition, values, remove=_LOCK_ATTRS),
                     deletes[:MAX_NEW_MESSAGES],
                 )
-            except _ConditionFailed:
+            except ConditionFailed:
                 continue
             # more than a transaction holds (a batch regenerated with 100+ messages, rare): the rest after
             # it; a crash in between leaves them in the history, where dedupe then keeps them
             self._batch_write(
                 [{"DeleteRequest": {"Key": d["Delete"]["Key"]}} for d in deletes[MAX_NEW_MESSAGES:]]
             )
-            return _after(record, fields, removed=_LOCK_ATTRS)
-        raise _contended(conversation_id)
+            return after(record, fields, removed=_LOCK_ATTRS)
+        raise contended(conversation_id)
 
     def renew_lock(
         self, conversation_id: str, batch_id: str, *, now: float, changes: Record | None = None
@@ -540,91 +529,11 @@ class DynamoConversationStore:
 
     # --- migration from the one-item shape ---------------------------------------------------------
 
-    def migrate(self) -> dict[str, int]:
-        """Move every record's `messages` (and its archive items') into MessagesTable; returns
-        `{"conversations": n, "messages": m}` of what it moved. Safe to run twice (a second run finds
-        nothing), to resume after a crash, and beside old Lambdas still writing (it redoes a record
-        they changed)."""
-        archives: dict[str, list[str]] = defaultdict(list)
-        conversation_ids = set()
-        scan = {
-            "TableName": self.table,
-            "ProjectionExpression": "conversation_id, archive_of",
-            "FilterExpression": "attribute_exists(messages)",
-            "ConsistentRead": True,
-        }
-        for item in self._items("scan", scan):
-            if "archive_of" in item:
-                archives[item["archive_of"]].append(item["conversation_id"])
-            else:
-                conversation_ids.add(item["conversation_id"])
-        conversations = messages = 0
-        for conversation_id in sorted(conversation_ids | set(archives)):
-            record = self._get(conversation_id)
-            if record is None:
-                continue  # the conversation is gone: its archives, if any, stay as they are
-            found = [a for a in map(self._get, sorted(archives[conversation_id])) if a is not None]
-            if "messages" in record or found:
-                messages += self._migrate_one(record, found)[1]
-                conversations += 1
-        return {"conversations": conversations, "messages": messages}
-
-    def _migrate_one(self, record: Record, archives: Sequence[Record] = ()) -> tuple[Record | None, int]:
-        """One conversation into the new shape: its archives' messages, then the record's, as message
-        items; then the record without `messages`; then the archives deleted. Returns the record after
-        and how many messages were written.
-
-        Item writes are unconditional Puts keyed by message id: a rerun rewrites the same items. The
-        record's messages follow `last_message_seq` (1..n on a table from before); the archives' go
-        below them (seq ≤ 0, the newest archive's last message at 0), so that the write paths can
-        migrate a record without its archives (they cannot find them without a Scan) and `migrate()`
-        add those later. Archives are deleted oldest first: after a crash, the seqs of those left stay.
-        """
-        conversation_id = record["conversation_id"]
-        ordered = sorted(archives, key=lambda a: a["conversation_id"])  # `{id}#archive#{time}`: by time
-        archived = [m for archive in ordered for m in archive.get("messages", [])]
-        written = len(self._write_messages(conversation_id, archived, 1 - len(archived)))
-        current: Record | None = record
-        for _ in range(_ATTEMPTS):
-            if current is None or "messages" not in current:
-                break
-            messages, seq = current["messages"], current.get("last_message_seq", 0)
-            self._write_messages(conversation_id, messages, seq + 1)
-            same_length, values = _same_length("messages", len(messages))
-            same_seq, seq_values = _unchanged("last_message_seq", seq)
-            try:
-                current = self._update(
-                    conversation_id,
-                    "SET last_message_seq = :last REMOVE messages",
-                    f"{same_length} AND {same_seq}",
-                    {**values, **seq_values, ":last": seq + len(messages)},
-                )
-            except _ConditionFailed:
-                current = self._get(conversation_id)  # an old Lambda appended in between: again
-                continue
-            written += len(messages)
-            break
-        else:
-            raise _contended(conversation_id)
-        with _errors():
-            for archive in ordered:
-                client("dynamodb").delete_item(
-                    TableName=self.table, Key=self._key(archive["conversation_id"])
-                )
-        return current, written
-
     # --- helpers ---------------------------------------------------------------------------------
-
-    def _current(self, conversation_id: str) -> Record | None:
-        """The record, read to write: migrated first if it still carries `messages`."""
-        record = self._get(conversation_id)
-        if record is not None and "messages" in record:
-            record = self._migrate_one(record)[0]
-        return record
 
     def _get(self, conversation_id: str) -> Record | None:
         """The item as stored (an old-shape record with its `messages`)."""
-        with _errors():
+        with errors():
             item = (
                 client("dynamodb")
                 .get_item(TableName=self.table, Key=self._key(conversation_id), ConsistentRead=True)
@@ -636,7 +545,7 @@ class DynamoConversationStore:
         """Those of `messages` already in MessagesTable, as `{"message_id"}` (one BatchGetItem per 100)."""
         ids = list(dict.fromkeys(m["message_id"] for m in messages if m.get("message_id")))
         found = []
-        for chunk in _chunks(ids, 100):
+        for chunk in chunks(ids, 100):
             request = {
                 self.messages_table: {
                     "Keys": [self._message_key(conversation_id, i) for i in chunk],
@@ -644,7 +553,7 @@ class DynamoConversationStore:
                     "ProjectionExpression": "message_key",
                 }
             }
-            for response in self._drain("batch_get_item", request, "UnprocessedKeys"):
+            for response in drain("batch_get_item", request, "UnprocessedKeys"):
                 found.extend(
                     item["message_key"]["S"] for item in response["Responses"].get(self.messages_table, [])
                 )
@@ -676,7 +585,7 @@ class DynamoConversationStore:
             "PaginationConfig": {"PageSize": 100},
         }
         batch = []
-        with _errors():
+        with errors():
             for page in client("dynamodb").get_paginator("query").paginate(**kwargs):
                 for item in map(self._decode, page["Items"]):
                     if item.get("batch_id") is None and item.get("no_reply"):
@@ -699,55 +608,8 @@ class DynamoConversationStore:
         return keys
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
-        for chunk in _chunks(requests, 25):
-            self._drain("batch_write_item", {self.messages_table: chunk}, "UnprocessedItems")
-
-    def _drain(self, operation: str, request: dict[str, Any], unprocessed: str) -> list[dict[str, Any]]:
-        """A batch request, again with what DynamoDB left unprocessed (throttled) until nothing is left."""
-        responses = []
-        with _errors():
-            for attempt in range(_ATTEMPTS):
-                response = getattr(client("dynamodb"), operation)(RequestItems=request)
-                responses.append(response)
-                request = response.get(unprocessed)
-                if not request:
-                    return responses
-                time.sleep(0.05 * 2**attempt)
-        raise TransientStoreError(f"{operation}: items still unprocessed after {_ATTEMPTS} attempts")
-
-    def _commit(self, update: dict[str, Any], others: list[dict[str, Any]]) -> None:
-        """The record's Update with the message items' operations, all or nothing; _ConditionFailed when
-        a condition does not hold. Alone, the Update is a plain UpdateItem (half the cost)."""
-        if not others:
-            self._conditional("update_item", **update)
-            return
-        self._conditional(
-            "transact_write_items",
-            TransactItems=[{"Update": update}, *others],
-            # botocore's retry of a request that did commit commits nothing twice
-            ClientRequestToken=uuid.uuid4().hex,
-        )
-
-    def _conditional(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One conditional request; its refusals as _ConditionFailed, the rest in the ports' terms."""
-        from botocore.exceptions import ClientError
-
-        with _errors():
-            try:
-                return getattr(client("dynamodb"), operation)(**kwargs)
-            except ClientError as exc:
-                code = error_code(exc)
-                reasons = {
-                    "ConditionalCheckFailedException": ["ConditionalCheckFailed"],
-                    "TransactionConflictException": ["TransactionConflict"],
-                }.get(code) or [r.get("Code") or "None" for r in exc.response.get("CancellationReasons", [])]
-                if code == "TransactionCanceledException" and "ThrottlingError" in reasons:
-                    raise TransientStoreError(f"{code}: {exc}") from exc
-                if not reasons or not set(reasons) <= _RETRYABLE:
-                    raise
-                if "TransactionConflict" in reasons:
-                    time.sleep(random.uniform(0.01, 0.05))  # the other transaction is done in milliseconds
-                raise _ConditionFailed(reasons) from exc
+        for chunk in chunks(requests, 25):
+            drain("batch_write_item", {self.messages_table: chunk}, "UnprocessedItems")
 
     def _fenced(
         self, conversation_id: str, batch_id: str | None, fields: Record, remove: Sequence[str] = _LOCK_ATTRS
@@ -756,19 +618,19 @@ class DynamoConversationStore:
         record after, or None when `batch_id` does not hold the lock. One UpdateItem, no read."""
         fence, values = _fence(batch_id)
         update = self._update_op(conversation_id, fields, fence, values, remove=remove)
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             try:
                 return self._updated(update)
-            except _ConditionFailed as failed:
+            except ConditionFailed as failed:
                 if not failed.conflict:
                     return None
-        raise _contended(conversation_id)
+        raise contended(conversation_id)
 
     def _unchanged_state(self, record: Record, batch_id: str) -> tuple[str, dict[str, Any]]:
         """A condition that `batch_id` still holds the lock and neither messages nor pending ones changed."""
         fence, values = _fence(batch_id)
-        same_seq, seq_values = _unchanged("last_message_seq", record.get("last_message_seq", 0))
-        same_version, version_values = _unchanged("pending_version", record.get("pending_version", 0))
+        same_seq, seq_values = counter_unchanged("last_message_seq", record.get("last_message_seq", 0))
+        same_version, version_values = counter_unchanged("pending_version", record.get("pending_version", 0))
         return f"{fence} AND {same_seq} AND {same_version}", {**values, **seq_values, **version_values}
 
     def _update_op(
@@ -805,12 +667,12 @@ class DynamoConversationStore:
     def _update(
         self, conversation_id: str, expression: str, condition: str, values: dict[str, Any]
     ) -> Record:
-        """One conditional UpdateItem: the record after; _ConditionFailed when the condition does not hold."""
+        """One conditional UpdateItem: the record after; ConditionFailed when the condition does not hold."""
         return self._updated(self._op(conversation_id, expression, condition, values))
 
     def _updated(self, update: dict[str, Any]) -> Record:
-        response = self._conditional("update_item", **update, ReturnValues="ALL_NEW")
-        return _without("messages", self._decode(response["Attributes"]))
+        response = conditional("update_item", **update, ReturnValues="ALL_NEW")
+        return without("messages", self._decode(response["Attributes"]))
 
     def _put(self, conversation_id: str, message: Record, seq: int) -> dict[str, Any]:
         """A transaction's Put of a new message: refused when its id is in the conversation already."""
@@ -861,13 +723,13 @@ class DynamoConversationStore:
         return {"conversation_id": {"S": conversation_id}, "message_key": {"S": key}}
 
     def _records(self, operation: str, **kwargs: Any) -> list[Record]:
-        return [_without("messages", record) for record in self._items(operation, kwargs)]
+        return [without("messages", record) for record in self._items(operation, kwargs)]
 
     def _items(
         self, operation: str, kwargs: dict[str, Any], pagination: dict[str, int] | None = None
     ) -> list[Record]:
         items = []
-        with _errors():
+        with errors():
             pages = (
                 client("dynamodb")
                 .get_paginator(operation)
@@ -881,19 +743,15 @@ class DynamoConversationStore:
         return {"conversation_id": {"S": conversation_id}}
 
     def _values(self, values: dict[str, Any]) -> dict[str, Any]:
-        return {name: self._serialize(_to_dynamo(value)) for name, value in values.items()}
+        return {name: self._serialize(to_dynamo(value)) for name, value in values.items()}
 
     def _item(self, record: Record) -> dict[str, Any]:
-        return {name: self._serialize(_to_dynamo(value)) for name, value in record.items()}
+        return {name: self._serialize(to_dynamo(value)) for name, value in record.items()}
 
     def _decode(self, item: dict[str, Any]) -> Record:
-        record = {name: _from_dynamo(self._deserialize(value)) for name, value in item.items()}
+        record = {name: from_dynamo(self._deserialize(value)) for name, value in item.items()}
         record.pop("gsi_locked", None)  # an index key, not part of the conversation
         return record
-
-
-def _contended(conversation_id: str) -> TransientStoreError:
-    return TransientStoreError(f"conversation {conversation_id}: too many concurrent writes")
 
 
 def _fence(batch_id: str | None) -> tuple[str, dict[str, Any]]:
@@ -908,65 +766,6 @@ def _fence(batch_id: str | None) -> tuple[str, dict[str, Any]]:
     }
 
 
-def _unchanged(attribute: str, value: int) -> tuple[str, dict[str, Any]]:
-    """A condition that the counter `attribute` is still `value` (absent counts as 0)."""
-    placeholder = f":was_{attribute}"
-    if value == 0:
-        return f"(attribute_not_exists({attribute}) OR {attribute} = {placeholder})", {placeholder: 0}
-    return f"{attribute} = {placeholder}", {placeholder: value}
-
-
-def _same_length(attribute: str, length: int) -> tuple[str, dict[str, Any]]:
-    """A condition that `attribute` (a list) still has the `length` that was read."""
-    placeholder = f":length_of_{attribute}"
-    condition = f"size({attribute}) = {placeholder}"
-    if length == 0:
-        condition = f"(attribute_not_exists({attribute}) OR {condition})"
-    return condition, {placeholder: length}
-
-
-def _after(record: Record, fields: Record, removed: Sequence[str] = ()) -> Record:
-    """The record a committed write left: what was read, `fields` set, `removed` gone (a transaction
-    returns no attributes)."""
-    after = {k: v for k, v in {**record, **fields}.items() if k not in removed}
-    after.pop("gsi_locked", None)
-    return after
-
-
-def _without(name: str, record: Record) -> Record:
-    return {k: v for k, v in record.items() if k != name}
-
-
 def _message(item: Record) -> Record:
     """A message item → the message as it was written."""
     return {k: v for k, v in item.items() if k not in _MESSAGE_ATTRS}
-
-
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _to_dynamo(value: Any) -> Any:
-    """JSON-like values → what DynamoDB stores: floats become Decimals."""
-    if isinstance(value, float):
-        return Decimal(str(value))
-    if isinstance(value, dict):
-        return {k: _to_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_dynamo(v) for v in value]
-    return value
-
-
-def _from_dynamo(value: Any) -> Any:
-    """DynamoDB values → JSON-like ones: Decimals become ints or floats, sets sorted lists."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_from_dynamo(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted(_from_dynamo(v) for v in value)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return value
