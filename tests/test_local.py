@@ -280,3 +280,22 @@ def test_the_version_is_the_packages(engine_env):
     from importlib.metadata import version
 
     assert cli(engine_env, "--version").stdout.strip() == f"replies-engine {version('replies-engine')}"
+
+
+def test_the_command_line_finds_the_same_database_wherever_it_runs_from(engine_env, tmp_path):
+    env = {k: v for k, v in engine_env.items() if k != "REPLIES_SQLITE_PATH"}
+    env.update(HOME=str(tmp_path / "home"), XDG_DATA_HOME="")
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+
+    def run(cwd, *args, stdin=None):
+        done = subprocess.run([EXE, *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run(here, "conversations", "import", "-", stdin=json.dumps([conversation()]))
+    shown = json.loads(run(there, "conversations", "show", "c1"))
+
+    assert shown["conversation_id"] == "c1"
+    assert (tmp_path / "home" / ".local" / "share" / "replies-engine" / "replies-engine.db").exists()

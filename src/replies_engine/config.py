@@ -18,7 +18,7 @@ SQS_MAX_DELAY_SECONDS = 900
 @dataclass(frozen=True)
 class Settings:
     backend: str = "sqlite"
-    sqlite_path: str = "./replies-engine.db"
+    sqlite_path: str = ""  # REPLIES_SQLITE_PATH, else the user's data directory (`_default_database`)
     sqlite_busy_timeout_ms: int = 2000
     conversations_table: str | None = None
     messages_table: str | None = None
@@ -92,7 +92,7 @@ class Settings:
         env = _Env(os.environ if environ is None else environ)
         settings = cls(
             backend=env.choice("REPLIES_BACKEND", ("sqlite", "aws"), "sqlite"),
-            sqlite_path=env.text("REPLIES_SQLITE_PATH") or "./replies-engine.db",
+            sqlite_path=env.text("REPLIES_SQLITE_PATH") or _default_database(env),
             sqlite_busy_timeout_ms=env.integer("REPLIES_SQLITE_BUSY_TIMEOUT_MS", 2000, 0, 600_000),
             conversations_table=env.text("CONVERSATIONS_TABLE"),
             messages_table=env.text("MESSAGES_TABLE"),
@@ -170,6 +170,14 @@ class Settings:
             if not _is_http_url(settings.agent_url):
                 raise ConfigurationError(f"AGENT_URL={settings.agent_url!r} is not an http(s) URL")
         return settings  # the secrets' checks are the runtime's: in AWS they come from Secrets Manager
+
+
+def _default_database(env: _Env) -> str:
+    """The embedded database, the same wherever a command runs from: in the user's data directory
+    ($XDG_DATA_HOME, else ~/.local/share)."""
+    home = env.text("HOME") or os.path.expanduser("~")
+    data = env.text("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
+    return os.path.join(data, "replies-engine", "replies-engine.db")
 
 
 def _check_batching(settings: Settings) -> None:

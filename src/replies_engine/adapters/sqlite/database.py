@@ -7,6 +7,7 @@ is the conditional write that DynamoDB's `ConditionExpression` gives the AWS bac
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -156,6 +157,7 @@ class Database:
         if sqlite3.sqlite_version_info < (3, 35):  # DELETE … RETURNING
             raise ConfigurationError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or newer is needed")
         self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._timeout = busy_timeout_ms / 1000
         self._local = threading.local()
         self._schema_lock = threading.Lock()
