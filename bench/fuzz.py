@@ -334,7 +334,9 @@ def ai_records(draw: st.DrawFn) -> Any:
         "messageId": sid("rec-"),
         "receiptHandle": sid("rh-"),
         "body": json.dumps(context),
-        "attributes": {"ApproximateReceiveCount": draw(st.sampled_from(["1", "x", 3]))},
+        "attributes": {
+            "ApproximateReceiveCount": draw(st.sampled_from(["1", "x", 3, float("inf"), 10**100]))
+        },
     }
     return record if draw(st.integers(0, 19)) else draw(json_values)
 

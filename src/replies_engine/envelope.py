@@ -80,7 +80,7 @@ class SqsRecord:
         receives = _mapping(raw, "attributes", message_id).get("ApproximateReceiveCount") or "1"
         try:
             retry_attempt, receive_count = int(retry), int(receives)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
             raise Unreadable(
                 f"RetryAttempt {retry!r} or the receive count is not a number", message_id
             ) from None

@@ -71,7 +71,9 @@ def _retry_soon(runtime: Runtime, record: SqsRecord) -> None:
         runtime.queue.change_visibility(
             AI_QUEUE,
             record.receipt_handle,
-            min(RETRY_BACKOFF_SECONDS * 2 ** max(0, record.receive_count - 1), RETRY_MAX_WAIT_SECONDS),
+            min(
+                RETRY_BACKOFF_SECONDS * 2 ** min(max(0, record.receive_count - 1), 16), RETRY_MAX_WAIT_SECONDS
+            ),
         )
     except Exception as exc:  # it comes back after the visibility timeout instead
         logger.warning("could not shorten the retry's wait", extra={"error": str(exc)})
