@@ -257,11 +257,12 @@ def test_the_event_need_not_even_be_a_dict(engine):
 
 @pytest.mark.sqlite_only
 def test_unopenable_database_is_a_configuration_error(engine):
-    engine.env(REPLIES_SQLITE_PATH=str(engine.path / "missing-dir" / "engine.db"))
+    (engine.path / "a-file").write_text("not a directory")
+    engine.env(REPLIES_SQLITE_PATH=str(engine.path / "a-file" / "engine.db"))
 
     assert_empty_twiml(engine.handle(twilio_event("whatsapp", whatsapp_text())))
     body = assert_json_error(engine.handle(email_event(email_json())), 500, "CONFIGURATION_ERROR")
-    assert "missing-dir" in body["message"] or "open" in body["message"]
+    assert "a-file" in body["message"] and "cannot open the database" in body["message"]
 
 
 def test_invalid_setting_is_a_configuration_error_naming_the_variable(engine):

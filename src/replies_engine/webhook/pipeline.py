@@ -90,7 +90,7 @@ def _answer(event: dict[str, Any], runtime_of: Callable[[], Runtime]) -> dict[st
 
 
 def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
-    settings = runtime.settings
+    """Steps 1 to 3: read the request, verify it, find its conversation; then the rules and the route."""
     try:
         request = parse_event(event)
     except ParsingError as exc:
@@ -109,15 +109,22 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     found = check_conversation_exists(message, runtime.store)
     if not found["valid"]:
         return Outcome(found["error_code"], found["message"], log=log)
-    learned = {k: v for k, v in identity(message).items() if found["record"].get(k) != v}
+    log["conversation_id"] = found["record"].get("conversation_id")
+    kept = _rules(request, message, found, runtime, log)
+    return kept if isinstance(kept, Outcome) else _route(message, kept, runtime, log)
+
+
+def _rules(
+    request: InboundRequest, message: dict[str, Any], found: dict[str, Any], runtime: Runtime, log: dict
+) -> dict[str, Any] | Outcome:
+    """Steps 3 and 4: the opt-out keywords, then the conversation's rules. The envelope to route (with
+    what WhatsApp told of who wrote, learned), or the Outcome that ends here."""
+    settings = runtime.settings
     context_object = found["data"]  # the envelope: the record's fields, then the message's
-    log["conversation_id"] = context_object.get("conversation_id")
     if request.channel.twilio:
         handled = _opt_out_rules(context_object, runtime, log)
         if handled is not None:
             return handled
-
-    debounce = settings.batching_mode == "debounce"
     rules = validate_conversation_rules(context_object, settings.lock_timeout_seconds)
     if not rules["valid"]:
         if rules["error_code"] != "CONVERSATION_LOCKED":
@@ -125,17 +132,23 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
         # debounce: a locked conversation keeps collecting; a human's takes every message for them
         if (
             settings.locked_policy == "reply"
-            and not debounce
+            and settings.batching_mode != "debounce"
             and not owned_by_human(context_object, settings.honor_hand_off_to_human)
         ):
             return _record_refused(context_object, rules["message"], runtime, log)
         logger.info("conversation locked: message kept for the next batch", extra=log)
+    learned = {k: v for k, v in identity(message).items() if found["record"].get(k) != v}
     if learned:  # kept, so that a later message that names them by username alone still finds them
         written = _write(runtime, context_object, log, learned, None)
         if isinstance(written, Outcome):
             return written
         context_object = {**context_object, **learned}
+    return context_object
 
+
+def _route(message: dict[str, Any], context_object: dict[str, Any], runtime: Runtime, log: dict) -> Outcome:
+    """Steps 5 and 6: a human silent too long hands back; then to a human or to the channel's batch queue."""
+    settings = runtime.settings
     if human_silent_too_long(context_object, settings.handoff_auto_return_hours):
         # checked when the person writes again: no scan of the table for silent humans
         record = _stored(
@@ -157,18 +170,19 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
             return written
         if not written:  # Twilio's retry of a message already with a human: it was queued then
             return Outcome(log={**log, "duplicate": True})
+    at_once = queue == HANDOFF_QUEUE or settings.batching_mode == "debounce"
     try:
         queue_message_id = runtime.queue.send(
             queue,
             json.dumps(context_object, ensure_ascii=False),
-            delay_seconds=0 if queue == HANDOFF_QUEUE or debounce else settings.batch_delay_seconds,
+            delay_seconds=0 if at_once else settings.batch_delay_seconds,
             attributes={"conversation_id": context_object["conversation_id"], "RetryAttempt": 0},
         )
     except TransientQueueError as exc:
         return Outcome("QUEUE_TRANSIENT_ERROR", str(exc), log=log)
     except QueueError as exc:
         return Outcome("QUEUE_ERROR", str(exc), log=log)
-    runtime.metrics.add("MessagesReceived", channel_type=request.channel.name)
+    runtime.metrics.add("MessagesReceived", channel_type=context_object["channel_type"])
     return Outcome(queue_message_id=queue_message_id, log={**log, "queue": queue})
 
 

@@ -157,7 +157,10 @@ class Database:
         if sqlite3.sqlite_version_info < (3, 35):  # DELETE … RETURNING
             raise ConfigurationError(f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or newer is needed")
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot open the database {path}: {exc}") from None
         self._timeout = busy_timeout_ms / 1000
         self._local = threading.local()
         self._schema_lock = threading.Lock()
