@@ -24,6 +24,8 @@ ROOT = TEMPLATE.parent
 # secrets, which in AWS come from Secrets Manager (TWILIO_SECRET_NAME, ENGINE_SECRET_NAME) instead.
 LOCAL_ONLY = set(SECRET_VARIABLES) | {
     "REPLIES_SQLITE_PATH",
+    "HOME",  # with XDG_DATA_HOME: where the embedded database is by default
+    "XDG_DATA_HOME",
     "REPLIES_SQLITE_BUSY_TIMEOUT_MS",
     "REPLIES_VISIBILITY_TIMEOUT_SECONDS",
     "SWEEP_INTERVAL_SECONDS",
