@@ -118,11 +118,15 @@ def records(
             yield exc
 
 
-def failure(exc: Unreadable, stage: str) -> list[str]:
-    """Log an unreadable record once, without its body (it may hold what a person wrote); the ids to
-    report failed: SQS retries the record, then its redrive policy dead-letters it. A record without an
-    id was not sent by SQS: nothing can be reported for it."""
-    logger.error(f"unreadable {stage} record", extra={"sqs_message_id": exc.message_id, "reason": str(exc)})
+def failure(exc: Unreadable, stage: str, metrics: Any) -> list[str]:
+    """Log an unreadable record once, without its body (it may hold what a person wrote), and count it
+    (`UnreadableRecord` by `stage`); the ids to report failed: SQS retries the record, then its redrive
+    policy dead-letters it. A record without an id was not sent by SQS: nothing can be reported for it."""
+    logger.error(
+        "unreadable queue record",
+        extra={"stage": stage, "sqs_message_id": exc.message_id, "reason": str(exc)},
+    )
+    metrics.add("UnreadableRecord", stage=stage)
     return [exc.message_id] if exc.message_id else []
 
 

@@ -61,8 +61,7 @@ def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     groups: dict[str, list[BatchRecord]] = defaultdict(list)
     for read in envelope.records(event, envelope.read):
         if isinstance(read, Unreadable):
-            failed += envelope.failure(read, "batch")
-            runtime.metrics.add("UnreadableRecord", stage="batch")
+            failed += envelope.failure(read, "batch", runtime.metrics)
         else:
             record = BatchRecord(*read)
             groups[record.conversation_id].append(record)

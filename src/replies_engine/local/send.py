@@ -11,8 +11,8 @@ from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
-from ..bootstrap import Runtime
 from ..channels import CHANNELS
+from ..ports import Runtime
 from ..webhook.responses import ERROR_HEADER
 
 

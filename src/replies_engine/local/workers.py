@@ -16,10 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import handlers
-from ..bootstrap import Runtime
 from ..channels import AI_QUEUE, BATCH_QUEUES
 from ..config import ConfigurationError
-from ..ports import QueuedMessage, TransientBackendError
+from ..ports import QueuedMessage, Runtime, TransientBackendError
 
 logger = logging.getLogger(__name__)
 

@@ -47,8 +47,7 @@ def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     failed: list[str] = []
     for read in envelope.records(event, envelope.read_ai_context):
         if isinstance(read, Unreadable):
-            failed += envelope.failure(read, "AI queue")
-            runtime.metrics.add("UnreadableRecord", stage="ai")
+            failed += envelope.failure(read, "ai", runtime.metrics)
             continue
         record, context = read
         try:

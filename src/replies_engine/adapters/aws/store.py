@@ -68,7 +68,6 @@ from .migration import LegacyShape
 LOCKED_INDEX = "gsi-locked"
 LOCKED = "locked"
 SEQ_INDEX = "lsi-seq"
-MAX_NEW_MESSAGES = MAX_MESSAGES_PER_BATCH  # a transaction holds at most 100 items: the record and 99 messages
 _KEY_ATTRS = frozenset(attr for gsi in GSIS for attr in (gsi.company_attr, gsi.recipient_attr))
 _MESSAGE_ATTRS = ("conversation_id", "message_key", "seq")  # the item's, not the message's
 _LOCK_FREE = (
@@ -233,8 +232,8 @@ class DynamoConversationStore(LegacyShape):
                 return LockOutcome("duplicates", duplicates=duplicates)
             if is_locked(record, now, lock_timeout_seconds):
                 return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
-            if len(fresh) > MAX_NEW_MESSAGES:
-                raise StoreError(f"{len(fresh)} new messages in one batch: at most {MAX_NEW_MESSAGES}")
+            if len(fresh) > MAX_MESSAGES_PER_BATCH:
+                raise StoreError(f"{len(fresh)} new messages in one batch: at most {MAX_MESSAGES_PER_BATCH}")
             seq = record.get("last_message_seq", 0)
             fields = {
                 **lock_fields(record, batch_id, fresh, now),
@@ -270,8 +269,8 @@ class DynamoConversationStore(LegacyShape):
             fresh, duplicates = split_duplicates([*pending, *stored], messages)
             if not fresh:
                 return LockOutcome("duplicates", record=record, duplicates=duplicates)
-            if len(fresh) > MAX_NEW_MESSAGES:
-                raise StoreError(f"{len(fresh)} new messages in one batch: at most {MAX_NEW_MESSAGES}")
+            if len(fresh) > MAX_MESSAGES_PER_BATCH:
+                raise StoreError(f"{len(fresh)} new messages in one batch: at most {MAX_MESSAGES_PER_BATCH}")
             version = record.get("pending_version", 0)
             fields = {
                 "pending_messages": [*pending, *fresh],
@@ -500,14 +499,14 @@ class DynamoConversationStore(LegacyShape):
             try:
                 commit(
                     self._update_op(conversation_id, fields, condition, values, remove=_LOCK_ATTRS),
-                    deletes[:MAX_NEW_MESSAGES],
+                    deletes[:MAX_MESSAGES_PER_BATCH],
                 )
             except ConditionFailed:
                 continue
             # more than a transaction holds (a batch regenerated with 100+ messages, rare): the rest after
             # it; a crash in between leaves them in the history, where dedupe then keeps them
             self._batch_write(
-                [{"DeleteRequest": {"Key": d["Delete"]["Key"]}} for d in deletes[MAX_NEW_MESSAGES:]]
+                [{"DeleteRequest": {"Key": d["Delete"]["Key"]}} for d in deletes[MAX_MESSAGES_PER_BATCH:]]
             )
             return after(record, fields, removed=_LOCK_ATTRS)
         raise contended(conversation_id)
