@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from replies_engine.bootstrap import Runtime, get_runtime, reset_runtime
+from replies_engine.bootstrap import get_runtime, reset_runtime
 from replies_engine.handlers import batch_processor, reply_sender, webhook_handler
 from replies_engine.local.workers import QueueWorker
+from replies_engine.ports import Runtime
 
 from . import iam
 from .aws import Stack, start_moto

@@ -284,30 +284,3 @@ def test_a_flush_moves_at_most_99_messages_and_the_rest_wait_on_both_backends(de
     assert [m["message_id"] for m in flushed.appended] == [m["message_id"] for m in pending[:99]]
     assert debounce.get()["pending_messages"] == pending[99:]
     assert [m["message_id"] for m in debounce.get()["messages"]] == [m["message_id"] for m in pending[:99]]
-
-
-def test_the_flush_decision_without_a_backend():
-    from replies_engine.conversation import MAX_MESSAGES_PER_BATCH, flush_candidates, flush_split
-
-    stamps = [clock.iso(1_800_000_000 + n) for n in range(3)]
-    record = {
-        "pending_messages": [
-            {"message_id": "SMc", "timestamp": stamps[2]},
-            {"message_id": "SMa", "timestamp": stamps[0]},
-            {"message_id": "SMold", "timestamp": "yesterday"},  # dead-lettered by stage 2: left out
-            {"message_id": "SMb", "timestamp": stamps[1]},
-        ]
-    }
-
-    candidates = flush_candidates(record, "b1")
-    moved, rest, duplicates = flush_split([{"message_id": "SMb"}], candidates)
-
-    assert [(m["message_id"], m["batch_id"]) for m in candidates] == [
-        ("SMa", "b1"),
-        ("SMb", "b1"),
-        ("SMc", "b1"),
-    ]
-    assert ([m["message_id"] for m in moved], rest, duplicates) == (["SMa", "SMc"], [], ["SMb"])
-    many = [{"message_id": f"SM{n}", "batch_id": "b1"} for n in range(MAX_MESSAGES_PER_BATCH + 2)]
-    moved, rest, _ = flush_split([], many)
-    assert len(moved) == MAX_MESSAGES_PER_BATCH and [m["batch_id"] for m in rest] == [None, None]

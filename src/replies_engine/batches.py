@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from . import envelope
+from .batching_modes import Debounce
 from .channels import AI_QUEUE, CHANNELS
 from .conversation import HISTORY_FIELDS, awaits_reply, split_unanswered
 from .ports import Runtime
@@ -71,7 +72,7 @@ def dead_letter_context(runtime: Runtime, context: dict[str, Any], reason: str) 
 
 def flush_if_pending(runtime: Runtime, record: dict[str, Any] | None) -> None:
     """After an unlock: messages that waited for the lock get their batch (debounce mode)."""
-    if record and record.get("pending_messages") and runtime.settings.batching_mode == "debounce":
+    if record and record.get("pending_messages") and isinstance(runtime.settings.batching, Debounce):
         send_flush_token(runtime, record["conversation_id"], token_channel(record["pending_messages"]))
 
 

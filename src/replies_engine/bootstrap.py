@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .channels import CHANNELS, EMAIL, TWILIO
 from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
 from .ports import ConversationStore, MessageQueue, Outbox, Responder, SecretSource, Sender
@@ -22,7 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Runtime:
+class Components:
+    """What the composition root builds: the adapters for the settings, made on first use. Stages see it
+    as a `ports.Runtime`."""
+
     settings: Settings
     store: ConversationStore
     queue: MessageQueue
@@ -66,7 +70,7 @@ class Runtime:
 
     @cached_property
     def senders(self) -> dict[str, Sender]:
-        """How replies reach people, by channel_type; made on first use."""
+        """How replies reach people, by channel_type (each channel its provider's); made on first use."""
         from .adapters.senders import OutboxSender, SmtpSender, TwilioSender
 
         settings = self.settings
@@ -87,7 +91,8 @@ class Runtime:
             from .adapters.aws.ses import SesSender
 
             email = SesSender()
-        return {"whatsapp": twilio, "sms": twilio, "email": email}
+        by_provider = {TWILIO.name: twilio, EMAIL.name: email}
+        return {name: by_provider[channel.provider.name] for name, channel in CHANNELS.items()}
 
     @property
     def _ai_client(self) -> dict[str, Any]:
@@ -161,7 +166,7 @@ class Runtime:
         return self.secret("TWILIO_ACCOUNT_SID")
 
 
-def build_runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings) -> Components:
     if settings.backend == "sqlite":
         from .adapters.sqlite import (
             Database,
@@ -172,7 +177,7 @@ def build_runtime(settings: Settings) -> Runtime:
         )
 
         database = Database(settings.sqlite_path, settings.sqlite_busy_timeout_ms)
-        return Runtime(
+        return Components(
             settings=settings,
             store=SqliteConversationStore(database),
             queue=SqliteMessageQueue(database),
@@ -187,7 +192,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if not (settings.conversations_table and settings.messages_table):
         raise ConfigurationError("REPLIES_BACKEND=aws needs CONVERSATIONS_TABLE and MESSAGES_TABLE")
     queue = SqsMessageQueue(settings.queue_urls)
-    return Runtime(
+    return Components(
         settings=settings,
         store=DynamoConversationStore(settings.conversations_table, settings.messages_table),
         queue=queue,
@@ -197,11 +202,11 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
-_runtime: Runtime | None = None
+_runtime: Components | None = None
 _runtime_lock = threading.Lock()
 
 
-def get_runtime() -> Runtime:
+def get_runtime() -> Components:
     """The process's runtime, built from the environment on first call."""
     global _runtime
     if _runtime is None:

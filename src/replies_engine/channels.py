@@ -26,21 +26,38 @@ class Gsi:
 
 
 @dataclass(frozen=True)
+class Provider:
+    """Who carries a channel's messages, and what follows from it. Stage 1 reads and verifies a webhook
+    by the provider's `name` (`webhook/providers.py`); the runtime picks the sender by it."""
+
+    name: str
+    phone_addresses: bool  # E.164 numbers; else email addresses
+    message_id_field: str  # the envelope's key of the provider's message id
+    answers_with_twiml: bool  # its webhooks are answered with TwiML, and retried on 5xx only
+    keywords: bool  # the carriers' STOP/START/HELP keywords apply
+    threads: bool  # a reply goes in the person's thread (subject, In-Reply-To)
+
+
+TWILIO = Provider("twilio", True, "message_sid", answers_with_twiml=True, keywords=True, threads=False)
+EMAIL = Provider("email", False, "message_id", answers_with_twiml=False, keywords=False, threads=True)
+
+
+@dataclass(frozen=True)
 class Channel:
     name: str
     gsi: Gsi | None
     queue: str
-    twilio: bool  # Twilio channels answer with TwiML and are signed with X-Twilio-Signature
+    provider: Provider
     handoff_list_attr: str  # senders listed here go to the handoff queue
     max_reply_length: int | None  # longer replies are sent in parts (Twilio: 1,600, counted its way)
 
     def normalize_address(self, address: str) -> str:
         """The form stored in the GSI keys: E.164 without prefix, or a bare lowercased email."""
-        return normalize_phone(address) if self.twilio else normalize_email(address)
+        return normalize_phone(address) if self.provider.phone_addresses else normalize_email(address)
 
     def addresses(self, field: str) -> list[str]:
         """Every address in a `To` field, normalized: an email may be sent to several."""
-        if self.twilio:
+        if self.provider.phone_addresses:
             return [number] if (number := normalize_phone(field)) else []
         return [address.lower() for _, address in getaddresses([field]) if address]
 
@@ -55,10 +72,15 @@ _BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 
 CHANNELS: dict[str, Channel] = {
     "whatsapp": Channel(
-        "whatsapp", WHATSAPP_GSI, "whatsapp", True, "auto_queue_reply_message_from_number", TWILIO_MAX_LENGTH
+        "whatsapp",
+        WHATSAPP_GSI,
+        "whatsapp",
+        TWILIO,
+        "auto_queue_reply_message_from_number",
+        TWILIO_MAX_LENGTH,
     ),
-    "sms": Channel("sms", SMS_GSI, "sms", True, "auto_queue_reply_message_from_number", TWILIO_MAX_LENGTH),
-    "email": Channel("email", EMAIL_GSI, "email", False, "auto_queue_reply_message_from_email", None),
+    "sms": Channel("sms", SMS_GSI, "sms", TWILIO, "auto_queue_reply_message_from_number", TWILIO_MAX_LENGTH),
+    "email": Channel("email", EMAIL_GSI, "email", EMAIL, "auto_queue_reply_message_from_email", None),
 }
 GSIS = (WHATSAPP_GSI, SMS_GSI, EMAIL_GSI, BSUID_GSI)
 BATCH_QUEUES = tuple(channel.queue for channel in CHANNELS.values())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
+
+from .batching_modes import BatchingMode, Debounce, Delay
 
 
 class ConfigurationError(Exception):
@@ -80,6 +84,13 @@ class Settings:
     sweep_interval_seconds: int = 60
     batch_concurrency: int = 4  # per batch queue: stage 2 is short database work
     reply_concurrency: int = 64  # AI calls in flight: they wait seconds on a remote model, not the CPU
+
+    @cached_property
+    def batching(self) -> BatchingMode:
+        """The batching mode's object: what the stages ask, instead of comparing BATCHING_MODE."""
+        if self.batching_mode == "delay":
+            return Delay(self.batch_delay_seconds, reply_when_locked=self.locked_policy == "reply")
+        return Debounce(self.quiet_seconds, self.max_wait_seconds, self.max_batch_messages, self.supersede)
 
     @property
     def twilio_account_configured(self) -> bool:
@@ -180,8 +191,16 @@ def _default_database(env: _Env) -> str:
     return os.path.join(data, "replies-engine", "replies-engine.db")
 
 
+# The settings each mode alone reads: set to another value than the default in the other mode, a warning.
+_MODE_SETTINGS = {
+    "delay": ("batch_delay_seconds",),
+    "debounce": ("quiet_seconds", "max_wait_seconds", "max_batch_messages"),
+}
+
+
 def _check_batching(settings: Settings) -> None:
-    """A setting that does nothing in the chosen BATCHING_MODE is refused, not silently ignored."""
+    """A setting that does nothing in the chosen BATCHING_MODE is refused when it would change what
+    happens to a message, and warned about when it would change only a time or a cap."""
     if settings.batching_mode == "debounce" and settings.locked_policy == "defer":
         raise ConfigurationError(
             "LOCKED_POLICY=defer does nothing with BATCHING_MODE=debounce, which keeps every message of a"
@@ -192,6 +211,12 @@ def _check_batching(settings: Settings) -> None:
             "SUPERSEDE=drop does nothing with BATCHING_MODE=delay (a reply is superseded only by messages"
             " pending in debounce mode): unset SUPERSEDE, or use BATCHING_MODE=debounce"
         )
+    for mode, names in _MODE_SETTINGS.items():
+        ignored = [n.upper() for n in names if getattr(settings, n) != getattr(Settings, n)]
+        if mode != settings.batching_mode and ignored:
+            logging.getLogger(__name__).warning(
+                "%s does nothing with BATCHING_MODE=%s", ", ".join(ignored), settings.batching_mode
+            )
 
 
 def _is_http_url(url: str) -> bool:

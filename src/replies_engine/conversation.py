@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,72 +138,6 @@ def in_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(messages, key=lambda m: (m.get("timestamp") or "", m.get("message_id") or ""))
 
 
-# One conditional write takes the lock and stores a batch's messages: DynamoDB's transaction holds 100
-# items (the record's and 99 messages'), and both backends batch alike; the rest wait for the next batch.
-MAX_MESSAGES_PER_BATCH = 99
-
-
-def flush_candidates(record: dict[str, Any], batch_id: str) -> list[dict[str, Any]]:
-    """Debounce's flush: the pending messages a batch would move in, in arrival order, tagged with it
-    (those that cannot be read are left out: stage 2 dead-lettered them)."""
-    return [{**m, "batch_id": batch_id} for m in in_order(readable(record.get("pending_messages", [])))]
-
-
-def flush_split(
-    existing: list[dict[str, Any]], candidates: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """(the messages the batch moves in: those not in `existing`, the history's, at most
-    MAX_MESSAGES_PER_BATCH; those that stay pending for the next batch; the ids already stored)."""
-    fresh, duplicates = split_duplicates(existing, candidates)
-    moved, rest = fresh[:MAX_MESSAGES_PER_BATCH], fresh[MAX_MESSAGES_PER_BATCH:]
-    return moved, [{**m, "batch_id": None} for m in rest], duplicates
-
-
-def split_duplicates(
-    existing: list[dict[str, Any]], messages: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """(messages whose `message_id` is neither in `existing` nor earlier in `messages`, the ids skipped)."""
-    present = {m.get("message_id") for m in existing}
-    fresh, duplicates = [], []
-    for message in messages:
-        if message["message_id"] in present:
-            duplicates.append(message["message_id"])
-        else:
-            present.add(message["message_id"])
-            fresh.append(message)
-    return fresh, duplicates
-
-
-def lock_fields(
-    record: dict[str, Any], batch_id: str, fresh: list[dict[str, Any]], now: float
-) -> dict[str, Any]:
-    """What taking the lock sets on `record` (besides appending `fresh` to `messages`)."""
-    stamp = clock.iso(now)
-    newest = max(m.get("timestamp") or stamp for m in fresh)
-    return {
-        "conversation_status": PROCESSING_REPLY,
-        "lock_owner": batch_id,
-        "processing_started_at": stamp,
-        "last_user_message_at": newest,
-        **inbound_changes(record, {"last_inbound_at": newest}),
-        "last_batch_id": batch_id,
-        "updated_at": stamp,
-        "redrives": 0,
-        "sending": {},
-    }
-
-
-def inbound_changes(record: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """`changes` to `record`, with `last_inbound_at` (WhatsApp's 24-hour window opens there) moving only
-    forward, whatever order messages are written in."""
-    if "last_inbound_at" not in changes:
-        return changes
-    return {
-        **changes,
-        "last_inbound_at": max(changes["last_inbound_at"], record.get("last_inbound_at") or ""),
-    }
-
-
 def split_unanswered(
     recent: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
@@ -275,33 +208,6 @@ def unreadable(message: Any) -> str | None:
 def readable(pending: list[Any]) -> list[dict[str, Any]]:
     """The pending messages that can be batched: what a flush moves (stage 2 dead-letters the others)."""
     return [m for m in pending if not unreadable(m)]
-
-
-def flush_due(
-    pending: list[dict[str, Any]], now: float, quiet: float, max_wait: float, max_batch: int
-) -> bool:
-    """Debounce (docs/design.md §4.6): answer now? When the newest pending message is `quiet` old, or the
-    oldest `max_wait` old, or `max_batch` are pending; at once when one cannot be read, so that it goes to
-    the dead-letter queue and blocks no one."""
-    if not pending:
-        return False
-    if len(readable(pending)) < len(pending):
-        return True
-    received = [clock.parse_iso(m["timestamp"]) for m in pending]
-    slack = 0.05  # clocks and SQS's whole-second delays
-    return (
-        len(pending) >= max_batch
-        or now - max(received) + slack >= quiet
-        or now - min(received) + slack >= max_wait
-    )
-
-
-def flush_delay(pending: list[dict[str, Any]], now: float, quiet: int, max_wait: int, max_batch: int) -> int:
-    """When to look again after a message was added: at the quiet time, or earlier for the caps."""
-    if len(pending) >= max_batch:
-        return 0
-    oldest = min((clock.parse_iso(m["timestamp"]) for m in readable(pending)), default=now)
-    return max(0, min(quiet, math.ceil(max_wait - (now - oldest))))
 
 
 def outside_window(

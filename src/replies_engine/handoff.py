@@ -20,16 +20,10 @@ from typing import Any
 
 from . import clock
 from .channels import CHANNELS, HANDOFF_QUEUE
-from .conversation import AI, HUMAN, flag, outside_window, owned_by_human
+from .conversation import AI, AI_RESPONSE_SENT, HANDED_OFF, HUMAN, flag, outside_window, owned_by_human
 from .parts import split_reply
-from .ports import (
-    PERSON_OPTED_OUT,
-    AmbiguousSendError,
-    PermanentSendError,
-    Runtime,
-    TransientBackendError,
-    TransientSendError,
-)
+from .ports import PERSON_OPTED_OUT, Runtime
+from .sending import AMBIGUOUS, REFUSED, Unsent, in_doubt, recorded_reply, send_part
 
 logger = logging.getLogger(__name__)
 
@@ -170,46 +164,52 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
         "from": latest.get("to"),
         "timestamp": now,
     }
-    sender, sent, failure = runtime.senders[channel.name], [], None
+    sent, failure, doubtful = [], None, False
     for part in range(len(texts)):
-        try:
-            sent.append(sender.send(note, part))
-        except PermanentSendError as exc:
-            failure = OperatorError(502, f"the provider refused the reply: {exc}")
-            if exc.kind == PERSON_OPTED_OUT:
-                runtime.store.write_unlocked(
-                    conversation_id, changes={"opted_out": True, "opted_out_at": now}
-                )
-            break
-        except AmbiguousSendError as exc:  # it may have gone: recorded as such, so nobody sends it again
-            sent.append(f"unknown-{note['batch_id']}-{part}")
-            failure = OperatorError(502, f"the reply may have been sent (no answer from the provider): {exc}")
-            break
-        except (TransientSendError, TransientBackendError) as exc:
-            failure = OperatorError(503, f"the reply could not be sent now, try again: {exc}")
-            break
+        went = send_part(runtime, note, part)
+        if not isinstance(went, Unsent):
+            sent.append(went)
+            continue
+        doubtful = went.how == AMBIGUOUS
+        if doubtful:  # it may have gone: recorded as such, so nobody sends it again
+            sent.append(in_doubt(note, part))
+        failure = _failure(went)
+        if went.how == REFUSED and getattr(went.error, "kind", None) == PERSON_OPTED_OUT:
+            runtime.store.write_unlocked(conversation_id, changes={"opted_out": True, "opted_out_at": now})
+        break
     if failure is not None and sent:
         failure = OperatorError(
             failure.status, f"{failure}; {len(sent)} of {len(texts)} parts went and are in the thread"
         )
+    message = None
     if sent:
-        message = {
-            "message_id": sent[0],
-            "role": "agent",
-            "operator": operator,
-            "content": "".join(texts[: len(sent)]),
-            "timestamp": now,
-            "channel_type": channel.name,
-            "to": note["to"],
-            "from": note["from"],
-            "delivery_status": "queued",
-            **({"parts": sent} if len(texts) > 1 else {}),
-        }
+        reply = recorded_reply({**note, "parts": sent, "in_doubt": doubtful})
+        message = {**reply, "role": "agent", "operator": operator}
+        del message["batch_id"]  # the operator's own, not a batch of the conversation's
         runtime.store.write_unlocked(conversation_id, changes={"last_agent_reply_at": now}, message=message)
         runtime.metrics.add("AgentReplies")
     if failure is not None:
         raise failure
     return message
+
+
+def _failure(unsent: Unsent) -> OperatorError:
+    """What the operator is told about a part that did not surely go."""
+    if unsent.how == REFUSED:
+        return OperatorError(502, f"the provider refused the reply: {unsent.error}")
+    if unsent.how == AMBIGUOUS:
+        return OperatorError(
+            502, f"the reply may have been sent (no answer from the provider): {unsent.error}"
+        )
+    return OperatorError(503, f"the reply could not be sent now, try again: {unsent.error}")
+
+
+def closing(note: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """The status and changes with which a fully sent note unlocks: a hand-off the AI asked for makes
+    a human the owner in the same write."""
+    if note.get("hand_off"):
+        return HANDED_OFF, handoff_changes(note["hand_off"], AI, clock.iso())
+    return AI_RESPONSE_SENT, None
 
 
 def conversation(runtime: Runtime, conversation_id: str) -> dict[str, Any]:

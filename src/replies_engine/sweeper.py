@@ -22,9 +22,9 @@ from . import clock
 from .batches import build_ai_context, dead_letter_context, flush_if_pending, unanswered
 from .channels import AI_QUEUE
 from .conversation import AI, PROCESSING_TIMEOUT, lock_age
-from .handoff import notify_handoff
-from .ports import Runtime
-from .replies.delivery import closing, complete, recorded_reply, settle
+from .handoff import closing, notify_handoff
+from .ports import Record, Runtime
+from .sending import complete, recorded_reply, settle
 
 logger = logging.getLogger(__name__)
 
@@ -58,57 +58,89 @@ def _recover(
 ) -> int | None:
     """Recover one expired lock: how many messages were re-driven, or None when it was not ours to free
     (its holder renewed it or let go meanwhile)."""
-    store, metrics = runtime.store, runtime.metrics
     log = {"conversation_id": conversation_id, "batch_id": owner, "lock_age": age}
-    record = store.get(conversation_id)  # the lock index projects only the lock's fields
+    record = runtime.store.get(conversation_id)  # the lock index projects only the lock's fields
     if record is None or record.get("lock_owner") != owner:
         return None
     note = settle(runtime, record["sending"]) if record.get("sending") else {}
     if note and complete(note):
-        status, changes = closing(note)
-        after = store.release_lock(
-            conversation_id, owner, status=status, now=now, reply=recorded_reply(note), changes=changes
-        )
-        if after is None:
-            return None
-        logger.warning("holder died while sending: its reply is recorded, never sent twice", extra=log)
-        if note.get("hand_off"):  # the AI's last word went: the hand-off it asked for stands
-            notify_handoff(runtime, after, note["hand_off"], AI)
-        flush_if_pending(runtime, after)
-        return 0
+        return _record_sent(runtime, record, note, now, log)
     _, waiting = unanswered(runtime, conversation_id)
-    metrics.add("UnansweredAtSweep", len(waiting))
+    runtime.metrics.add("UnansweredAtSweep", len(waiting))
     if not waiting and not note:
-        after = store.reset_stalled(conversation_id, owner, now=now)
-        if after is None:
-            return None
-        metrics.add("LockTimeoutReset")
-        logger.warning("stalled lock reset to processing_timeout", extra=log)
-        flush_if_pending(runtime, after)
-        return 0
-    redrives = record.get("redrives", 0)
-    if redrives >= runtime.settings.max_retry_attempts:
-        reason = f"unanswered after {redrives} re-drives"
-        dead = build_ai_context(runtime, record, owner) if waiting else None  # read while they wait
-        if note.get("parts"):  # the parts that went stay in the thread
-            after = store.release_lock(
-                conversation_id, owner, status=PROCESSING_TIMEOUT, now=now, reply=recorded_reply(note)
-            )
-        else:
-            after = store.reset_stalled(conversation_id, owner, now=now)
-        if after is None:
-            return None
-        if dead is not None:
-            dead_letter_context(runtime, dead, reason)
-        metrics.add("LockTimeoutReset")
-        logger.error(
-            "stalled lock reset; its unanswered messages dead-lettered", extra={**log, "reason": reason}
+        return _reset(runtime, record, now, log)
+    if record.get("redrives", 0) >= runtime.settings.max_retry_attempts:
+        return _give_up(runtime, record, note, bool(waiting), now, log)
+    return _redrive(runtime, record, note, len(waiting), now, log)
+
+
+def _record_sent(runtime: Runtime, record: Record, note: Record, now: float, log: dict) -> int | None:
+    """The holder died after its reply went out: recorded and the lock released, never sent twice."""
+    status, changes = closing(note)
+    after = runtime.store.release_lock(
+        record["conversation_id"],
+        log["batch_id"],
+        status=status,
+        now=now,
+        reply=recorded_reply(note),
+        changes=changes,
+    )
+    if after is None:
+        return None
+    logger.warning("holder died while sending: its reply is recorded, never sent twice", extra=log)
+    if note.get("hand_off"):  # the AI's last word went: the hand-off it asked for stands
+        notify_handoff(runtime, after, note["hand_off"], AI)
+    flush_if_pending(runtime, after)
+    return 0
+
+
+def _reset(runtime: Runtime, record: Record, now: float, log: dict) -> int | None:
+    """Nothing unanswered and nothing in flight: `processing_timeout`."""
+    after = runtime.store.reset_stalled(record["conversation_id"], log["batch_id"], now=now)
+    if after is None:
+        return None
+    runtime.metrics.add("LockTimeoutReset")
+    logger.warning("stalled lock reset to processing_timeout", extra=log)
+    flush_if_pending(runtime, after)
+    return 0
+
+
+def _give_up(
+    runtime: Runtime, record: Record, note: Record, waiting: bool, now: float, log: dict
+) -> int | None:
+    """Re-driven MAX_RETRY_ATTEMPTS times already: the unanswered messages to the AI queue's DLQ, with
+    the reason; the parts that went stay in the thread."""
+    conversation_id, owner = record["conversation_id"], log["batch_id"]
+    reason = f"unanswered after {record.get('redrives', 0)} re-drives"
+    dead = build_ai_context(runtime, record, owner) if waiting else None  # read while they wait
+    if note.get("parts"):
+        after = runtime.store.release_lock(
+            conversation_id, owner, status=PROCESSING_TIMEOUT, now=now, reply=recorded_reply(note)
         )
-        return 0
-    batch_id = f"batch-{uuid.uuid4().hex}"
-    # a note goes with the lock: the new batch sends what it did not send yet, and nothing else
-    changes = {"lock_owner": batch_id, "last_batch_id": batch_id, "redrives": redrives + 1, "sending": note}
-    held = store.renew_lock(conversation_id, owner, now=now, changes=changes)
+    else:
+        after = runtime.store.reset_stalled(conversation_id, owner, now=now)
+    if after is None:
+        return None
+    if dead is not None:
+        dead_letter_context(runtime, dead, reason)
+    runtime.metrics.add("LockTimeoutReset")
+    logger.error("stalled lock reset; its unanswered messages dead-lettered", extra={**log, "reason": reason})
+    return 0
+
+
+def _redrive(
+    runtime: Runtime, record: Record, note: Record, waiting: int, now: float, log: dict
+) -> int | None:
+    """The lock passes to a new batch, fenced on the dead holder's id, and the unanswered messages' AI
+    context goes to the AI queue; a note goes with the lock: the new batch sends only what did not go."""
+    conversation_id, batch_id = record["conversation_id"], f"batch-{uuid.uuid4().hex}"
+    changes = {
+        "lock_owner": batch_id,
+        "last_batch_id": batch_id,
+        "redrives": record.get("redrives", 0) + 1,
+        "sending": note,
+    }
+    held = runtime.store.renew_lock(conversation_id, log["batch_id"], now=now, changes=changes)
     if held is None:
         return None
     try:
@@ -118,9 +150,9 @@ def _recover(
     except Exception:  # the new lease expires in its turn and the next sweep tries again
         logger.exception("re-drive failed: the next sweep tries again", extra={**log, "batch_id": batch_id})
         return None
-    metrics.add("MessagesRedriven", len(waiting))
+    runtime.metrics.add("MessagesRedriven", waiting)
     logger.warning(
         "stalled lock re-driven: its unanswered messages go to the AI again",
-        extra={**log, "new_batch_id": batch_id, "messages": len(waiting)},
+        extra={**log, "new_batch_id": batch_id, "messages": waiting},
     )
-    return len(waiting)
+    return waiting

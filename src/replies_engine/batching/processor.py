@@ -17,11 +17,10 @@ from typing import Any
 
 from .. import clock, envelope
 from ..batches import build_ai_context, send_flush_token, token_channel
+from ..batching_modes import Debounce
 from ..channels import AI_QUEUE, CHANNELS
 from ..config import SQS_MAX_DELAY_SECONDS
 from ..conversation import (
-    flush_delay,
-    flush_due,
     is_locked,
     message_key,
     unreadable,
@@ -67,8 +66,8 @@ def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
             groups[record.conversation_id].append(record)
     for conversation_id, records in groups.items():
         try:
-            if runtime.settings.batching_mode == "debounce":
-                done = _debounce_conversation(conversation_id, records, runtime)
+            if isinstance(batching := runtime.settings.batching, Debounce):
+                done = _debounce_conversation(conversation_id, records, runtime, batching)
             else:
                 done = _process_conversation(conversation_id, [r for r in records if not r.is_flush], runtime)
         except Exception:
@@ -135,9 +134,10 @@ def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pendin
 # --- debounce mode (docs/design.md §4.6) ------------------------------------------------------------------
 
 
-def _debounce_conversation(conversation_id: str, records: list[BatchRecord], runtime: Runtime) -> bool:
+def _debounce_conversation(
+    conversation_id: str, records: list[BatchRecord], runtime: Runtime, debounce: Debounce
+) -> bool:
     """Messages join `pending_messages` at once and schedule a flush token; tokens run the flush."""
-    settings = runtime.settings
     messages = sorted((r for r in records if not r.is_flush), key=_arrival)
     if messages:
         now = clock.now()
@@ -154,16 +154,14 @@ def _debounce_conversation(conversation_id: str, records: list[BatchRecord], run
             runtime.metrics.add("DuplicateMessageDetected")
         pending = outcome.record.get("pending_messages", [])
         if pending:  # also when all were duplicates: the token that followed them may have been lost
-            delay = flush_delay(
-                pending, now, settings.quiet_seconds, settings.max_wait_seconds, settings.max_batch_messages
-            )
+            delay = debounce.next_look(pending, now)
             send_flush_token(runtime, conversation_id, messages[-1].envelope["channel_type"], delay)
     if any(r.is_flush for r in records):
-        return flush(conversation_id, runtime)
+        return _flush(conversation_id, runtime, debounce)
     return True
 
 
-def flush(conversation_id: str, runtime: Runtime) -> bool:
+def _flush(conversation_id: str, runtime: Runtime, debounce: Debounce) -> bool:
     """Run the batch if the flush rule says so: lock + move the pending messages in one write."""
     settings = runtime.settings
     quarantined: set[str] = set()
@@ -171,15 +169,12 @@ def flush(conversation_id: str, runtime: Runtime) -> bool:
         now = clock.now()
         record = runtime.store.get(conversation_id)
         pending = (record or {}).get("pending_messages") or []
-        due = flush_due(
-            pending, now, settings.quiet_seconds, settings.max_wait_seconds, settings.max_batch_messages
-        )
-        if not due:
+        if not debounce.due(pending, now):
             return True  # the token that followed the newest message comes when it is due
         if is_locked(record, now, settings.lock_timeout_seconds):
             # Back later: the unlock sends a token too, but a crash between the unlock and its token
             # must not leave these messages waiting for nobody. (Tokens never multiply: one for one.)
-            send_flush_token(runtime, conversation_id, token_channel(pending), max(1, settings.quiet_seconds))
+            send_flush_token(runtime, conversation_id, token_channel(pending), max(1, debounce.quiet_seconds))
             return True
         _quarantine(runtime, conversation_id, pending, quarantined)  # before the flush drops them
         batch_id = f"batch-{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
-from ..channels import CHANNELS
+from ..channels import CHANNELS, TWILIO
 from ..ports import Runtime
 from ..webhook.responses import ERROR_HEADER
 
@@ -29,7 +29,7 @@ def post_inbound(
     refusal's `error_code` (and `message`) when the engine refused it."""
     url = f"{base_url.rstrip('/')}/{channel}"
     settings = runtime.settings
-    if CHANNELS[channel].twilio:
+    if CHANNELS[channel].provider is TWILIO:
         message_id = message_id or f"SM{uuid.uuid4().hex}"
         prefix = "whatsapp:" if channel == "whatsapp" else ""
         params = {

@@ -36,22 +36,14 @@ from ..conversation import (
     outside_window,
     owned_by_human,
 )
-from ..handoff import handoff_changes, notify_handoff
+from ..handoff import closing, notify_handoff
 from ..parts import split_reply
-from ..ports import (
-    PERSON_OPTED_OUT,
-    WINDOW_CLOSED,
-    AmbiguousSendError,
-    PermanentSendError,
-    Runtime,
-    TransientBackendError,
-    TransientSendError,
-)
+from ..ports import PERSON_OPTED_OUT, WINDOW_CLOSED, PermanentSendError, Runtime, TransientBackendError
+from ..sending import AMBIGUOUS, TRANSIENT, Unsent, complete, recorded_reply, send_part
 
 logger = logging.getLogger(__name__)
 
 _UNLOCK_ATTEMPTS = 3
-_NOTE_ONLY = ("texts", "parts", "unsent", "in_doubt", "conversation_id", "hand_off")
 
 
 def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, 
     latest = context["messages"][-1] if context["messages"] else {}
     threading = (
         {"subject": latest.get("subject"), "in_reply_to": latest.get("message_id")}
-        if not channel.twilio
+        if channel.provider.threads
         else {}
     )
     return {
@@ -88,60 +80,10 @@ def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, 
     }
 
 
-def complete(note: dict[str, Any]) -> bool:
-    return len(note["parts"]) >= len(note["texts"])
-
-
-def in_flight(note: dict[str, Any]) -> bool:
-    """May the next part have gone out (a holder stopped while sending it)? Not when its last send
-    was refused before it reached the provider (`unsent`, cleared again before the next send)."""
-    return not complete(note) and not note.get("unsent")
-
-
-def settle(runtime: Runtime, note: dict[str, Any]) -> dict[str, Any]:
-    """The note, with the part that was in flight when its holder stopped found out: recorded if it
-    went, and also if the provider cannot tell (`in_doubt`: it may have reached the person, so it is
-    never sent twice); unchanged if it surely did not (the next send puts it in flight again)."""
-    note = {"texts": [note.get("content", "")], "parts": [], **note}  # a note from before parts
-    if not in_flight(note):
-        return note
-    part = len(note["parts"])
-    went = runtime.senders[note["channel_type"]].went_out(note, part)
-    if went is False:
-        return note
-    runtime.metrics.add("ReplyInDoubt" if went is None else "ReplyRecovered")
-    logger.warning(
-        "a part in flight when its holder stopped is recorded, never sent twice",
-        extra={"batch_id": note["batch_id"], "part": part, "went": went or "unknown"},
-    )
-    return {
-        **note,
-        "parts": [*note["parts"], went or f"unknown-{note['batch_id']}-{part}"],
-        "in_doubt": note.get("in_doubt", False) or went is None,
-    }
-
-
-def recorded_reply(note: dict[str, Any]) -> dict[str, Any]:
-    """The assistant message a note becomes: `message_id` its first part's, `parts` when it was split,
-    `content` what was sent."""
-    reply = {k: v for k, v in note.items() if k not in _NOTE_ONLY}
-    sent = note["parts"]
-    reply.update(
-        message_id=sent[0],
-        content="".join(note["texts"][: len(sent)]) if not note.get("template") else note["content"],
-        timestamp=clock.iso(),
-        delivery_status="unknown" if note.get("in_doubt") else "queued",
-    )
-    if len(note["texts"]) > 1:
-        reply["parts"] = sent
-    return reply
-
-
 def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], record: dict[str, Any]) -> bool:
     """Send the note's parts not yet sent, in order, then unlock. False: retry it (the lock kept).
     `record` is the record after the note was written; `context` the AI context of the lock's holder."""
     log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"]}
-    sender = runtime.senders[note["channel_type"]]
     while not complete(note):
         if status := withheld(runtime, record):
             logger.info("nothing more is sent", extra={**log, "status": status})
@@ -153,24 +95,14 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
             record = write_note(runtime, context, note)
             if record is None:
                 return True
-        part = len(note["parts"])
         try:
-            provider_id = sender.send(note, part)
-        except (TransientSendError, TransientBackendError):
-            logger.warning("sending failed for now: retried, the lock kept", extra=log, exc_info=True)
-            write_note(runtime, context, {**note, "unsent": True})
-            return False
-        except AmbiguousSendError:
-            logger.warning(
-                "a send may have gone out: looked up before it is sent again", extra=log, exc_info=True
-            )
-            return False
-        except PermanentSendError as exc:
-            return refused(runtime, context, note, exc)
+            provider_id = send_part(runtime, note, len(note["parts"]))
         except Exception as exc:
             logger.exception("sending the reply failed", extra=log)
             dead_letter_context(runtime, context, f"the reply could not be sent: {exc}")
             return finish(runtime, context, note, PROCESSING_ERROR, error=str(exc))
+        if isinstance(provider_id, Unsent):
+            return _unsent(runtime, context, note, provider_id, log)
         note = {**note, "parts": [*note["parts"], provider_id]}
         if not complete(note):
             record = write_note(runtime, context, note)
@@ -185,6 +117,27 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
     if note.get("hand_off"):
         return hand_to_human(runtime, context, note, note["hand_off"])
     return finish(runtime, context, note, AI_RESPONSE_SENT)
+
+
+def _unsent(
+    runtime: Runtime, context: dict[str, Any], note: dict[str, Any], unsent: Unsent, log: dict
+) -> bool:
+    """A part that did not surely go: transient, retried with the lock kept (it did not go: `unsent`);
+    ambiguous, retried, the part looked up first; refused, `reply_failed`."""
+    if unsent.how == TRANSIENT:
+        logger.warning(
+            "sending failed for now: retried, the lock kept", extra={**log, "error": str(unsent.error)}
+        )
+        write_note(runtime, context, {**note, "unsent": True})
+        return False
+    if unsent.how == AMBIGUOUS:
+        logger.warning(
+            "a send may have gone out: looked up before it is sent again",
+            extra={**log, "error": str(unsent.error)},
+        )
+        return False
+    assert isinstance(unsent.error, PermanentSendError)
+    return refused(runtime, context, note, unsent.error)
 
 
 def withheld(runtime: Runtime, record: dict[str, Any]) -> str | None:
@@ -274,14 +227,6 @@ def finish(
     same part twice."""
     unlock(runtime, context, note, status, changes=changes, error=error)
     return True
-
-
-def closing(note: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """The status and changes with which a fully sent note unlocks: a hand-off the AI asked for makes
-    a human the owner in the same write."""
-    if note.get("hand_off"):
-        return HANDED_OFF, handoff_changes(note["hand_off"], AI, clock.iso())
-    return AI_RESPONSE_SENT, None
 
 
 def unlock(

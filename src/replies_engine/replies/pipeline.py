@@ -29,8 +29,9 @@ from ..channels import AI_QUEUE
 from ..conversation import REPLY_SUPERSEDED, holds, readable
 from ..envelope import SqsRecord, Unreadable
 from ..ports import Handoff, Reply, Runtime
+from ..sending import settle
 from . import media, projects
-from .delivery import deliver, finish, hand_to_human, new_note, settle, withheld, write_note
+from .delivery import deliver, finish, hand_to_human, new_note, withheld, write_note
 from .http import ResponderError
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def _retry_soon(runtime: Runtime, record: SqsRecord) -> None:
 
 
 def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
+    """One AI context, replied to: True when done (answered, or not to be answered by this holder)."""
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
     # Picked up: the lease starts again here, however long the context waited in the queue.
@@ -90,23 +92,9 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         note = settle(runtime, held["sending"])
         held = write_note(runtime, context, note)
         return True if held is None else deliver(runtime, context, note, held)
-    if status := withheld(runtime, held):  # checked before the AI is paid for, and again before each part
-        logger.info("no reply is made", extra={**log, "status": status})
-        return finish(runtime, context, None, status)
-
-    if reason := projects.over_cap(runtime, held):  # before the AI is paid for
-        runtime.metrics.add("AiTurnCapReached")
-        logger.warning("a daily cap on AI turns is reached: a human answers", extra={**log, "reason": reason})
-        return hand_to_human(runtime, context, None, reason)
-
-    with Heartbeat(runtime, conversation_id, batch_id, typing=_typing(runtime, context)):
-        # a slow model keeps the lock; a dead one not. Voice notes are transcribed before anyone answers.
-        view = media.prepare(runtime, context)
-        if instructions := projects.instructions(runtime, held):
-            view = {**view, "instructions": instructions}
-        answer = _respond(runtime, view, log)
-    if isinstance(answer, str):
-        answer = Reply(answer)
+    if (stopped := _not_for_the_ai(runtime, context, held, log)) is not None:
+        return stopped
+    answer = _answer(runtime, context, held, log)
     cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
         if not answer.text:
@@ -114,7 +102,56 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason, **cost}
         record = _noted(runtime, context, note, held)
         return True if record is None else deliver(runtime, context, note, record)
-    text = answer.text
+    current = _current(runtime, context, log)
+    if isinstance(current, bool):
+        return current
+    # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
+    # which parts went, and sends only the others. Nobody gets the same answer twice.
+    note = {**new_note(runtime, context, answer.text), **cost}
+    record = _noted(runtime, context, note, current)
+    if record is None:
+        logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
+        return True
+    return deliver(runtime, context, note, record)
+
+
+def _not_for_the_ai(
+    runtime: Runtime, context: dict[str, Any], held: dict[str, Any], log: dict[str, str]
+) -> bool | None:
+    """Checked before the AI is paid for: a conversation that gets no reply (a human's, opted out), or
+    one past its daily cap on AI turns (a human answers). None: the AI answers."""
+    if status := withheld(runtime, held):  # and again before each part
+        logger.info("no reply is made", extra={**log, "status": status})
+        return finish(runtime, context, None, status)
+    if reason := projects.over_cap(runtime, held):
+        runtime.metrics.add("AiTurnCapReached")
+        logger.warning("a daily cap on AI turns is reached: a human answers", extra={**log, "reason": reason})
+        return hand_to_human(runtime, context, None, reason)
+    return None
+
+
+def _answer(
+    runtime: Runtime, context: dict[str, Any], held: dict[str, Any], log: dict[str, str]
+) -> Reply | Handoff:
+    """The AI's answer, under a heartbeat: a slow model keeps the lock, a dead one not. Voice notes are
+    transcribed and the company's instructions found before it is asked."""
+    with Heartbeat(
+        runtime, context["conversation_id"], context["batch_id"], typing=_typing(runtime, context)
+    ):
+        view = media.prepare(runtime, context)
+        if instructions := projects.instructions(runtime, held):
+            view = {**view, "instructions": instructions}
+        answer = _respond(runtime, view, log)
+    return Reply(answer) if isinstance(answer, str) else answer
+
+
+def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> dict[str, Any] | bool:
+    """The record to send the reply under; else whether this context is done, the reply not to be sent:
+    the lock was lost, or (debounce)
+    newer messages arrived and supersede it (`drop`: the next batch answers; `regenerate`: they are moved
+    in under the same lock and the AI answers again, at most _ROUNDS times)."""
+    conversation_id, batch_id = context["conversation_id"], context["batch_id"]
+    supersede = runtime.settings.batching.supersede
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over
@@ -125,12 +162,12 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         if (
             not pending
             or len(readable(pending)) < len(pending)  # stage 2's flush dead-letters those: not here
-            or runtime.settings.batching_mode != "debounce"
+            or supersede is None
             or rounds >= _ROUNDS
         ):
-            break
+            return record
         runtime.metrics.add("ReplySuperseded")
-        if runtime.settings.supersede == "drop":
+        if supersede == "drop":
             logger.info("newer messages arrived: the reply is dropped, the next batch answers all", extra=log)
             return finish(runtime, context, None, REPLY_SUPERSEDED)
         outcome = runtime.store.flush_pending(
@@ -142,8 +179,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
             held=True,
         )
         if outcome.status == "acquired":
-            # The AI answers again, with everything, under the same lock (its lease renewed); this
-            # stale reply is not sent. Back through the AI queue: a full AI pass, checked again after.
+            # This stale reply is not sent. Back through the AI queue: a full AI pass, checked again after.
             latest = outcome.appended[-1]
             regenerate = {
                 **context,
@@ -157,14 +193,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
                 extra={**log, "added": len(outcome.appended)},
             )
             return True
-    # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
-    # which parts went, and sends only the others. Nobody gets the same answer twice.
-    note = {**new_note(runtime, context, text), **cost}
-    record = _noted(runtime, context, note, record)
-    if record is None:
-        logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
-        return True
-    return deliver(runtime, context, note, record)
+    return record  # messages kept racing the move: this reply goes, the next batch answers them
 
 
 def _respond(runtime: Runtime, view: dict[str, Any], log: dict[str, str]) -> str | Reply | Handoff:

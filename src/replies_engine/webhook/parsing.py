@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus
 
 from .. import clock
-from ..channels import CHANNELS, Channel
+from ..channels import CHANNELS, EMAIL, TWILIO, Channel, Provider
 from ..conversation import structured
 from ..json_body import json_object
 from . import email_providers
@@ -42,7 +42,7 @@ class InboundRequest:
 
     channel: Channel | None  # None: a Twilio status callback
     endpoint: str  # the webhook's own path, without any stage prefix: `/whatsapp`, `/email/mailgun`
-    provider: str | None  # an email provider whose shape the body has (`email_providers.py`)
+    email_provider: str | None  # an email provider whose shape the body has (`email_providers.py`)
     params: dict[str, Any]  # Twilio's form fields (a repeated one: its first value), or the email JSON
     headers: dict[str, str]  # names lowercased
     path: str  # the path the provider called, API Gateway stage included
@@ -50,6 +50,11 @@ class InboundRequest:
         str, ...
     ]  # the query string as sent, or where the event cannot tell, each way it may have been
     signed: Any = None  # what Twilio signed besides the URL: every form value, or a JSON body's text
+
+    @property
+    def provider(self) -> Provider:
+        """Who sent it: the channel's provider (a status callback is Twilio's)."""
+        return self.channel.provider if self.channel is not None else TWILIO
 
 
 def channel_from_event(event: dict[str, Any]) -> Channel | None:
@@ -108,72 +113,96 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
     raw = _body_bytes(event)
     headers = _headers(event)
     provider = email_provider(event)
-    signed: Any = None
-    if provider:
-        try:
-            params = email_providers.read(provider, raw, headers.get("content-type", ""))
-        except email_providers.ProviderError as exc:
-            raise ParsingError(str(exc)) from None
-    elif channel is not None and not channel.twilio:
-        params = _email_json(_utf8(raw))
-    elif _is_json(headers, raw):  # Twilio's JSON webhooks: the body's hash is in the URL (bodySHA256)
-        params, signed = _twilio_json(_utf8(raw)), _utf8(raw)
-    else:
-        signed = _twilio_form(_utf8(raw))
-        params = {name: values[0] for name, values in signed.items()}
+    read = _READERS[(channel.provider if channel is not None else TWILIO).name]  # a status callback: Twilio's
+    params, signed = read(raw, headers, provider)
     if "host" not in headers and request_context.get("domainName"):  # payload 2.0 may leave it out
         headers["host"] = request_context["domainName"]
     return InboundRequest(
         channel=channel,
         endpoint=f"/email/{provider}" if provider else f"/{channel.name}" if channel else STATUS_PATH,
-        provider=provider,
+        email_provider=provider,
         params=params,
         headers=headers,
         # as called: REST's requestContext.path keeps the stage its event["path"] drops; 2.0's rawPath
         # has the stage (none on $default)
         path=request_context.get("path") or event.get("rawPath") or event.get("path"),
         queries=_queries(event),
-        signed=signed if channel is None or channel.twilio else None,
+        signed=signed,
     )
 
 
 def build_context_object(request: InboundRequest, received_at: str | None = None) -> dict[str, Any]:
     """The message's keys of the envelope (`envelope.MESSAGE_KEYS`): the channel, `received_at`, and
-    for Twilio its `From`, `To`, `Body`, `MessageSid`, `AccountSid`, the media as a list and what
-    `structured` finds; the provider's other fields, snake-cased, under `provider_fields` only."""
-    context: dict[str, Any] = {"channel_type": request.channel.name}
-    if request.channel.twilio:
-        media: dict[int, dict[str, str]] = {}
-        fields: dict[str, str] = {}
-        for name, value in request.params.items():
-            if match := _MEDIA_FIELD.fullmatch(name):
-                kind = "url" if match[1] == "Url" else "content_type"
-                media.setdefault(int(match[2]), {})[kind] = value
-            elif name != "NumMedia":  # implied by the media list
-                fields[snake_case(name)] = value
-        context.update((k, fields.pop(k)) for k in _TWILIO_KEYS if k in fields)
-        if media:
-            context["media"] = [media[i] for i in sorted(media)]
-        context.update(structured(fields))
-        if fields:
-            context["provider_fields"] = fields
-    else:
-        # Only the email's own fields: anything else in the JSON could pose as a record field.
-        context.update(
-            (k, request.params[k]) for k in ("from", "to", "subject", "message_id") if request.params.get(k)
-        )
-        raw = request.params.get("raw_text") or request.params.get("text") or ""
-        # what the AI sees: the provider's stripped text, or ours
-        if request.provider:
-            context["body"] = request.params.get("text") or ""
-        else:
-            context["body"] = email_providers.strip_quoted(raw)
-        if context["body"] != raw:
-            context["raw_text"] = raw  # the text as written; `body`, what the AI sees, without the quotes
-        if request.params.get("attachments"):
-            context["attachments"] = request.params["attachments"]  # checked by the parser
+    what its provider's reader finds; the provider's other fields, snake-cased, under `provider_fields`
+    only."""
+    context: dict[str, Any] = {
+        "channel_type": request.channel.name,
+        **_CONTEXTS[request.channel.provider.name](request),
+    }
     context["received_at"] = received_at or clock.iso()
     return context
+
+
+def _read_twilio(raw: bytes, headers: dict[str, str], _: str | None) -> tuple[dict[str, Any], Any]:
+    """Twilio's form (every value signed), or its JSON webhooks (the body's hash is in the URL)."""
+    if _is_json(headers, raw):
+        return _twilio_json(_utf8(raw)), _utf8(raw)
+    signed = _twilio_form(_utf8(raw))
+    return {name: values[0] for name, values in signed.items()}, signed
+
+
+def _read_email(raw: bytes, headers: dict[str, str], provider: str | None) -> tuple[dict[str, Any], Any]:
+    """An email provider's body (`/email/<provider>`), or `/email`'s own JSON."""
+    if not provider:
+        return _email_json(_utf8(raw)), None
+    try:
+        return email_providers.read(provider, raw, headers.get("content-type", "")), None
+    except email_providers.ProviderError as exc:
+        raise ParsingError(str(exc)) from None
+
+
+def _twilio_context(request: InboundRequest) -> dict[str, Any]:
+    """`From`, `To`, `Body`, `MessageSid`, `AccountSid`, the media as a list and what `structured`
+    finds; the other fields under `provider_fields`."""
+    context: dict[str, Any] = {}
+    media: dict[int, dict[str, str]] = {}
+    fields: dict[str, str] = {}
+    for name, value in request.params.items():
+        if match := _MEDIA_FIELD.fullmatch(name):
+            kind = "url" if match[1] == "Url" else "content_type"
+            media.setdefault(int(match[2]), {})[kind] = value
+        elif name != "NumMedia":  # implied by the media list
+            fields[snake_case(name)] = value
+    context.update((k, fields.pop(k)) for k in _TWILIO_KEYS if k in fields)
+    if media:
+        context["media"] = [media[i] for i in sorted(media)]
+    context.update(structured(fields))
+    if fields:
+        context["provider_fields"] = fields
+    return context
+
+
+def _email_context(request: InboundRequest) -> dict[str, Any]:
+    """Only the email's own fields: anything else in the JSON could pose as a record field."""
+    context: dict[str, Any] = {}
+    context.update(
+        (k, request.params[k]) for k in ("from", "to", "subject", "message_id") if request.params.get(k)
+    )
+    raw = request.params.get("raw_text") or request.params.get("text") or ""
+    # what the AI sees: the provider's stripped text, or ours
+    if request.email_provider:
+        context["body"] = request.params.get("text") or ""
+    else:
+        context["body"] = email_providers.strip_quoted(raw)
+    if context["body"] != raw:
+        context["raw_text"] = raw  # the text as written; `body`, what the AI sees, without the quotes
+    if request.params.get("attachments"):
+        context["attachments"] = request.params["attachments"]  # checked by the parser
+    return context
+
+
+_READERS = {TWILIO.name: _read_twilio, EMAIL.name: _read_email}
+_CONTEXTS = {TWILIO.name: _twilio_context, EMAIL.name: _email_context}
 
 
 def create_context_object(event: dict[str, Any]) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from .. import clock
-from ..channels import HANDOFF_QUEUE
+from ..channels import EMAIL, HANDOFF_QUEUE, TWILIO
 from ..config import ConfigurationError, Settings
 from ..conversation import (
     DELIVERY_FINAL,
@@ -121,7 +121,7 @@ def _rules(
     what WhatsApp told of who wrote, learned), or the Outcome that ends here."""
     settings = runtime.settings
     context_object = found["data"]  # the envelope: the record's fields, then the message's
-    if request.channel.twilio:
+    if request.channel.provider.keywords:
         handled = _opt_out_rules(context_object, runtime, log)
         if handled is not None:
             return handled
@@ -130,10 +130,8 @@ def _rules(
         if rules["error_code"] != "CONVERSATION_LOCKED":
             return Outcome(rules["error_code"], rules["message"], log=log)
         # debounce: a locked conversation keeps collecting; a human's takes every message for them
-        if (
-            settings.locked_policy == "reply"
-            and settings.batching_mode != "debounce"
-            and not owned_by_human(context_object, settings.honor_hand_off_to_human)
+        if settings.batching.reply_when_locked and not owned_by_human(
+            context_object, settings.honor_hand_off_to_human
         ):
             return _record_refused(context_object, rules["message"], runtime, log)
         logger.info("conversation locked: message kept for the next batch", extra=log)
@@ -170,12 +168,11 @@ def _route(message: dict[str, Any], context_object: dict[str, Any], runtime: Run
             return written
         if not written:  # Twilio's retry of a message already with a human: it was queued then
             return Outcome(log={**log, "duplicate": True})
-    at_once = queue == HANDOFF_QUEUE or settings.batching_mode == "debounce"
     try:
         queue_message_id = runtime.queue.send(
             queue,
             json.dumps(context_object, ensure_ascii=False),
-            delay_seconds=0 if at_once else settings.batch_delay_seconds,
+            delay_seconds=0 if queue == HANDOFF_QUEUE else settings.batching.enqueue_delay,
             attributes={"conversation_id": context_object["conversation_id"], "RetryAttempt": 0},
         )
     except TransientQueueError as exc:
@@ -329,24 +326,37 @@ _UNSET = {
 }
 
 
-def _door(
-    request: InboundRequest, settings: Settings
-) -> tuple[tuple[str, ...], Callable[[str], str | None]] | None:
-    """The secret this request must prove it knows (the first of the names that is set), and the check
-    (None, or the reason it failed); None when the door is open on purpose (VERIFY_SIGNATURES=off,
-    EMAIL_AUTH=off)."""
+# The secrets a request must prove it knows (the first of the names that is set), and the check (None,
+# or the reason it failed): looked up by the request's provider.
+Door = tuple[tuple[str, ...], Callable[[str], str | None]]
+
+
+def _door(request: InboundRequest, settings: Settings) -> Door | None:
+    """The request's door; None when it is open on purpose (VERIFY_SIGNATURES=off, EMAIL_AUTH=off)."""
     if settings.verify_signatures == "off":
         return None
-    if request.channel is None or request.channel.twilio:
-        check = partial(verify_twilio, request, public_base_url=settings.public_base_url)
-        if shared_key(request):  # Twilio's shared-key signing; the auth token where no key is configured
-            return ("TWILIO_WEBHOOK_SIGNING_KEYS", "TWILIO_AUTH_TOKEN"), check
-        return ("TWILIO_AUTH_TOKEN",), check
-    if request.provider == "mailgun":
+    return _DOORS[request.provider.name](request, settings)
+
+
+def _twilio_door(request: InboundRequest, settings: Settings) -> Door:
+    check = partial(verify_twilio, request, public_base_url=settings.public_base_url)
+    if shared_key(request):  # Twilio's shared-key signing; the auth token where no key is configured
+        return ("TWILIO_WEBHOOK_SIGNING_KEYS", "TWILIO_AUTH_TOKEN"), check
+    return ("TWILIO_AUTH_TOKEN",), check
+
+
+def _email_door(request: InboundRequest, settings: Settings) -> Door | None:
+    if request.email_provider == "mailgun":
         return ("MAILGUN_SIGNING_KEY",), partial(verify_mailgun, request.params["signature"], now=clock.now())
     if settings.email_auth:
         return ("EMAIL_WEBHOOK_TOKEN",), partial(verify_email, request)
     return None
+
+
+_DOORS: dict[str, Callable[[InboundRequest, Settings], Door | None]] = {
+    TWILIO.name: _twilio_door,
+    EMAIL.name: _email_door,
+}
 
 
 def _record_refused(context_object: dict[str, Any], reason: str, runtime: Runtime, log: dict) -> Outcome:

@@ -83,7 +83,7 @@ def twiml_response(text: str | None = None, error_code: str | None = None) -> di
 
 
 def success_response(channel: Channel | None, message_id: str, reply_text: str | None = None) -> dict:
-    if channel is not None and channel.twilio:
+    if channel is not None and channel.provider.answers_with_twiml:
         return twiml_response(reply_text)
     return json_response(200, {"status": "queued", "message_id": message_id})
 
@@ -91,7 +91,7 @@ def success_response(channel: Channel | None, message_id: str, reply_text: str |
 def final_response(channel: Channel | None, error_code: str, message: str, locked_reply_text: str) -> dict:
     """The answer to the provider for an error, by the channel's rules."""
     suggested = response_builder(error_code, message)
-    if channel is None or not channel.twilio or error_code == "INVALID_SIGNATURE":
+    if channel is None or not channel.provider.answers_with_twiml or error_code == "INVALID_SIGNATURE":
         return suggested  # a forged request earns no TwiML
     if error_code in TRANSIENT_ERROR_CODES:
         raise TransientWebhookError(error_code, message)

@@ -54,7 +54,7 @@ def check_conversation_exists(context_object: dict[str, Any], store: Conversatio
         if bsuid(context_object.get("from"))
         else channel.normalize_address(context_object.get("from") or "")
     )
-    id_field = "message_sid" if channel.twilio else "message_id"
+    id_field = channel.provider.message_id_field
     missing = [
         name
         for name, value in (

@@ -4,6 +4,7 @@ counters, and JSON-like values to and from DynamoDB's."""
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import uuid
@@ -146,3 +147,31 @@ def from_dynamo(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
     return value
+
+
+@functools.cache
+def _codec() -> tuple[Any, Any]:
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+    return TypeSerializer().serialize, TypeDeserializer().deserialize
+
+
+def encode(values: Record) -> dict[str, Any]:
+    """A record, or an expression's values, in DynamoDB's typed form."""
+    serialize = _codec()[0]
+    return {name: serialize(to_dynamo(value)) for name, value in values.items()}
+
+
+def decode(item: dict[str, Any]) -> Record:
+    deserialize = _codec()[1]
+    return {name: from_dynamo(deserialize(value)) for name, value in item.items()}
+
+
+def pages(operation: str, kwargs: dict[str, Any], pagination: dict[str, int] | None = None) -> list[Record]:
+    """Every item of a paginated Query or Scan, decoded."""
+    items = []
+    with errors():
+        paginator = client("dynamodb").get_paginator(operation)
+        for page in paginator.paginate(**kwargs, PaginationConfig=pagination or {}):
+            items.extend(decode(item) for item in page["Items"])
+    return items

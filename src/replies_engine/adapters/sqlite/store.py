@@ -13,22 +13,9 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from ... import clock
+from ... import decisions
 from ...channels import Gsi
-from ...conversation import (
-    PROCESSING_ERROR,
-    PROCESSING_REPLY,
-    PROCESSING_TIMEOUT,
-    delivery_moves,
-    flush_candidates,
-    flush_split,
-    holds,
-    inbound_changes,
-    is_locked,
-    lock_fields,
-    provider_ids,
-    split_duplicates,
-)
+from ...conversation import PROCESSING_REPLY, holds, provider_ids, readable
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
 from .database import Database, insert_messages, move_messages_out_of_records, translated_errors
 
@@ -48,14 +35,6 @@ def _present(conn: sqlite3.Connection, conversation_id: str, messages: list[Reco
         (conversation_id, *ids),
     ).fetchall()
     return [{"message_id": row["message_id"]} for row in rows]
-
-
-def _index_deliveries(conn: sqlite3.Connection, conversation_id: str, reply: Record) -> None:
-    """Where a status callback finds the reply that its provider id is (a part of)."""
-    conn.executemany(
-        "INSERT OR REPLACE INTO deliveries (provider_id, conversation_id, message_id) VALUES (?, ?, ?)",
-        [(pid, conversation_id, reply["message_id"]) for pid in provider_ids(reply)],
-    )
 
 
 class SqliteConversationStore:
@@ -117,32 +96,22 @@ class SqliteConversationStore:
 
     def record_refused_message(self, conversation_id: str, message: Record) -> bool:
         def refuse(record: Record, _: sqlite3.Connection) -> bool:
-            refused = record.setdefault("refused_messages", [])
-            if any(m.get("message_id") == message["message_id"] for m in refused):
-                return False
-            refused.append(message)
-            return True
+            changes = decisions.refuse(record, message)
+            record.update(changes or {})
+            return changes is not None
 
-        result = self._update(conversation_id, refuse)
-        if result is None:
-            raise StoreError(f"conversation {conversation_id} does not exist")
-        return result
+        return self._existing(conversation_id, self._update(conversation_id, refuse))
 
     def write_unlocked(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
         def note(record: Record, conn: sqlite3.Connection) -> bool:
             if message is not None and _present(conn, conversation_id, [message]):
                 return False
-            record.update(inbound_changes(record, changes))
+            record.update(decisions.inbound_changes(record, changes))
             if message is not None:
-                insert_messages(conn, conversation_id, [message])
-                if message.get("role") == "agent":
-                    _index_deliveries(conn, conversation_id, message)
+                self._append(conn, conversation_id, [message], indexed=decisions.indexed(message))
             return True
 
-        result = self._update(conversation_id, note)
-        if result is None:
-            raise StoreError(f"conversation {conversation_id} does not exist")
-        return result
+        return self._existing(conversation_id, self._update(conversation_id, note))
 
     def lock_and_append(
         self,
@@ -153,36 +122,26 @@ class SqliteConversationStore:
         now: float,
         lock_timeout_seconds: float,
     ) -> LockOutcome:
-        def lock(record: Record, conn: sqlite3.Connection) -> LockOutcome:
-            fresh, duplicates = split_duplicates(_present(conn, conversation_id, messages), messages)
-            if not fresh:
-                return LockOutcome("duplicates", duplicates=duplicates)
-            if is_locked(record, now, lock_timeout_seconds):
-                return LockOutcome("locked", duplicates=duplicates, lock_owner=record.get("lock_owner"))
-            record.update(lock_fields(record, batch_id, fresh, now))
-            insert_messages(conn, conversation_id, fresh)
-            return LockOutcome("acquired", record=record, appended=fresh, duplicates=duplicates)
-
-        outcome = self._update(conversation_id, lock, write_if=lambda o: o.status == "acquired")
-        return outcome or LockOutcome("missing")
+        return self._decided(
+            conversation_id,
+            lambda record, conn: decisions.lock(
+                record,
+                _present(conn, conversation_id, messages),
+                batch_id,
+                messages,
+                now=now,
+                lock_timeout_seconds=lock_timeout_seconds,
+            ),
+        )
 
     def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
-        def add(record: Record, conn: sqlite3.Connection) -> LockOutcome:
-            pending = record.get("pending_messages", [])
-            fresh, duplicates = split_duplicates(
-                [*_present(conn, conversation_id, messages), *pending], messages
-            )
-            if not fresh:
-                return LockOutcome("duplicates", record=record, duplicates=duplicates)
-            record.update(
-                pending_messages=[*pending, *fresh],
-                pending_version=record.get("pending_version", 0) + 1,
-                updated_at=clock.iso(now),
-            )
-            return LockOutcome("added", record=record, appended=fresh, duplicates=duplicates)
-
-        outcome = self._update(conversation_id, add, write_if=lambda o: o.status == "added")
-        return outcome or LockOutcome("missing")
+        return self._decided(
+            conversation_id,
+            lambda record, conn: decisions.add_pending(
+                record, _present(conn, conversation_id, messages), messages, now=now
+            ),
+            with_record=True,
+        )
 
     def flush_pending(
         self,
@@ -194,26 +153,19 @@ class SqliteConversationStore:
         lock_timeout_seconds: float,
         held: bool = False,
     ) -> LockOutcome:
-        def flush(record: Record, conn: sqlite3.Connection) -> LockOutcome:
-            if record.get("pending_version", 0) != pending_version:
-                return LockOutcome("changed")
-            if (held and not holds(record, batch_id)) or (
-                not held and is_locked(record, now, lock_timeout_seconds)
-            ):
-                return LockOutcome("locked", lock_owner=record.get("lock_owner"))
-            candidates = flush_candidates(record, batch_id)
-            moved, rest, duplicates = flush_split(_present(conn, conversation_id, candidates), candidates)
-            record.update(pending_messages=rest, pending_version=pending_version + 1)
-            if not moved:
-                return LockOutcome("duplicates", duplicates=duplicates)
-            record.update(lock_fields(record, batch_id, moved, now))
-            insert_messages(conn, conversation_id, moved)
-            return LockOutcome("acquired", record=record, appended=moved, duplicates=duplicates)
+        def flush(record: Record, conn: sqlite3.Connection) -> decisions.Write:
+            pending = record.get("pending_messages", [])
+            return decisions.flush(
+                record,
+                _present(conn, conversation_id, readable(pending)),
+                batch_id,
+                pending_version=pending_version,
+                now=now,
+                lock_timeout_seconds=lock_timeout_seconds,
+                held=held,
+            )
 
-        outcome = self._update(
-            conversation_id, flush, write_if=lambda o: o.status in ("acquired", "duplicates")
-        )
-        return outcome or LockOutcome("missing")
+        return self._decided(conversation_id, flush)
 
     def renew_lock(
         self, conversation_id: str, batch_id: str, *, now: float, changes: Record | None = None
@@ -221,7 +173,7 @@ class SqliteConversationStore:
         def renew(record: Record, _: sqlite3.Connection) -> Record | None:
             if not holds(record, batch_id):
                 return None
-            record.update(changes or {}, processing_started_at=clock.iso(now), updated_at=clock.iso(now))
+            record.update(decisions.renew(now, changes))
             return record
 
         return self._update(conversation_id, renew)
@@ -236,13 +188,12 @@ class SqliteConversationStore:
         reply: Record | None = None,
         changes: Record | None = None,
     ) -> Record | None:
-        def release(record: Record, conn: sqlite3.Connection) -> None:
-            record.update(changes or {}, conversation_status=status, processing_completed_at=clock.iso(now))
+        def release(record: Record, conn: sqlite3.Connection) -> Record:
             if reply is not None:
-                insert_messages(conn, conversation_id, [reply])
-                _index_deliveries(conn, conversation_id, reply)
+                self._append(conn, conversation_id, [reply], indexed=True)
+            return decisions.release(status, now, changes)
 
-        return self._fenced(conversation_id, batch_id, now, release)
+        return self._fenced(conversation_id, batch_id, release)
 
     def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
         with _errors(), self._db.transaction() as conn:
@@ -255,11 +206,10 @@ class SqliteConversationStore:
             if row is None:
                 return "unknown"
             message = json.loads(row["message"])
-            if not delivery_moves(message.get("delivery_status"), status):
+            fields = decisions.delivery(message, status, error_code, now)
+            if fields is None:
                 return "stale"
-            message.update(delivery_status=status, delivery_updated_at=clock.iso(now))
-            if error_code:
-                message["delivery_error_code"] = error_code
+            message.update(fields)
             conn.execute(
                 "UPDATE messages SET message = ? WHERE conversation_id = ? AND seq = ?",
                 (json.dumps(message, ensure_ascii=False), row["conversation_id"], row["seq"]),
@@ -294,42 +244,64 @@ class SqliteConversationStore:
     def emergency_unlock(
         self, conversation_id: str, batch_id: str, *, reason: str, now: float, to_pending: bool = False
     ) -> Record | None:
-        def unlock(record: Record, conn: sqlite3.Connection) -> None:
+        def unlock(record: Record, conn: sqlite3.Connection) -> Record:
             rows = conn.execute(
                 "DELETE FROM messages WHERE conversation_id = ? AND batch_id = ? RETURNING seq, message",
                 (conversation_id, batch_id),
             ).fetchall()
             batch = [json.loads(row["message"]) for row in sorted(rows, key=lambda row: row["seq"])]
-            if to_pending:  # debounce: back where they waited, for the next flush
-                record["pending_messages"] = [
-                    *({**m, "batch_id": None} for m in batch),
-                    *record.get("pending_messages", []),
-                ]
-                record["pending_version"] = record.get("pending_version", 0) + 1
-            record.update(conversation_status=PROCESSING_ERROR, last_error=reason)
+            return decisions.emergency_unlock(record, batch, reason=reason, now=now, to_pending=to_pending)
 
-        return self._fenced(conversation_id, batch_id, now, unlock)
+        return self._fenced(conversation_id, batch_id, unlock)
 
     def reset_stalled(self, conversation_id: str, batch_id: str, *, now: float) -> Record | None:
-        return self._fenced(
-            conversation_id, batch_id, now, lambda r, _: r.update(conversation_status=PROCESSING_TIMEOUT)
-        )
+        return self._fenced(conversation_id, batch_id, lambda *_: decisions.reset_stalled(now))
 
-    def _fenced(
-        self, conversation_id: str, batch_id: str | None, now: float, change: Change
-    ) -> Record | None:
-        """Unlock with `change`, only if `batch_id` holds the lock: the record after, or None."""
+    def _fenced(self, conversation_id: str, batch_id: str | None, unlock: Change) -> Record | None:
+        """An unlock only `batch_id`, the lock's holder, may make: `unlock` writes the message rows and
+        returns the record's changes. The record after, or None when `batch_id` does not hold the lock."""
 
-        def unlock(record: Record, conn: sqlite3.Connection) -> Record | None:
+        def fenced(record: Record, conn: sqlite3.Connection) -> Record | None:
             if not holds(record, batch_id):
                 return None
-            record.pop("lock_owner", None)
-            record.pop("sending", None)
-            change(record, conn)
-            record["updated_at"] = clock.iso(now)
+            changes = unlock(record, conn)
+            for name in decisions.LOCK_FIELDS:
+                record.pop(name, None)
+            record.update(changes)
             return record
 
-        return self._update(conversation_id, unlock)
+        return self._update(conversation_id, fenced)
+
+    def _decided(self, conversation_id: str, decide: Change, with_record: bool = False) -> LockOutcome:
+        """Read, `decide` (a `decisions.Write`), write what it decided: the outcome, `missing` when
+        there is no such conversation."""
+
+        def write(record: Record, conn: sqlite3.Connection) -> LockOutcome:
+            decision = decide(record, conn)
+            record.update(decision.changes)
+            self._append(conn, conversation_id, decision.append if decision.status == "acquired" else [])
+            written = decision.status in ("acquired", "added")
+            return decision.outcome(record if written or with_record else None), decision.writes
+
+        result = self._update(conversation_id, write, write_if=lambda result: result[1])
+        return result[0] if result else LockOutcome("missing")
+
+    @staticmethod
+    def _append(
+        conn: sqlite3.Connection, conversation_id: str, messages: list[Record], indexed: bool = False
+    ) -> None:
+        insert_messages(conn, conversation_id, messages)
+        if indexed:  # where a status callback finds the reply that its provider id is (a part of)
+            conn.executemany(
+                "INSERT OR REPLACE INTO deliveries (provider_id, conversation_id, message_id) VALUES (?, ?, ?)",
+                [(pid, conversation_id, m["message_id"]) for m in messages for pid in provider_ids(m)],
+            )
+
+    @staticmethod
+    def _existing(conversation_id: str, result: bool | None) -> bool:
+        if result is None:
+            raise StoreError(f"conversation {conversation_id} does not exist")
+        return result
 
     def _select(self, sql: str, args: tuple = ()) -> list[Record]:
         with _errors():
