@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: serve test test-floors lint clean
+.PHONY: serve test test-floors lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/.v$(CHECKOV_VERSION)  
 	$(BIN)/mypy
 	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 	$(MAKE) --no-print-directory test-floors
+
+bench: $(VENV)/.test-installed  ## run every benchmark the docs show; each output in bench/results/ (about an hour)
+	$(BIN)/python bench/all.py $(ARGS)
 
 # Declared lower bounds are tested ones: every runtime dependency at its floor (.ci/floors.txt), a
 # signed webhook end to end on both backends, replies through twilio's client to a fake Twilio API,
