@@ -136,23 +136,10 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
     if not text:
         raise OperatorError(400, "the reply is empty")
     record = conversation(runtime, conversation_id)
-    if flag(record.get("opted_out")):
-        raise OperatorError(409, "the person opted out (STOP): nothing is sent to them")
-    latest = next(
-        (
-            m
-            for m in reversed(runtime.store.messages(conversation_id, last=_THREAD))
-            if m.get("role") == "user"
-        ),
-        None,
-    )
-    if latest is None or latest.get("channel_type") not in CHANNELS:
-        raise OperatorError(409, "the person has not written yet: there is nobody to answer")
-    channel = CHANNELS[latest["channel_type"]]
-    if outside_window(record, channel.name, [latest]):
-        raise OperatorError(409, "WhatsApp's 24-hour window closed: only an approved template may go now")
+    latest = _to_answer(runtime, record)
     if not owned_by_human(record, runtime.settings.honor_hand_off_to_human):
         hand_off(runtime, conversation_id, "an operator replied", by=operator)
+    channel = CHANNELS[latest["channel_type"]]
     texts, _ = split_reply(text, channel.max_reply_length, runtime.settings.max_reply_parts)
     now = clock.iso()
     note = {
@@ -164,33 +151,55 @@ def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str
         "from": latest.get("to"),
         "timestamp": now,
     }
-    sent, failure, doubtful = [], None, False
-    for part in range(len(texts)):
-        went = send_part(runtime, note, part)
-        if not isinstance(went, Unsent):
-            sent.append(went)
-            continue
-        doubtful = went.how == AMBIGUOUS
-        if doubtful:  # it may have gone: recorded as such, so nobody sends it again
-            sent.append(in_doubt(note, part))
-        failure = _failure(went)
-        if went.how == REFUSED and getattr(went.error, "kind", None) == PERSON_OPTED_OUT:
-            runtime.store.write_unlocked(conversation_id, changes={"opted_out": True, "opted_out_at": now})
-        break
-    if failure is not None and sent:
-        failure = OperatorError(
-            failure.status, f"{failure}; {len(sent)} of {len(texts)} parts went and are in the thread"
-        )
+    sent, unsent = _send(runtime, note)
+    if (
+        unsent is not None
+        and unsent.how == REFUSED
+        and getattr(unsent.error, "kind", None) == PERSON_OPTED_OUT
+    ):
+        runtime.store.write_unlocked(conversation_id, changes={"opted_out": True, "opted_out_at": now})
     message = None
     if sent:
-        reply = recorded_reply({**note, "parts": sent, "in_doubt": doubtful})
+        reply = recorded_reply(
+            {**note, "parts": sent, "in_doubt": unsent is not None and unsent.how == AMBIGUOUS}
+        )
         message = {**reply, "role": "agent", "operator": operator}
         del message["batch_id"]  # the operator's own, not a batch of the conversation's
         runtime.store.write_unlocked(conversation_id, changes={"last_agent_reply_at": now}, message=message)
         runtime.metrics.add("AgentReplies")
-    if failure is not None:
-        raise failure
+    if unsent is not None:
+        failure = _failure(unsent)
+        went = f"; {len(sent)} of {len(texts)} parts went and are in the thread" if sent else ""
+        raise OperatorError(failure.status, f"{failure}{went}")
     return message
+
+
+def _to_answer(runtime: Runtime, record: dict[str, Any]) -> dict[str, Any]:
+    """The person's latest message, which the operator answers on its channel; OperatorError 409 when
+    nothing may be sent to them."""
+    if flag(record.get("opted_out")):
+        raise OperatorError(409, "the person opted out (STOP): nothing is sent to them")
+    recent = runtime.store.messages(record["conversation_id"], last=_THREAD)
+    latest = next((m for m in reversed(recent) if m.get("role") == "user"), None)
+    if latest is None or latest.get("channel_type") not in CHANNELS:
+        raise OperatorError(409, "the person has not written yet: there is nobody to answer")
+    if outside_window(record, latest["channel_type"], [latest]):
+        raise OperatorError(409, "WhatsApp's 24-hour window closed: only an approved template may go now")
+    return latest
+
+
+def _send(runtime: Runtime, note: dict[str, Any]) -> tuple[list[str], Unsent | None]:
+    """The note's parts, in order, until one does not surely go: the ids of those sent (one that may
+    have gone recorded as in doubt, so nobody sends it again), and the part that did not."""
+    sent: list[str] = []
+    for part in range(len(note["texts"])):
+        went = send_part(runtime, note, part)
+        if isinstance(went, Unsent):
+            if went.how == AMBIGUOUS:
+                sent.append(in_doubt(note, part))
+            return sent, went
+        sent.append(went)
+    return sent, None
 
 
 def _failure(unsent: Unsent) -> OperatorError:
