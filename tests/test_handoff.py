@@ -11,6 +11,7 @@ import asyncio
 import httpx2
 import pytest
 
+from replies_engine import operators
 from replies_engine.local.server import create_app
 
 from .conftest import conversation
@@ -56,6 +57,14 @@ def inbox(engine):
     return engine
 
 
+def token_of(engine, name: str, role: str = "agent") -> str:
+    """The personal token of operator `name`, whose account is made on first use."""
+    tokens = engine.__dict__.setdefault("operator_tokens", {})
+    if name not in tokens:
+        tokens[name] = operators.add(engine.runtime, name, role)["token"]
+    return tokens[name]
+
+
 def post(engine, text: str) -> str:
     params = whatsapp_text(text)
     assert engine.handle(twilio_event("whatsapp", params))["statusCode"] == 200
@@ -93,7 +102,10 @@ def test_a_human_reply_is_sent_and_recorded_then_the_hand_back_lets_the_ai_answe
     post(inbox, "I have a complaint")
 
     sent = inbox.api(
-        "POST", "/api/conversations/c1/reply", {"text": "Sorry! Sam here, sorting it.", "operator": "sam"}
+        "POST",
+        "/api/conversations/c1/reply",
+        {"text": "Sorry! Sam here, sorting it."},
+        token=token_of(inbox, "sam"),
     )
 
     assert sent.status_code == 200, sent.text
@@ -103,7 +115,10 @@ def test_a_human_reply_is_sent_and_recorded_then_the_hand_back_lets_the_ai_answe
     assert (agent["role"], agent["operator"], agent["message_id"]) == ("agent", "sam", entry["message_id"])
     assert inbox.api("GET", "/api/conversations").json()["conversations"][0]["label"] == "agent"
 
-    assert inbox.api("POST", "/api/conversations/c1/handback", {"operator": "sam"}).json()["owner"] == "ai"
+    assert (
+        inbox.api("POST", "/api/conversations/c1/handback", {}, token=token_of(inbox, "sam")).json()["owner"]
+        == "ai"
+    )
     recorder = inbox.runtime.responder = Recorder()
     answered_by_ai(inbox, "thanks, one more question")
 
@@ -137,7 +152,9 @@ def test_an_operator_taking_over_while_a_batch_is_in_flight_withholds_the_ai_rep
     post(inbox, "hello")
     inbox.deliver("whatsapp")  # the batch holds the lock; its context waits for the AI
 
-    taken = inbox.api("POST", "/api/conversations/c1/handoff", {"reason": "VIP customer", "operator": "kim"})
+    taken = inbox.api(
+        "POST", "/api/conversations/c1/handoff", {"reason": "VIP customer"}, token=token_of(inbox, "kim")
+    )
     inbox.deliver("ai")
 
     assert taken.json() == {"status": "handed_off", "owner": "human"}
@@ -148,7 +165,7 @@ def test_an_operator_taking_over_while_a_batch_is_in_flight_withholds_the_ai_rep
 def test_an_operator_reply_takes_the_conversation_over(inbox):
     answered_by_ai(inbox, "hello")
 
-    inbox.api("POST", "/api/conversations/c1/reply", {"text": "Kim here.", "operator": "kim"})
+    inbox.api("POST", "/api/conversations/c1/reply", {"text": "Kim here."}, token=token_of(inbox, "kim"))
 
     record = inbox.get()
     assert record["owner"] == "human" and record["handed_off_by"] == "kim"
@@ -175,7 +192,7 @@ def test_without_a_token_only_loopback_is_served(engine):
     assert Api(loopback=True)("GET", "/api/queues", token=None).status_code == 200
     refused = Api(loopback=False)("GET", "/api/queues", token=None)
 
-    assert refused.status_code == 403 and "OPERATOR_TOKEN" in refused.json()["error"]
+    assert refused.status_code == 401 and "OPERATOR_TOKEN" in refused.json()["error"]
 
 
 def test_bad_requests_get_clear_errors(inbox):
@@ -240,7 +257,7 @@ def test_without_a_token_a_page_that_rebinds_its_name_to_loopback_is_refused(eng
 
     rebound = api("GET", "/api/conversations/c1", token=None, headers={"Host": "evil.example:8080"})
 
-    assert rebound.status_code == 403 and engine.outbox() == []
+    assert rebound.status_code == 401 and engine.outbox() == []
 
 
 def test_a_retried_webhook_for_a_human_is_recorded_and_queued_once(inbox):
@@ -259,7 +276,7 @@ def test_a_locked_conversation_a_human_owns_takes_the_message_for_them(inbox):
     inbox.api = Api()
     post(inbox, "hello")
     inbox.deliver("whatsapp")  # locked by the AI's batch
-    inbox.api("POST", "/api/conversations/c1/handoff", {"reason": "VIP", "operator": "kim"})
+    inbox.api("POST", "/api/conversations/c1/handoff", {"reason": "VIP"}, token=token_of(inbox, "kim"))
 
     answer = inbox.handle(twilio_event("whatsapp", whatsapp_text("are you there?")))
 
@@ -307,7 +324,9 @@ def test_an_operator_reply_that_may_have_gone_is_recorded_and_not_sent_again(inb
     post(inbox, "hello")
     inbox.deliver("whatsapp")  # in the thread
 
-    answer = inbox.api("POST", "/api/conversations/c1/reply", {"text": "Kim here.", "operator": "kim"})
+    answer = inbox.api(
+        "POST", "/api/conversations/c1/reply", {"text": "Kim here."}, token=token_of(inbox, "kim")
+    )
 
     assert answer.status_code == 502 and "may have been sent" in answer.json()["error"]
     agent = inbox.get()["messages"][-1]

@@ -47,6 +47,20 @@ def env(engine_env):
 
 
 @pytest.fixture
+def tokens(env):
+    """Two operators' accounts: their personal tokens by name."""
+    return {name: cli_json(env, "operators", "add", name)["token"] for name in ("sam", "kim")}
+
+
+def log_in(page, url: str, name: str, token: str) -> None:
+    page.goto(f"{url}/inbox")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.locator("#me", has_text=name).wait_for()
+
+
+@pytest.fixture
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -66,7 +80,7 @@ def wait_for(predicate, seconds=10):
     return predicate()
 
 
-def test_an_operator_logs_in_answers_hands_back_and_the_ai_answers_the_next_message(env, browser):
+def test_an_operator_logs_in_answers_hands_back_and_the_ai_answers_the_next_message(env, tokens, browser):
     with serving(env) as (url, _):
         assert post_signed(url, whatsapp_text(f"I need help {HOSTILE}")).status_code == 200
         page = browser.new_page(viewport={"width": 1200, "height": 720})
@@ -74,9 +88,7 @@ def test_an_operator_logs_in_answers_hands_back_and_the_ai_answers_the_next_mess
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: problems.append(str(e)))
 
-        page.goto(f"{url}/inbox")
-        page.fill("input[name=token]", TOKEN)
-        page.click("button[type=submit]")
+        log_in(page, url, "sam", tokens["sam"])
         row = page.locator("#conversations li", has_text="c1")
         row.wait_for()
         assert row.locator(".label").inner_text() == "waiting for human"
@@ -86,7 +98,6 @@ def test_an_operator_logs_in_answers_hands_back_and_the_ai_answers_the_next_mess
         assert HOSTILE in page.locator(".thread li.user").last.inner_text()  # shown, not run
         assert page.locator(".thread img").count() == 0 and page.title() != "pwned"
 
-        page.fill("#operator", "sam")
         page.fill(".reply textarea", "Hi, Sam here. Let me sort this out.")
         page.click(".reply button[type=submit]")
         page.locator(".thread li.agent", has_text="Sam here").wait_for()
@@ -107,14 +118,45 @@ def test_an_operator_logs_in_answers_hands_back_and_the_ai_answers_the_next_mess
     assert problems == []
 
 
+def test_two_operators_see_each_others_claim_and_nobody_answers_twice(env, tokens, browser):
+    with serving(env) as (url, _):
+        assert post_signed(url, whatsapp_text("Is anyone there?")).status_code == 200
+        sam, kim = browser.new_page(), browser.new_page(viewport={"width": 390, "height": 844})
+        log_in(sam, url, "sam", tokens["sam"])
+        log_in(kim, url, "kim", tokens["kim"])
+        for page in (sam, kim):
+            page.locator("#conversations li", has_text="c1").click()
+
+        sam.click("button.assign")
+        sam.locator(".head .assigned", has_text="claimed by you").wait_for()
+        kim.locator(".head .assigned", has_text="claimed by sam").wait_for()
+        kim.locator("#conversations li .assigned", has_text="claimed by sam").wait_for()
+        kim.once("dialog", lambda dialog: dialog.dismiss())  # "Take it over and send?": no
+        kim.fill(".reply textarea", "Kim here!")
+        kim.click(".reply button[type=submit]")
+        kim.locator(".reply .error", has_text="sam has claimed this conversation").wait_for()
+        ARTIFACTS.mkdir(exist_ok=True)
+        kim.screenshot(path=str(ARTIFACTS / "inbox-claimed-390.png"))
+
+        sam.fill(".reply textarea", "Sam here, on it.")
+        sam.click(".reply button[type=submit]")
+        kim.locator(".thread li.agent", has_text="Sam here").wait_for()
+
+    record = cli_json(env, "conversations", "show", "c1")
+    assert [m["operator"] for m in record["messages"] if m["role"] == "agent"] == ["sam"]
+    assert record["assigned_to"] == "sam"
+    assert [entry["body"] for entry in cli_json(env, "outbox", "list")] == ["Sam here, on it."]
+
+
 def test_the_inbox_asks_for_the_token_and_refuses_a_wrong_one(env, browser):
     with serving(env) as (url, _):
         page = browser.new_page()
         page.goto(f"{url}/inbox")
+        page.fill("input[name=name]", "sam")
         page.fill("input[name=token]", "not-the-token")
         page.click("button[type=submit]")
 
-        assert "That is not the operator token." in page.content()
+        assert "that name and token do not match an operator" in page.content()
         assert page.locator("#conversations").count() == 0
         api = page.request.get(f"{url}/api/conversations")
         assert api.status == 401

@@ -32,7 +32,8 @@ LOCAL_ONLY = set(SECRET_VARIABLES) | {
     "BATCH_WINDOW_SECONDS",
     "BATCH_CONCURRENCY",  # Lambda's concurrency is the event source mapping's
     "REPLY_CONCURRENCY",
-    "OPERATOR_TOKEN",  # the inbox of `serve`: no Lambda serves it
+    "OPERATOR_TOKEN",  # the inbox of `serve`: no Lambda serves it yet
+    "OPERATOR_SESSION_HOURS",
 }
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from .channels import CHANNELS, EMAIL, TWILIO
 from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
-from .ports import ConversationStore, MessageQueue, Outbox, Responder, SecretSource, Sender
+from .ports import ConversationStore, MessageQueue, OperatorStore, Outbox, Responder, SecretSource, Sender
 
 if TYPE_CHECKING:
     from .replies.media import MediaFetcher, Transcriber
@@ -33,7 +33,13 @@ class Components:
     metrics: Metrics
     secrets: SecretSource  # the backend's own: tokens made locally, Secrets Manager in AWS
     outbox: Outbox
+    make_operators: Callable[[], OperatorStore] = field(default=lambda: _no_operators())
     close: Callable[[], None] = field(default=lambda: None)
+
+    @cached_property
+    def operators(self) -> OperatorStore:
+        """The operators' accounts, made on first use: only the inbox and the command line need them."""
+        return self.make_operators()
 
     @cached_property
     def responder(self) -> Responder:
@@ -175,6 +181,7 @@ def build_runtime(settings: Settings) -> Components:
             SqliteMessageQueue,
             SqliteOutbox,
         )
+        from .adapters.sqlite.operators import SqliteOperators
 
         database = Database(settings.sqlite_path, settings.sqlite_busy_timeout_ms)
         return Components(
@@ -184,6 +191,7 @@ def build_runtime(settings: Settings) -> Components:
             metrics=Metrics(),
             secrets=LocalSecrets(database),
             outbox=SqliteOutbox(database),
+            make_operators=lambda: SqliteOperators(database),
             close=database.close,
         )
     from .adapters.aws import DynamoConversationStore, SecretsManagerSecrets, SqsMessageQueue
@@ -199,7 +207,20 @@ def build_runtime(settings: Settings) -> Components:
         metrics=Metrics(emf_namespace="RepliesEngine"),
         secrets=SecretsManagerSecrets(settings.twilio_secret_name, settings.engine_secret_name),
         outbox=SqsOutbox(queue),
+        make_operators=lambda: _dynamo_operators(settings),
     )
+
+
+def _dynamo_operators(settings: Settings) -> OperatorStore:
+    from .adapters.aws.operators import DynamoOperators
+
+    if not settings.operators_table:
+        raise ConfigurationError("REPLIES_BACKEND=aws needs OPERATORS_TABLE for the operators' accounts")
+    return DynamoOperators(settings.operators_table)
+
+
+def _no_operators() -> OperatorStore:
+    raise ConfigurationError("this runtime was built without an operators' store")
 
 
 _runtime: Components | None = None

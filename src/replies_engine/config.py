@@ -26,6 +26,7 @@ class Settings:
     sqlite_busy_timeout_ms: int = 2000
     conversations_table: str | None = None
     messages_table: str | None = None
+    operators_table: str | None = None
     queue_urls: Mapping[str, str] = field(default_factory=dict)
     batch_delay_seconds: int = 10
     requeue_delay_seconds: int = 15
@@ -49,7 +50,8 @@ class Settings:
     help_reply_text: str | None = None  # the answer to HELP/INFO; unset: HELP is a message like any
     whatsapp_template_content_sid: str | None = None  # sent instead when WhatsApp's 24-hour window closed
     max_reply_parts: int = 10  # a long reply goes out in at most this many parts
-    operator_token: str | None = None  # the inbox's and its API's password (`serve`)
+    operator_token: str | None = None  # the bootstrap admin credential of the inbox and its API
+    operator_session_hours: float = 12  # a page session lasts this long
     handoff_auto_return_hours: float = 0  # a human silent this long hands the conversation back; 0: never
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
@@ -107,6 +109,7 @@ class Settings:
             sqlite_busy_timeout_ms=env.integer("REPLIES_SQLITE_BUSY_TIMEOUT_MS", 2000, 0, 600_000),
             conversations_table=env.text("CONVERSATIONS_TABLE"),
             messages_table=env.text("MESSAGES_TABLE"),
+            operators_table=env.text("OPERATORS_TABLE"),
             queue_urls={
                 name: url
                 for queue in ("whatsapp", "sms", "email", "handoff", "ai", "outbox")
@@ -139,6 +142,7 @@ class Settings:
             whatsapp_template_content_sid=env.text("WHATSAPP_TEMPLATE_CONTENT_SID"),
             max_reply_parts=env.integer("MAX_REPLY_PARTS", 10, 1, 50),
             operator_token=env.text("OPERATOR_TOKEN"),
+            operator_session_hours=env.number("OPERATOR_SESSION_HOURS", 12, 0.1, 24 * 30),
             handoff_auto_return_hours=env.number("HANDOFF_AUTO_RETURN_HOURS", 0, 0, 24 * 365),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),

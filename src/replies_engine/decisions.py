@@ -187,6 +187,15 @@ def refuse(record: Record, message: Record) -> Record | None:
     return {"refused_messages": [*refused, message]}
 
 
+def claim(record: Record, operator: str, *, take_over: bool, now: float) -> Record | None:
+    """An operator claims the conversation (nobody answers twice): the fields to set, or None when
+    another operator holds it and this is not a take-over."""
+    holder = record.get("assigned_to")
+    if holder and holder != operator and not take_over:
+        return None
+    return {"assigned_to": operator, "assigned_at": clock.iso(now)}
+
+
 def delivery(message: Record, status: str, error_code: str | None, now: float) -> Record | None:
     """A status callback's fields on the reply it names, or None when it moves nothing (out of order)."""
     if not delivery_moves(message.get("delivery_status"), status):

@@ -94,6 +94,7 @@ def hand_back(runtime: Runtime, conversation_id: str, *, by: str) -> dict[str, A
                 "handed_back_at": now,
                 "auto_queue_reply_message": False,
                 "hand_off_to_human": False,
+                "assigned_to": None,  # the claim ends with the human's turn
             },
             message=event("handed_back", text, now, by=by),
         )
@@ -129,14 +130,35 @@ def notify_handoff(runtime: Runtime, record: dict[str, Any], reason: str, by: st
     )
 
 
-def human_reply(runtime: Runtime, conversation_id: str, text: str, operator: str) -> dict[str, Any]:
+def assign(
+    runtime: Runtime, conversation_id: str, operator: str, *, take_over: bool = False
+) -> dict[str, Any]:
+    """`operator` claims the conversation, so that nobody answers twice: the record after.
+    OperatorError 409 when another operator holds it and this is not a take-over."""
+    claimed, record = runtime.store.assign(conversation_id, operator, take_over=take_over, now=clock.now())
+    if record is None:
+        raise OperatorError(404, f"no conversation {conversation_id!r}")
+    if not claimed:
+        raise OperatorError(
+            409, f"{record.get('assigned_to')} has claimed this conversation: take it over to answer it"
+        )
+    logger.info("conversation claimed", extra={"conversation_id": conversation_id, "operator": operator})
+    return record
+
+
+def human_reply(
+    runtime: Runtime, conversation_id: str, text: str, operator: str, *, take_over: bool = False
+) -> dict[str, Any]:
     """Send an operator's reply to the person, by the channel's rules, and record it. Replying takes the
-    conversation over (a human owns it from then on, so the AI never answers beside them)."""
-    text, operator = (text or "").strip(), (operator or "").strip() or "operator"
+    conversation over (a human owns it from then on, so the AI never answers beside them) and claims
+    it; one another operator has claimed is answered only as a take-over (OperatorError 409)."""
+    text = (text or "").strip()
     if not text:
         raise OperatorError(400, "the reply is empty")
     record = conversation(runtime, conversation_id)
     latest = _to_answer(runtime, record)
+    if record.get("assigned_to") != operator:
+        assign(runtime, conversation_id, operator, take_over=take_over)
     if not owned_by_human(record, runtime.settings.honor_hand_off_to_human):
         hand_off(runtime, conversation_id, "an operator replied", by=operator)
     channel = CHANNELS[latest["channel_type"]]

@@ -192,6 +192,14 @@ class ConversationStore(Protocol):
         did not hold the lock."""
         ...
 
+    def assign(
+        self, conversation_id: str, operator: str, *, take_over: bool, now: float
+    ) -> tuple[bool, Record | None]:
+        """Claim the conversation for `operator` (`assigned_to`, `assigned_at`), unless another operator
+        holds it and this is not `take_over`: (claimed, the record after, or as it is when not);
+        (False, None) when there is no such conversation."""
+        ...
+
     def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
         """A status callback: `delivery_status` (and `delivery_error_code`) of the reply that
         `provider_id` is (a part of), only moving forward (`conversation.delivery_moves`). Returns
@@ -372,6 +380,44 @@ class SecretSource(Protocol):
         ...
 
 
+class OperatorStore(Protocol):
+    """The operators' accounts, their page sessions and the failed logins counted against brute force.
+    An account is `{"name", "role", "token_hash", "created_at"}`: its token is kept only as a hash."""
+
+    def add_operator(self, account: Record) -> bool:
+        """Create the account; False when one with its name exists."""
+        ...
+
+    def replace_token(self, name: str, token_hash: str) -> Record | None:
+        """The account with a new token (the old one stops working at once); None when there is none."""
+        ...
+
+    def remove_operator(self, name: str) -> bool:
+        """Delete the account (its token and sessions stop working at once); False when there was none."""
+        ...
+
+    def operator(self, name: str) -> Record | None: ...
+
+    def operators(self) -> list[Record]:
+        """Every account, by name."""
+        ...
+
+    def operator_by_token(self, token_hash: str) -> Record | None: ...
+
+    def add_session(self, session_hash: str, session: Record) -> None:
+        """A page session: `{"name", "credential", "expires_at"}` (unix seconds)."""
+        ...
+
+    def session(self, session_hash: str) -> Record | None: ...
+
+    def count_failure(self, key: str, window: int) -> int:
+        """One more failed login for `key` (an account or an address) in the time window `window`; the
+        count in that window after it."""
+        ...
+
+    def failures(self, key: str, window: int) -> int: ...
+
+
 class Runtime(Protocol):
     """What a stage is handed: the settings and the adapters the composition root (`bootstrap`) built
     for this process. Stages depend on this, never on how it is built."""
@@ -398,6 +444,9 @@ class Runtime(Protocol):
 
     @property
     def projects(self) -> dict[str, dict[str, Any]]: ...  # PROJECTS_FILE
+
+    @property
+    def operators(self) -> OperatorStore: ...
 
     def secret(self, name: str, refresh: bool = False) -> str | None: ...
 

@@ -13,10 +13,12 @@ import sys
 from typing import Any
 
 from .. import clock
+from .. import operators as operators_
 from ..bootstrap import get_runtime
 from ..channels import CHANNELS, QUEUES, normalize_record_keys
 from ..config import ConfigurationError
 from ..handlers import stalled_sweeper
+from ..operators import AGENT, ROLES
 from ..ports import BackendError, QueuedMessage
 
 logger = logging.getLogger("replies_engine.cli")
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("replies_engine.bootstrap").setLevel(logging.ERROR)
     try:
         result = args.command(args)
-    except UsageError as exc:
+    except (UsageError, operators_.OperatorsError) as exc:
         print(f"replies-engine: {exc}", file=sys.stderr)
         return 2
     except (ConfigurationError, BackendError) as exc:
@@ -66,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     serve = add_parser(commands, "serve", help="run the whole engine on this machine")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    consume = serve.add_mutually_exclusive_group()
+    consume.add_argument(
+        "--inbox-only",
+        dest="workers",
+        action="store_false",
+        default=None,
+        help="serve the webhooks, the inbox and its API, but consume no queue (the default with REPLIES_BACKEND=aws)",
+    )
+    consume.add_argument(
+        "--workers",
+        dest="workers",
+        action="store_true",
+        help="also run the queue workers and the sweeper (the default with the embedded backend)",
+    )
     serve.set_defaults(command=_serve)
 
     conversations = add_parser(commands, "conversations", help="ConversationsTable records").add_subparsers(
@@ -105,6 +121,23 @@ def _parser() -> argparse.ArgumentParser:
     outbox_list = add_parser(outbox, "list", help="every reply in the outbox")
     outbox_list.set_defaults(command=lambda args: get_runtime().outbox.list())
 
+    operators = add_parser(commands, "operators", help="the inbox's operators' accounts").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    op_add = add_parser(operators, "add", help="a new account; prints its token, shown this once")
+    op_add.add_argument("name")
+    op_add.add_argument("--role", choices=ROLES, default=AGENT, help="agent (default) or admin")
+    op_add.set_defaults(command=lambda args: operators_.add(get_runtime(), args.name, args.role))
+    op_reset = add_parser(operators, "reset", help="a new token for NAME; the old one and its sessions end")
+    op_reset.add_argument("name")
+    op_reset.set_defaults(command=lambda args: operators_.reset(get_runtime(), args.name))
+    op_remove = add_parser(operators, "remove", help="remove NAME: its token and sessions end at once")
+    op_remove.add_argument("name")
+    op_remove.set_defaults(command=lambda args: operators_.remove(get_runtime(), args.name))
+    add_parser(operators, "list", help="every account (never a token)").set_defaults(
+        command=lambda args: operators_.accounts(get_runtime())
+    )
+
     migrate = add_parser(commands, "migrate", help="move messages out of records an older engine wrote")
     migrate.set_defaults(command=_migrate)
 
@@ -126,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> None:
     from .engine import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, workers=args.workers)
 
 
 def _import(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """`replies-engine serve`: the whole engine in one process: the HTTP server, the queue workers and
-the sweeper, all calling the same handlers as in Lambda."""
+the sweeper, all calling the same handlers as in Lambda; or, `--inbox-only` (the default against the
+AWS backend), the HTTP server alone."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from ..config import ConfigurationError, Settings
 logger = logging.getLogger("replies_engine.engine")
 
 
-def serve(host: str, port: int) -> None:
-    """Serve the webhooks on http://host:port and run the workers until interrupted (Ctrl-C)."""
+def serve(host: str, port: int, *, workers: bool | None = None) -> None:
+    """Serve the webhooks and the inbox on http://host:port and, with `workers`, run the queue workers
+    and the sweeper, until interrupted (Ctrl-C). By default the embedded backend runs them and the AWS
+    backend does not: there the stack's functions consume its queues, and a laptop beside them must not
+    (`--workers` says otherwise)."""
     import uvicorn
 
     from .server import create_app
@@ -23,7 +27,9 @@ def serve(host: str, port: int) -> None:
 
     runtime = get_runtime()  # fail now, not on the first request, when the configuration is wrong
     settings = runtime.settings
-    held = _only_engine_on(settings)  # noqa: F841 (held open: released when the process ends)
+    if workers is None:
+        workers = settings.backend == "sqlite"
+    held = _only_engine_on(settings) if workers else None  # noqa: F841 (held open until the process ends)
     database = os.path.abspath(settings.sqlite_path) if settings.backend == "sqlite" else None
     startup = {"url": f"http://{host}:{port}", "backend": settings.backend, "database": database}
     # Without credentials of their own, requests are signed with the engine's (`replies-engine send` uses them).
@@ -31,8 +37,11 @@ def serve(host: str, port: int) -> None:
         startup["twilio_auth_token"] = runtime.twilio_auth_token()
     if settings.verify_signatures != "off" and settings.email_auth and not settings.email_webhook_token:
         startup["email_webhook_token"] = runtime.secret("EMAIL_WEBHOOK_TOKEN")
-    engine = LocalEngine(runtime)
-    engine.start()
+    if not workers:
+        startup["workers"] = "none: the inbox and the API only"
+    engine = LocalEngine(runtime) if workers else None
+    if engine is not None:
+        engine.start()
     print(  # for the person at the keyboard, before the JSON logs
         " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in startup.items() if v).replace("url ", "serving "),
         file=sys.stderr,
@@ -45,7 +54,8 @@ def serve(host: str, port: int) -> None:
             create_app(loopback=loopback), host=host, port=port, log_level="warning", access_log=False
         )
     finally:
-        engine.stop()
+        if engine is not None:
+            engine.stop()
         logger.info("replies-engine stopped")
 
 

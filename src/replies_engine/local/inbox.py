@@ -4,25 +4,28 @@ webhooks (and runnable against the AWS backend from a laptop: `REPLIES_BACKEND=a
 The page is static HTML, CSS and a little JS shipped in the package (`static/`: no build step, no CDN);
 it renders what the API returns with textContent only, since message bodies come from strangers.
 
+    GET  /api/me                                      who is logged in: {"name", "role"}
     GET  /api/conversations?owner=human|ai&status=S   the list: owner, status, last message, waiting
     GET  /api/conversations/{id}                      the record and its thread
-    POST /api/conversations/{id}/reply                {"text", "operator"}: a human's reply, sent
-    POST /api/conversations/{id}/handoff              {"reason", "operator"}: a human answers from now
-    POST /api/conversations/{id}/handback             {"operator"}: the AI answers again
+    POST /api/conversations/{id}/reply                {"text", "take_over"?}: a human's reply, sent
+    POST /api/conversations/{id}/assign               {"take_over"?}: claim it (`assigned_to`)
+    POST /api/conversations/{id}/handoff              {"reason"}: a human answers from now
+    POST /api/conversations/{id}/handback             the AI answers again (the claim is released)
     GET  /api/queues                                  per queue: available, delayed, in flight
     GET  /api/stats                                   received, answered, handed off…, time to first reply
-    GET  /api/dlq/{name}                              what a DLQ holds (the embedded engine)
-    POST /api/dlq/{name}/redrive                      back to its queue
+    GET  /api/dlq/{name}                              what a DLQ holds (the embedded engine; admins)
+    POST /api/dlq/{name}/redrive                      back to its queue (admins)
 
-Every request needs OPERATOR_TOKEN, as `Authorization: Bearer …` or the cookie the page's login form
-sets; with no token configured, only a `serve` that listens on loopback answers. Writes take JSON
-bodies only: a cross-site form cannot post them (and the cookie is SameSite=Strict), so no CSRF token
-is needed.
+Every request is an operator's (`operators.py`): a personal token as `Authorization: Bearer …`, or the
+session cookie the page's login form (name and token) sets; OPERATOR_TOKEN acts as an admin. With no
+OPERATOR_TOKEN, a `serve` that listens on loopback answers without credentials too (as `local`). The
+operator recorded on a reply, a hand-off, a hand-back and a claim is the one logged in, never a body
+field. Writes take JSON bodies only: a cross-site form cannot post them (and the cookie is
+SameSite=Strict), so no CSRF token is needed.
 """
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 import logging
@@ -38,11 +41,12 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import clock
+from .. import clock, operators
 from ..bootstrap import get_runtime
 from ..channels import QUEUES
 from ..conversation import AI, HUMAN, owned_by_human
-from ..handoff import OperatorError, conversation, hand_back, hand_off, human_reply
+from ..handoff import OperatorError, assign, conversation, hand_back, hand_off, human_reply
+from ..operators import ADMIN, LOCAL_OPERATOR, Operator, OperatorsError
 from ..ports import BackendError, TransientBackendError
 
 logger = logging.getLogger(__name__)
@@ -59,20 +63,31 @@ def inbox_routes(loopback: bool) -> list[Route | Mount]:
     """The page and the API; `loopback`: the server listens on loopback only (no token needed then)."""
 
     async def page(request: Request) -> Response:
-        if refused(request, loopback) is not None:
+        if isinstance(await run_in_threadpool(who, request, loopback), Response):
             return _login_page(request, status=200)
         return FileResponse(STATIC / "inbox.html", headers=_PAGE_HEADERS)
 
     async def login(request: Request) -> Response:
         # the form is urlencoded: read here, not with Starlette's parser (it needs python-multipart)
         form = parse_qs((await _bounded_body(request)).decode("utf-8", "replace"))
-        token = get_runtime().settings.operator_token
-        offered = (form.get("token") or [""])[0]
-        if token is None or not hmac.compare_digest(offered.encode(), token.encode()):
-            return _login_page(request, status=401, error="That is not the operator token.")
+        name, token = (form.get("name") or [""])[0], (form.get("token") or [""])[0]
+        try:
+            session, operator = await run_in_threadpool(
+                operators.login, get_runtime(), name, token, _address(request)
+            )
+        except OperatorsError as exc:
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+            return _login_page(request, status=exc.status, error=str(exc), headers=headers)
+        logger.info("operator logged in", extra={"operator": operator.name, "role": operator.role})
         response = RedirectResponse("/inbox", status_code=303)
         response.set_cookie(
-            COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+            COOKIE,
+            session,
+            max_age=int(get_runtime().settings.operator_session_hours * 3600),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
         )
         return response
 
@@ -98,30 +113,35 @@ _PAGE_HEADERS = {
 }
 
 
-def _login_page(request: Request, status: int, error: str = "") -> HTMLResponse:
+def _login_page(
+    request: Request, status: int, error: str = "", headers: dict[str, str] | None = None
+) -> HTMLResponse:
     notice = f'<p class="error">{html.escape(error)}</p>' if error else ""
-    if get_runtime().settings.operator_token is None:
-        notice = '<p class="error">Set OPERATOR_TOKEN, or serve on 127.0.0.1: the inbox is closed.</p>'
     body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>replies-engine · log in</title><link rel="stylesheet" href="/inbox/static/inbox.css">
 <link rel="icon" href="/inbox/static/icon.svg"></head>
 <body><form class="login" method="post" action="/inbox/login"><h1>replies-engine inbox</h1>{notice}
-<label>Operator token <input name="token" type="password" autocomplete="current-password" required autofocus></label>
-<button type="submit">Log in</button></form></body></html>"""
-    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+<label>Name <input name="name" autocomplete="username" autocapitalize="none" autofocus></label>
+<label>Token <input name="token" type="password" autocomplete="current-password" required></label>
+<button type="submit">Log in</button>
+<p class="hint">Your token comes from <code>replies-engine operators add NAME</code>.</p></form></body></html>"""
+    return HTMLResponse(body, status_code=status, headers={**_PAGE_HEADERS, **(headers or {})})
 
 
 def _api_routes(loopback: bool) -> list[Route]:
 
-    def guarded(work: Callable[..., Any]) -> Endpoint:
+    def guarded(work: Callable[..., Any], admin: bool = False) -> Endpoint:
         async def endpoint(request: Request) -> Response:
-            refusal = refused(request, loopback)
-            if refusal is not None:
-                return refusal
+            operator = await run_in_threadpool(who, request, loopback)
+            if isinstance(operator, Response):
+                return operator
+            if admin and not operator.is_admin:
+                return JSONResponse({"error": "only an admin may do this"}, status_code=403)
             try:
                 body = await _json_body(request) if request.method == "POST" else {}
                 result = await run_in_threadpool(
-                    work, body, **request.path_params, query=request.query_params
+                    work, body, **request.path_params, query=request.query_params, operator=operator
                 )
             except OperatorError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -132,46 +152,53 @@ def _api_routes(loopback: bool) -> list[Route]:
             except Exception:
                 logger.exception("operator API request failed", extra={"path": request.url.path})
                 return JSONResponse({"error": "unexpected error (logged)"}, status_code=500)
+            if request.method == "POST":  # the audit trail: who did what, when (and in the thread's events)
+                logger.info("operator action", extra={"operator": operator.name, "action": request.url.path})
             return JSONResponse(result)
 
         return endpoint
 
     return [
+        Route("/api/me", guarded(lambda body, *, query, operator: vars(operator)), methods=["GET"]),
         Route("/api/conversations", guarded(_conversations), methods=["GET"]),
         Route("/api/conversations/{conversation_id}", guarded(_conversation), methods=["GET"]),
         Route("/api/conversations/{conversation_id}/reply", guarded(_reply), methods=["POST"]),
+        Route("/api/conversations/{conversation_id}/assign", guarded(_assign), methods=["POST"]),
         Route("/api/conversations/{conversation_id}/handoff", guarded(_handoff), methods=["POST"]),
         Route("/api/conversations/{conversation_id}/handback", guarded(_handback), methods=["POST"]),
         Route("/api/queues", guarded(_queues), methods=["GET"]),
         Route("/api/stats", guarded(_stats), methods=["GET"]),
-        Route("/api/dlq/{name}", guarded(_dlq), methods=["GET"]),
-        Route("/api/dlq/{name}/redrive", guarded(_redrive), methods=["POST"]),
+        Route("/api/dlq/{name}", guarded(_dlq, admin=True), methods=["GET"]),
+        Route("/api/dlq/{name}/redrive", guarded(_redrive, admin=True), methods=["POST"]),
     ]
 
 
-def refused(request: Request, loopback: bool) -> Response | None:
-    """None when the request carries the operator token (or none is needed), else a 401 (403 when no
-    token is configured and the server is reachable from beyond loopback)."""
-    token = get_runtime().settings.operator_token
-    if token is None:
+def who(request: Request, loopback: bool) -> Operator | Response:
+    """The operator a request is from (its session cookie, or its bearer token), or the refusal: 401
+    without valid credentials, 429 past the failed attempts' limits, 403 when nothing can open the door."""
+    runtime = get_runtime()
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    try:
+        if scheme.lower() == "bearer":
+            return operators.by_token(runtime, credentials.strip(), _address(request))
+        if (session := request.cookies.get(COOKIE)) and (found := operators.by_session(runtime, session)):
+            return found
+    except OperatorsError as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+    if runtime.settings.operator_token is None and loopback and request.url.hostname in _LOOPBACK_NAMES:
         # loopback only, and for a loopback name: a page elsewhere that rebinds its own name to
         # 127.0.0.1 (DNS rebinding) sends its own Host, and is refused
-        if loopback and request.url.hostname in _LOOPBACK_NAMES:
-            return None
-        return JSONResponse(
-            {"error": "set OPERATOR_TOKEN: without one the inbox answers on loopback only"}, status_code=403
-        )
-    offered = request.cookies.get(COOKIE) or ""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        offered = credentials.strip()
-    if offered and hmac.compare_digest(offered.encode(), token.encode()):
-        return None
+        return Operator(LOCAL_OPERATOR, ADMIN)
     return JSONResponse(
-        {"error": "missing or wrong operator token"},
+        {"error": "log in: a personal token (replies-engine operators add NAME) or OPERATOR_TOKEN"},
         status_code=401,
         headers={"WWW-Authenticate": 'Bearer realm="replies-engine"'},
     )
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -197,8 +224,11 @@ async def _bounded_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def _operator(body: dict[str, Any]) -> str:
-    return _text(body, "operator").strip() or "operator"
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise OperatorError(400, f"{name!r} must be true or false")
+    return value
 
 
 def _text(body: dict[str, Any], name: str, default: str = "") -> str:
@@ -211,7 +241,7 @@ def _text(body: dict[str, Any], name: str, default: str = "") -> str:
 # --- the endpoints' work (in a thread: the stores are synchronous) -----------------------------------
 
 
-def _conversations(body: dict, *, query: Any) -> dict[str, Any]:
+def _conversations(body: dict, *, query: Any, operator: Operator) -> dict[str, Any]:
     runtime = get_runtime()
     owner, status = query.get("owner"), query.get("status")
     if owner not in (None, AI, HUMAN):
@@ -243,37 +273,46 @@ def summary(record: dict[str, Any], last: dict[str, Any] | None, is_human: bool)
         "conversation_status": record.get("conversation_status"),
         "opted_out": bool(record.get("opted_out")),
         "handoff_reason": record.get("handoff_reason") if is_human else None,
+        "assigned_to": record.get("assigned_to"),
         "last_message": last,
         "waiting_seconds": waiting,
     }
 
 
-def _conversation(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
+def _conversation(body: dict, *, conversation_id: str, query: Any, operator: Operator) -> dict[str, Any]:
     runtime = get_runtime()
     return {**conversation(runtime, conversation_id), "messages": runtime.store.messages(conversation_id)}
 
 
-def _reply(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
-    message = human_reply(get_runtime(), conversation_id, _text(body, "text"), _operator(body))
+def _reply(body: dict, *, conversation_id: str, query: Any, operator: Operator) -> dict[str, Any]:
+    text = _text(body, "text")
+    message = human_reply(
+        get_runtime(), conversation_id, text, operator.name, take_over=_flag(body, "take_over")
+    )
     return {"status": "sent", "message": message}
 
 
-def _handoff(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
+def _assign(body: dict, *, conversation_id: str, query: Any, operator: Operator) -> dict[str, Any]:
+    record = assign(get_runtime(), conversation_id, operator.name, take_over=_flag(body, "take_over"))
+    return {"status": "assigned", "assigned_to": record["assigned_to"]}
+
+
+def _handoff(body: dict, *, conversation_id: str, query: Any, operator: Operator) -> dict[str, Any]:
     reason = _text(body, "reason").strip() or "an operator took over"
-    record = hand_off(get_runtime(), conversation_id, reason, by=_operator(body))
+    record = hand_off(get_runtime(), conversation_id, reason, by=operator.name)
     return {"status": "handed_off", "owner": record.get("owner")}
 
 
-def _handback(body: dict, *, conversation_id: str, query: Any) -> dict[str, Any]:
-    record = hand_back(get_runtime(), conversation_id, by=_operator(body))
+def _handback(body: dict, *, conversation_id: str, query: Any, operator: Operator) -> dict[str, Any]:
+    record = hand_back(get_runtime(), conversation_id, by=operator.name)
     return {"status": "handed_back", "owner": record.get("owner")}
 
 
-def _queues(body: dict, *, query: Any) -> dict[str, Any]:
+def _queues(body: dict, *, query: Any, operator: Operator) -> dict[str, Any]:
     return get_runtime().queue.stats()
 
 
-def _stats(body: dict, *, query: Any) -> dict[str, Any]:
+def _stats(body: dict, *, query: Any, operator: Operator) -> dict[str, Any]:
     """What the inbox shows above the list, from the conversations as stored (a read of every
     thread: an operator's tool, not a hot path) and the queues' counts."""
     runtime = get_runtime()
@@ -331,7 +370,7 @@ def _dead_letters(name: str) -> str:
     return f"{name}-dlq"
 
 
-def _dlq(body: dict, *, name: str, query: Any) -> dict[str, Any]:
+def _dlq(body: dict, *, name: str, query: Any, operator: Operator) -> dict[str, Any]:
     from ..ports import QueueError
 
     try:
@@ -346,6 +385,6 @@ def _dlq(body: dict, *, name: str, query: Any) -> dict[str, Any]:
     }
 
 
-def _redrive(body: dict, *, name: str, query: Any) -> dict[str, Any]:
+def _redrive(body: dict, *, name: str, query: Any, operator: Operator) -> dict[str, Any]:
     _dead_letters(name)
     return {"redriven": get_runtime().queue.redrive(name)}

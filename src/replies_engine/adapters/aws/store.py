@@ -267,6 +267,30 @@ class DynamoConversationStore(LegacyShape):
             return after(record, written, removed=_UNLOCKED)
         raise contended(conversation_id)
 
+    def assign(
+        self, conversation_id: str, operator: str, *, take_over: bool, now: float
+    ) -> tuple[bool, Record | None]:
+        for _ in range(ATTEMPTS):
+            record = self.get(conversation_id)
+            if record is None:
+                return False, None
+            changes = decisions.claim(record, operator, take_over=take_over, now=now)
+            if changes is None:
+                return False, record
+            holder = record.get("assigned_to")
+            condition = (
+                "assigned_to = :holder"
+                if holder
+                else "(attribute_not_exists(assigned_to) OR assigned_to = :holder)"
+            )
+            try:
+                return True, self._updated(
+                    self._update_op(conversation_id, changes, condition, {":holder": holder})
+                )
+            except ConditionFailed:
+                continue  # claimed meanwhile: decide again
+        raise contended(conversation_id)
+
     def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
         return self.messages_table.record_delivery(provider_id, status, error_code, now)
 

@@ -18,7 +18,9 @@ from ...channels import GSIS
 from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
-SCHEMA_VERSION = 6  # 3: messages in their own table; 4: deliveries; 5: ai_turns; 6: recipient_bsuid
+SCHEMA_VERSION = (
+    7  # 3: messages in their own table; 4: deliveries; 5: ai_turns; 6: recipient_bsuid; 7: operators
+)
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
 _INDEXED_ATTRS = sorted(
@@ -80,6 +82,22 @@ _SCHEMA = "\n".join(
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
           message_id TEXT NOT NULL UNIQUE,
           entry TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS operators (
+          name TEXT PRIMARY KEY,
+          token_hash TEXT NOT NULL UNIQUE,
+          account TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS operator_sessions (
+          session_hash TEXT PRIMARY KEY,
+          session TEXT NOT NULL,
+          expires_at REAL NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS login_failures (
+          key TEXT NOT NULL,
+          window INTEGER NOT NULL,
+          failures INTEGER NOT NULL,
+          PRIMARY KEY (key, window)
         );
         """,
         f"PRAGMA user_version = {SCHEMA_VERSION};",

@@ -195,6 +195,16 @@ class SqliteConversationStore:
 
         return self._fenced(conversation_id, batch_id, release)
 
+    def assign(
+        self, conversation_id: str, operator: str, *, take_over: bool, now: float
+    ) -> tuple[bool, Record | None]:
+        def claim(record: Record, _: sqlite3.Connection) -> tuple[bool, Record]:
+            changes = decisions.claim(record, operator, take_over=take_over, now=now)
+            record.update(changes or {})
+            return changes is not None, record
+
+        return self._update(conversation_id, claim, write_if=lambda result: result[0]) or (False, None)
+
     def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
         with _errors(), self._db.transaction() as conn:
             row = conn.execute(

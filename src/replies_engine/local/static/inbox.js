@@ -2,7 +2,7 @@
 // bodies come from strangers), refreshed every 2 seconds.
 "use strict";
 
-const state = { owner: "", selected: null, rendered: "", polls: 0 };
+const state = { owner: "", selected: null, rendered: "", polls: 0, me: null };
 const STATS_EVERY = 5; // the figures read every thread: every 10 s, not every 2 s
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -26,7 +26,11 @@ async function api(path, body) {
     throw new Error("logged out");
   }
   const data = await response.json();
-  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(data.error || `HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   return data;
 }
 
@@ -48,6 +52,7 @@ function renderList(rows) {
       if (row.conversation_id === state.selected) item.classList.add("selected");
       const top = element("div", "row");
       top.append(element("b", "", row.conversation_id), element("span", `label ${row.label}`, LABELS[row.label]));
+      if (row.assigned_to) top.append(element("span", "assigned", `claimed by ${row.assigned_to}`));
       const bottom = element("div", "row");
       bottom.append(
         element("span", "last", row.last_message ? row.last_message.content : ""),
@@ -85,6 +90,7 @@ function renderThread(record) {
   if (!view || section.dataset.id !== record.conversation_id) {
     section.replaceChildren($("#thread-template").content.cloneNode(true));
     section.dataset.id = record.conversation_id;
+    $(".assign", section).addEventListener("click", () => claim());
     $(".handoff", section).addEventListener("click", () => act("handoff", { reason: "an operator took over" }));
     $(".handback", section).addEventListener("click", () => act("handback", {}));
     $(".reply", section).addEventListener("submit", reply);
@@ -93,6 +99,10 @@ function renderThread(record) {
   $("h2", section).textContent = record.conversation_id;
   const human = record.owner === "human";
   $(".owner", section).textContent = human ? "a human answers" : "the AI answers";
+  const mine = state.me && record.assigned_to === state.me.name;
+  $(".assigned", section).textContent = record.assigned_to ? `claimed by ${mine ? "you" : record.assigned_to}` : "";
+  $(".assign", section).hidden = !human || mine;
+  $(".assign", section).textContent = record.assigned_to && !mine ? "Take over the claim" : "Claim";
   $(".handoff", section).hidden = human;
   $(".handback", section).hidden = !human;
   view.replaceChildren(
@@ -126,16 +136,21 @@ function select(id) {
   refresh();
 }
 
-function operator() {
-  const name = $("#operator").value.trim() || "operator";
-  localStorage.setItem("operator", name);
-  return name;
-}
-
 async function act(action, body) {
-  await api(`/api/conversations/${encodeURIComponent(state.selected)}/${action}`, { ...body, operator: operator() });
+  await api(`/api/conversations/${encodeURIComponent(state.selected)}/${action}`, body);
   state.rendered = "";
   refresh();
+}
+
+// A conversation another operator claimed is answered only after saying so: nobody answers twice.
+async function claim() {
+  try {
+    await act("assign", {});
+  } catch (failure) {
+    if (failure.status === 409 && window.confirm(`${failure.message}. Take it over?`)) {
+      await act("assign", { take_over: true });
+    }
+  }
 }
 
 async function reply(event) {
@@ -144,7 +159,12 @@ async function reply(event) {
   const error = $(".error", form);
   error.textContent = "";
   try {
-    await act("reply", { text: form.text.value });
+    try {
+      await act("reply", { text: form.text.value });
+    } catch (failure) {
+      if (failure.status !== 409 || !window.confirm(`${failure.message}. Take it over and send?`)) throw failure;
+      await act("reply", { text: form.text.value, take_over: true });
+    }
     form.text.value = "";
   } catch (failure) {
     error.textContent = failure.message;
@@ -152,7 +172,10 @@ async function reply(event) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("#operator").value = localStorage.getItem("operator") || "operator";
+  api("/api/me").then((me) => {
+    state.me = me;
+    $("#me").textContent = `${me.name} (${me.role})`;
+  });
   for (const button of document.querySelectorAll(".filters button")) {
     button.addEventListener("click", () => {
       document.querySelectorAll(".filters button").forEach((b) => b.classList.toggle("active", b === button));
