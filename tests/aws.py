@@ -100,6 +100,7 @@ class Stack:
         self.dynamodb = session.client("dynamodb", endpoint_url=endpoint)
         self.sqs = session.client("sqs", endpoint_url=endpoint)
         self.secrets = session.client("secretsmanager", endpoint_url=endpoint)
+        self.sns = session.client("sns", endpoint_url=endpoint)
         self.refs: dict[str, str] = {}  # logical id → what !Ref gives (table name, queue URL)
         self.queue_names: dict[str, str] = {}  # logical id → queue name
         self._create()
@@ -120,6 +121,10 @@ class Stack:
                 **indexes,
             )
             self.refs[logical_id] = name
+        for logical_id, resource in self.resources.items():
+            if resource["Type"] == "AWS::SNS::Topic":
+                topic = f"{self.prefix}-{logical_id}"
+                self.refs[logical_id] = self.sns.create_topic(Name=topic)["TopicArn"]
         queues = {k: v for k, v in self.resources.items() if v["Type"] == "AWS::SQS::Queue"}
         # dead-letter queues first: the others name them in their redrive policy
         for logical_id in sorted(queues, key=lambda k: "RedrivePolicy" in queues[k].get("Properties", {})):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from replies_engine.bootstrap import get_runtime, reset_runtime
-from replies_engine.handlers import batch_processor, reply_sender, webhook_handler
+from replies_engine.handlers import batch_processor, handoff_notifier, reply_sender, webhook_handler
 from replies_engine.local.workers import QueueWorker
 from replies_engine.ports import Runtime
 
@@ -111,13 +111,15 @@ class Engine:
         """The local engine's worker for `queue`, wired to the same handler as in Lambda."""
         if queue == "ai":
             return QueueWorker(self.runtime, queue, reply_sender)
+        if queue == "handoff":
+            return QueueWorker(self.runtime, queue, handoff_notifier)
         return QueueWorker(self.runtime, queue, batch_processor, self.runtime.settings.batch_window_seconds)
 
     def deliver(self, queue: str, wait_seconds: float = 5) -> int:
         """Wait for visible messages on `queue` and run one batch of them through its handler, as the
         local engine's worker does; in debounce mode a batch queue's messages and then the flush tokens
         they scheduled. How many people's messages it handed over (flush tokens are not counted)."""
-        if queue == "ai" or self.runtime.settings.batching_mode != "debounce":
+        if queue in ("ai", "handoff") or self.runtime.settings.batching_mode != "debounce":
             return self.worker(queue).poll_once(wait_seconds=wait_seconds)
         handed = Counter()
 

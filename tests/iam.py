@@ -170,6 +170,8 @@ def needs(prefix: str, operation: str, params: Mapping[str, Any]) -> list[Need]:
             ]
         if "QueueName" in params:  # GetQueueUrl
             return [need(operation, queue_arn(params["QueueName"]))]
+    if prefix == "sns" and operation == "Publish":
+        return [need(operation, params["TopicArn"])]
     if prefix == "secretsmanager" and "SecretId" in params:
         return [need(operation, secret_arn(params["SecretId"]))]
     if prefix == "ses" and operation == "SendEmail":
@@ -291,8 +293,8 @@ class Resolver:
         if name in self.parameters:
             return self.parameters[name]
         kind = self.resources.get(name, {}).get("Type")
-        if kind in ("AWS::DynamoDB::Table", "AWS::SQS::Queue"):
-            return self.stack.refs[name]  # the table's name, the queue's URL
+        if kind in ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic"):
+            return self.stack.refs[name]  # the table's name, the queue's URL, the topic's ARN
         if kind == "AWS::SecretsManager::Secret":
             return secret_arn(self.physical_name(name, "Name"))
         if kind in _NAME_PROPERTIES:
@@ -310,6 +312,8 @@ class Resolver:
             return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.ref(name)}"
         if kind == "AWS::IAM::Role" and attribute == "Arn":
             return f"arn:aws:iam::{ACCOUNT}:role/{self.ref(name)}"
+        if kind == "AWS::KMS::Key" and attribute == "Arn":
+            return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{self.stack.prefix}-{name}"
         if kind == "AWS::Logs::LogGroup" and attribute == "Arn":
             return f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{self.ref(name)}:*"
         raise Unsupported(f"GetAtt {name}.{attribute} ({kind})")

@@ -233,6 +233,13 @@ class FakeStack:
         self.refs.update(
             {k: f"tfake-{k}" for k, v in resources.items() if v["Type"] == "AWS::DynamoDB::Table"}
         )
+        self.refs.update(
+            {
+                k: f"arn:aws:sns:{REGION}:{ACCOUNT}:tfake-{k}"
+                for k, v in resources.items()
+                if v["Type"] == "AWS::SNS::Topic"
+            }
+        )
 
 
 @aws_only

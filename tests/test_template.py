@@ -87,12 +87,13 @@ def functions() -> dict:
     return {k: v for k, v in template()["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
 
 
-def test_the_four_functions_of_the_design_are_there():
+def test_the_four_functions_of_the_design_are_there_and_the_handoff_notifier():
     assert set(functions()) == {
         "IncomingWebhookHandler",
         "BatchProcessorLambda",
         "ReplySenderLambda",
         "StalledConversationSweeper",
+        "HandoffNotifier",
     }
 
 
@@ -380,7 +381,7 @@ def test_each_function_has_a_role_of_its_own_scoped_to_the_stacks_resources():
     stack = deployed()
     statements = roles(stack)
 
-    assert len(statements) == 4 and len({id(s) for s in statements.values()}) == 4
+    assert len(statements) == 5 and len({id(s) for s in statements.values()}) == 5
     for function, granted in statements.items():
         for statement in granted:
             assert statement["Effect"] == "Allow" and set(statement) == {"Effect", "Action", "Resource"}
@@ -439,7 +440,7 @@ def test_the_webhook_keeps_its_concurrency_and_every_queue_trigger_is_capped():
         not in deployed(WebhookReservedConcurrency="0")["Resources"]["IncomingWebhookHandler"]["Properties"]
     )
     mappings = [v["Properties"] for v in resources.values() if v["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert len(mappings) == 4
+    assert len(mappings) == 5
     assert all(m["ScalingConfig"]["MaximumConcurrency"] for m in mappings)
 
 

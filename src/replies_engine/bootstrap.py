@@ -14,7 +14,16 @@ from urllib.parse import urlsplit
 from .channels import CHANNELS, EMAIL, TWILIO
 from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
-from .ports import ConversationStore, MessageQueue, OperatorStore, Outbox, Responder, SecretSource, Sender
+from .ports import (
+    ConversationStore,
+    MessageQueue,
+    Notifier,
+    OperatorStore,
+    Outbox,
+    Responder,
+    SecretSource,
+    Sender,
+)
 
 if TYPE_CHECKING:
     from .replies.media import MediaFetcher, Transcriber
@@ -35,6 +44,22 @@ class Components:
     outbox: Outbox
     make_operators: Callable[[], OperatorStore] = field(default=lambda: _no_operators())
     close: Callable[[], None] = field(default=lambda: None)
+
+    @cached_property
+    def notifiers(self) -> list[Notifier]:
+        """Who is told that a person waits for a human: HANDOFF_WEBHOOK_URL, HANDOFF_TOPIC_ARN (AWS)."""
+        found: list[Notifier] = []
+        if self.settings.handoff_webhook_url:
+            from .adapters.notifiers import WebhookNotifier
+
+            found.append(
+                WebhookNotifier(self.settings.handoff_webhook_url, self.secret("HANDOFF_WEBHOOK_SECRET"))
+            )
+        if self.settings.handoff_topic_arn:
+            from .adapters.aws.sns import SnsNotifier
+
+            found.append(SnsNotifier(self.settings.handoff_topic_arn))
+        return found
 
     @cached_property
     def operators(self) -> OperatorStore:

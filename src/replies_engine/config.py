@@ -52,6 +52,9 @@ class Settings:
     max_reply_parts: int = 10  # a long reply goes out in at most this many parts
     operator_token: str | None = None  # the bootstrap admin credential of the inbox and its API
     operator_session_hours: float = 12  # a page session lasts this long
+    handoff_webhook_url: str | None = None  # told when a person waits for a human (JSON, signed)
+    handoff_webhook_secret: str | None = None  # signs it
+    handoff_topic_arn: str | None = None  # AWS: an SNS topic told the same
     handoff_auto_return_hours: float = 0  # a human silent this long hands the conversation back; 0: never
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
@@ -143,6 +146,9 @@ class Settings:
             max_reply_parts=env.integer("MAX_REPLY_PARTS", 10, 1, 50),
             operator_token=env.text("OPERATOR_TOKEN"),
             operator_session_hours=env.number("OPERATOR_SESSION_HOURS", 12, 0.1, 24 * 30),
+            handoff_webhook_url=env.text("HANDOFF_WEBHOOK_URL"),
+            handoff_webhook_secret=env.text("HANDOFF_WEBHOOK_SECRET"),
+            handoff_topic_arn=env.text("HANDOFF_TOPIC_ARN"),
             handoff_auto_return_hours=env.number("HANDOFF_AUTO_RETURN_HOURS", 0, 0, 24 * 365),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
@@ -179,6 +185,10 @@ class Settings:
             reply_concurrency=env.integer("REPLY_CONCURRENCY", 64, 1, 1024),
         )
         _check_batching(settings)
+        if settings.handoff_webhook_url and not _is_http_url(settings.handoff_webhook_url):
+            raise ConfigurationError(
+                f"HANDOFF_WEBHOOK_URL={settings.handoff_webhook_url!r} is not an http(s) URL"
+            )
         if settings.responder == "http":
             if not settings.agent_url:
                 raise ConfigurationError("AGENT_URL is required with RESPONDER=http")

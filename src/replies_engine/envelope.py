@@ -220,6 +220,15 @@ _CONTEXT_KEYS: dict[str, type] = {
 }
 
 
+def read_handoff(body: str) -> dict[str, Any]:
+    """A handoff queue item (a person's message for a human, a hand-off notice, an AI context that a
+    human takes): an object naming its conversation."""
+    item = _object(body)
+    if not isinstance(item.get("conversation_id"), str) or not item["conversation_id"]:
+        raise Unreadable("no conversation_id")
+    return item
+
+
 def read_ai_context(body: str) -> dict[str, Any]:
     """The AI queue's context (stage 2's `build_ai_context`), its shape checked."""
     context = _object(body)

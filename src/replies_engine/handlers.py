@@ -38,3 +38,11 @@ def stalled_sweeper(event: dict[str, Any], context: Any) -> dict[str, int]:
     from .sweeper import sweep
 
     return sweep(get_runtime())
+
+
+def handoff_notifier(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The handoff queue: people told that a person waits for a human → partial batch failures."""
+    from .bootstrap import get_runtime
+    from .notices import notify_handoffs
+
+    return notify_handoffs(event, get_runtime())

@@ -368,7 +368,17 @@ SECRET_VARIABLES = (
     "TRANSCRIBE_API_KEY",
     "AGENT_SECRET",
     "SMTP_URL",
+    "HANDOFF_WEBHOOK_SECRET",
 )
+
+
+class Notifier(Protocol):
+    """Tells people that a person waits for a human (`notices.py`): a webhook, an SNS topic."""
+
+    def notify(self, notice: Record) -> None:
+        """Deliver the notice (`{"kind", "text", "conversation_id", …}`); raises when it did not go, so
+        that the queue gives it again (and dead-letters it in the end)."""
+        ...
 
 
 class SecretSource(Protocol):
@@ -447,6 +457,9 @@ class Runtime(Protocol):
 
     @property
     def operators(self) -> OperatorStore: ...
+
+    @property
+    def notifiers(self) -> list[Notifier]: ...  # HANDOFF_WEBHOOK_URL, HANDOFF_TOPIC_ARN
 
     def secret(self, name: str, refresh: bool = False) -> str | None: ...
 

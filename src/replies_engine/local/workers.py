@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import handlers
-from ..channels import AI_QUEUE, BATCH_QUEUES
+from ..channels import AI_QUEUE, BATCH_QUEUES, HANDOFF_QUEUE
 from ..config import ConfigurationError
 from ..ports import QueuedMessage, Runtime, TransientBackendError
 
@@ -144,7 +144,8 @@ class QueueWorker:
 
 
 class LocalEngine:
-    """A pool of workers per queue (batch queues, the AI queue), and the sweeper on a timer."""
+    """A pool of workers per queue (batch queues, the AI queue, the handoff queue), and the sweeper on a
+    timer."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -178,6 +179,8 @@ class LocalEngine:
                 runtime, AI_QUEUE, handlers.reply_sender, batch_size=1, concurrency=settings.reply_concurrency
             )
         )
+        # the hand-off notices: one worker, they are few
+        self.workers.append(QueueWorker(runtime, HANDOFF_QUEUE, handlers.handoff_notifier))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

@@ -1,0 +1,120 @@
+"""The handoff queue's consumer: people are told when a person waits for a human.
+
+The queue holds what goes to a human: each message of a conversation a human answers (stage 1), the
+notice of a hand-off by the AI or an operator (`handoff.notify_handoff`), and an AI context whose reply
+could not go (WhatsApp's window closed). From them the notifiers (`Runtime.notifiers`: a webhook, an
+SNS topic) get ONE notice per hand-off, never one per message: a message is a hand-off's only when it
+started it (a routing rule handed the conversation over on it). While an operator holds the
+conversation (`assigned_to`), they are told of each new message the person sends. A notice that does
+not go fails its record: the queue gives it again, and dead-letters it past its redrive policy.
+Without a notifier configured the records are acknowledged: the inbox, not the queue, is where
+operators see who waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import envelope
+from .envelope import Unreadable
+from .observability import mask
+from .ports import Record, Runtime
+
+logger = logging.getLogger(__name__)
+
+HANDOFF, MESSAGE = "handoff", "message"  # a notice's kind
+
+
+def notify_handoffs(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    """An SQS event from the handoff queue → `{"batchItemFailures": [...]}`."""
+    failed: list[str] = []
+    for read in envelope.records(event, envelope.read_handoff):
+        if isinstance(read, Unreadable):
+            failed += envelope.failure(read, "handoff", runtime.metrics)
+            continue
+        record, item = read
+        try:
+            notice = notice_for(item, runtime)
+            if notice is not None:
+                for notifier in runtime.notifiers:
+                    notifier.notify(notice)
+                runtime.metrics.add("HandoffNotices", kind=notice["kind"])
+                logger.info(
+                    "hand-off notice sent",
+                    extra={"conversation_id": notice["conversation_id"], "kind": notice["kind"]},
+                )
+        except Exception:
+            logger.exception("hand-off notice failed; retried", extra={"sqs_message_id": record.message_id})
+            failed.append(record.message_id)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+def notice_for(item: dict[str, Any], runtime: Runtime) -> Record | None:
+    """The notice a handoff queue item is worth, or None (a message of a hand-off already told). A
+    person's message carries its conversation's fields (the envelope), `handoff_reason` among them:
+    only a notice's `kind`, or an AI context's `messages`, make an item a hand-off of its own."""
+    conversation = runtime.store.get(item["conversation_id"]) or item.get("conversation") or {}
+    conversation = {
+        **conversation,
+        "conversation_id": item["conversation_id"],
+        "channel_type": item.get("channel_type") or conversation.get("channel_type"),
+    }
+    if item.get("kind") == HANDOFF:
+        return _notice(HANDOFF, conversation, runtime, reason=item.get("handoff_reason"), by=item.get("by"))
+    if isinstance(item.get("messages"), list):  # an AI context whose reply could not go
+        return _notice(HANDOFF, conversation, runtime, reason=item.get("handoff_reason"), by="ai")
+    if _started_the_handoff(item, conversation):
+        return _notice(HANDOFF, conversation, runtime, reason=conversation.get("handoff_reason"), by="rule")
+    if holder := conversation.get("assigned_to"):
+        return _notice(MESSAGE, conversation, runtime, to=holder, message=item.get("body") or "")
+    return None
+
+
+def _started_the_handoff(item: dict[str, Any], conversation: Record) -> bool:
+    """Did this message hand the conversation over (a routing rule, on its arrival)?"""
+    return (
+        conversation.get("handed_off_by") == "rule"
+        and bool(item.get("received_at"))
+        and conversation.get("handed_off_at") == item.get("received_at")
+    )
+
+
+def _notice(kind: str, conversation: Record, runtime: Runtime, **fields: Any) -> Record:
+    """The notice: who waits (their name and a masked address: notices are read in chat channels), on
+    which channel, why, and where to answer; `text` for a chat webhook, `subject` for email."""
+    who = _who(conversation)
+    channel = conversation.get("channel_type") or ""
+    inbox = f"{runtime.settings.public_base_url}/inbox" if runtime.settings.public_base_url else None
+    if kind == HANDOFF:
+        text = f"{who} waits for a human on {channel or 'a channel'}: {fields.get('reason') or 'a human is needed'}."
+        subject = f"A person waits for a human: {who}"
+    else:
+        text = f"{who} wrote again in the conversation you hold ({fields['to']})."
+        subject = f"New message from {who}"
+    if inbox:
+        text += f" {inbox}"
+    return {
+        "kind": kind,
+        "text": text,
+        "subject": subject,
+        "conversation_id": conversation["conversation_id"],
+        "channel": channel,
+        "person": who,
+        "inbox_url": inbox,
+        **{k: v for k, v in fields.items() if k != "message"},
+    }
+
+
+def _who(conversation: Record) -> str:
+    name = conversation.get("profile_name")
+    address = next(
+        (
+            conversation[k]
+            for k in ("gsi_recipient_tel", "gsi_recipient_email", "recipient_bsuid")
+            if isinstance(conversation.get(k), str) and conversation[k]
+        ),
+        None,
+    )
+    masked = mask(address) if address else None
+    return " ".join(filter(None, [name, f"({masked})" if masked and name else masked])) or "Someone"
