@@ -112,7 +112,9 @@ def test_a_notice_that_does_not_go_is_retried_not_lost(told, receiver):
 def test_on_aws_the_hand_off_topic_is_told_too(told, receiver):
     stack = told.stack
     inbox = stack.sqs.create_queue(QueueName=f"{stack.prefix}-subscriber")["QueueUrl"]
-    arn = stack.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    arn = stack.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     stack.sns.subscribe(TopicArn=stack.refs["HandoffTopic"], Protocol="sqs", Endpoint=arn)
     told.put(conversation(auto_queue_reply_message=True))
     post(told, "Hello?")

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from replies_engine import clock, operators
-from replies_engine.local.inbox import COOKIE
+from replies_engine.inbox.app import COOKIE
 from replies_engine.local.server import create_app
 from replies_engine.operators import MAX_FAILURES_PER_ACCOUNT, MAX_FAILURES_PER_ADDRESS, OperatorsError
 

@@ -87,13 +87,14 @@ def functions() -> dict:
     return {k: v for k, v in template()["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
 
 
-def test_the_four_functions_of_the_design_are_there_and_the_handoff_notifier():
+def test_the_four_functions_of_the_design_are_there_with_the_notifier_and_the_inbox():
     assert set(functions()) == {
         "IncomingWebhookHandler",
         "BatchProcessorLambda",
         "ReplySenderLambda",
         "StalledConversationSweeper",
         "HandoffNotifier",
+        "OperatorInbox",
     }
 
 
@@ -305,14 +306,18 @@ def test_either_api_type_deploys_one_api_that_reaches_the_webhook_handler(api_ty
         k for k, v in resources.items() if v["Type"] in {"AWS::ApiGateway::RestApi", "AWS::ApiGatewayV2::Api"}
     }
     assert apis == {api}
-    # every route the handler serves, each a POST to it
+    # every route the webhook handler serves, each a POST to it; the inbox's, to the inbox function
     paths = resources[api]["Properties"]["Body"]["paths"]
-    assert set(paths) == {"/whatsapp", "/sms", "/email", "/email/{provider}", "/twilio/status"}
-    for route in paths.values():
-        assert "IncomingWebhookHandler" in references(route["post"]["x-amazon-apigateway-integration"]["uri"])
-    permission = resources["WebhookInvokePermission"]["Properties"]
-    assert references(permission["SourceArn"]) & set(resources) == {api}
-    for name in ["WhatsAppWebhookUrl", "SmsWebhookUrl", "EmailWebhookUrl", "StatusCallbackUrl"]:
+    webhooks = {"/whatsapp", "/sms", "/email", "/email/{provider}", "/twilio/status"}
+    assert set(paths) == webhooks | {"/inbox", "/inbox/{proxy+}", "/api/{proxy+}"}
+    for path, route in paths.items():
+        [(method, operation)] = route.items()
+        function = "IncomingWebhookHandler" if path in webhooks else "OperatorInbox"
+        assert function in references(operation["x-amazon-apigateway-integration"]["uri"]), path
+        assert method == "post" if path in webhooks else method in ("get", "x-amazon-apigateway-any-method")
+    for permission in ("WebhookInvokePermission", "InboxInvokePermission"):
+        assert references(resources[permission]["Properties"]["SourceArn"]) & set(resources) == {api}
+    for name in ["WhatsAppWebhookUrl", "SmsWebhookUrl", "EmailWebhookUrl", "StatusCallbackUrl", "InboxUrl"]:
         assert api in references(stack["Outputs"][name]["Value"]), name
     # nothing names a resource this choice leaves out
     for name, resource in resources.items():
@@ -381,7 +386,7 @@ def test_each_function_has_a_role_of_its_own_scoped_to_the_stacks_resources():
     stack = deployed()
     statements = roles(stack)
 
-    assert len(statements) == 5 and len({id(s) for s in statements.values()}) == 5
+    assert len(statements) == 6 and len({id(s) for s in statements.values()}) == 6
     for function, granted in statements.items():
         for statement in granted:
             assert statement["Effect"] == "Allow" and set(statement) == {"Effect", "Action", "Resource"}
@@ -399,11 +404,13 @@ def test_ses_is_granted_only_with_ses_and_only_for_the_stacks_identities():
 
     assert ses_grants(deployed()) == []
     identities = {"EmailSender": "ses", "SesIdentities": "company.example,support@other.example"}
-    [grant] = ses_grants(deployed(**identities))
-    assert value(grant["Resource"], parameter_values(template(), identities)) == [
-        "arn:aws:ses:*:*:identity/company.example",
-        "arn:aws:ses:*:*:identity/support@other.example",
-    ]
+    grants = ses_grants(deployed(**identities))  # the AI's replies, and the operators'
+    assert len(grants) == 2
+    for grant in grants:
+        assert value(grant["Resource"], parameter_values(template(), identities)) == [
+            "arn:aws:ses:*:*:identity/company.example",
+            "arn:aws:ses:*:*:identity/support@other.example",
+        ]
 
 
 @pytest.mark.parametrize("api_type", ["REST", "HTTP"])
@@ -423,8 +430,9 @@ def test_the_edge_logs_every_request_without_its_body_and_throttles_each_route(a
         throttled = {m["ResourcePath"][1:].replace("~1", "/") for m in stage["MethodSettings"]}
         assert all(m["ThrottlingRateLimit"] > 0 for m in stage["MethodSettings"])
     else:
-        throttled = {route.removeprefix("POST ") for route in stage["RouteSettings"]}
-    assert throttled == {"/whatsapp", "/sms", "/email", "/email/{provider}", "/twilio/status"}
+        throttled = {route.split(" ", 1)[1] for route in stage["RouteSettings"]}
+    webhooks = {"/whatsapp", "/sms", "/email", "/email/{provider}", "/twilio/status"}
+    assert throttled == webhooks | {"/inbox", "/inbox/{proxy+}", "/api/{proxy+}"}
     assert "WebAclAssociation" not in resources
     waf = "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/edge/1"
     assert ("WebAclAssociation" in deployed(api_type, WafWebAclArn=waf)["Resources"]) == (api_type == "REST")

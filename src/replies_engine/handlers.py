@@ -1,4 +1,5 @@
-"""The Lambda entry points (docs/design.md §2). Thin: each hands the event to its stage.
+"""The Lambda entry points (docs/design.md §2): the four stages', the hand-off notifier's and the
+operators' inbox's. Thin: each hands the event to its stage.
 
 Importing this module reads no configuration and touches no backend; the first call does.
 """
@@ -46,3 +47,11 @@ def handoff_notifier(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from .notices import notify_handoffs
 
     return notify_handoffs(event, get_runtime())
+
+
+def operator_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The operators' inbox and its API: API Gateway proxy event → API Gateway proxy response."""
+    from .bootstrap import get_runtime
+    from .inbox.app import handle
+
+    return handle(event, get_runtime())

@@ -1,6 +1,6 @@
 """The local HTTP server: each request becomes an API Gateway REST proxy event for the same handler
 that runs in Lambda (with the raw query string besides, as payload 2.0 has it), and the handler's
-response goes back unchanged."""
+response goes back unchanged: the webhooks' handler, and for `/inbox…` and `/api/…` the inbox's."""
 
 from __future__ import annotations
 
@@ -69,9 +69,24 @@ async def to_proxy_event(request: Request) -> dict[str, Any] | None:
 
 def create_app(handler: Handler = webhook_handler, *, loopback: bool = False) -> Starlette:
     """The webhooks (any other path: the handler answers, as API Gateway would pass it on) and the
-    operators' API (`inbox.py`); `loopback`: the server listens on loopback only."""
-    from .inbox import inbox_routes
+    operators' inbox and API (`inbox/app.py`); `loopback`: the server listens on loopback only."""
 
+    def inbox(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        from ..bootstrap import get_runtime
+        from ..inbox.app import handle
+
+        return handle(event, get_runtime(), loopback=loopback)
+
+    routes = [
+        Route("/inbox", _endpoint(inbox), methods=_METHODS),
+        Route("/inbox/{path:path}", _endpoint(inbox), methods=_METHODS),
+        Route("/api/{path:path}", _endpoint(inbox), methods=_METHODS),
+        Route("/{path:path}", _endpoint(handler), methods=_METHODS),
+    ]
+    return Starlette(routes=routes)
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
         event = await to_proxy_event(request)
         if event is None:
@@ -85,6 +100,9 @@ def create_app(handler: Handler = webhook_handler, *, loopback: bool = False) ->
         body = result.get("body") or ""
         if result.get("isBase64Encoded"):
             body = base64.b64decode(body)
-        return Response(body, status_code=result["statusCode"], headers=result.get("headers") or {})
+        response = Response(body, status_code=result["statusCode"], headers=result.get("headers") or {})
+        for value in (result.get("multiValueHeaders") or {}).get("Set-Cookie", []):
+            response.raw_headers.append((b"set-cookie", value.encode("latin-1")))
+        return response
 
-    return Starlette(routes=[*inbox_routes(loopback), Route("/{path:path}", endpoint, methods=_METHODS)])
+    return endpoint

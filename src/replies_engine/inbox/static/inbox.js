@@ -13,6 +13,9 @@ function element(tag, className, text) {
   return node;
 }
 
+// The API's prefix: the stage of an API Gateway URL (`/dev`), or nothing.
+const BASE = document.body ? document.body.dataset.base || "" : "";
+
 async function api(path, body) {
   const options = { credentials: "same-origin", headers: {} };
   if (body !== undefined) {
@@ -20,7 +23,7 @@ async function api(path, body) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  const response = await fetch(BASE + path, options);
   if (response.status === 401) {
     window.location.reload(); // the login form
     throw new Error("logged out");
