@@ -8,7 +8,8 @@ import     `import <module>` of each entry point's stage, next to `import boto3`
 Each call does its stage's real work: stage 1 queues a signed WhatsApp message; stage 2 takes one
 person's message (debounce: into pending_messages, its flush token sent); stage 3 answers a conversation
 its batch holds the lock of (the local responder, the outbox, the unlock); the sweeper looks for
-expired locks.
+expired locks; the notifier publishes a hand-off's notice to the topic; the inbox lists the
+conversations for an operator's bearer token.
 
   .venv/bin/python bench/cold_start.py [--runs 5]
 """
@@ -27,15 +28,17 @@ sys.path.insert(0, str(ROOT))
 
 from tests.aws import Stack, start_moto  # noqa: E402
 from tests.conftest import conversation  # noqa: E402
-from tests.payloads import sid, twilio_event, whatsapp_text  # noqa: E402
+from tests.payloads import api_event, sid, twilio_event, whatsapp_text  # noqa: E402
 
-from replies_engine import clock  # noqa: E402
+from replies_engine import clock, operators  # noqa: E402
 
 STAGES = {
     "webhook_handler": "replies_engine.webhook.pipeline",
     "batch_processor": "replies_engine.batching.processor",
     "reply_sender": "replies_engine.replies.pipeline",
     "stalled_sweeper": "replies_engine.sweeper",
+    "handoff_notifier": "replies_engine.notices",
+    "operator_handler": "replies_engine.inbox.app",
 }
 
 # A child process: import the handler, call it twice, print the times.
@@ -48,9 +51,9 @@ imported = time.perf_counter()
 first_event, second_event = json.loads(sys.argv[2])
 handler(first_event, None)
 first = time.perf_counter()
-handler(second_event, None)
+answer = handler(second_event, None)
 second = time.perf_counter()
-print(json.dumps({"first": first - imported, "second": second - first}))
+print(json.dumps({"first": first - imported, "second": second - first, "answer": answer}, default=str))
 """
 
 
@@ -91,7 +94,23 @@ def events(name: str, store) -> list[dict]:
                                  "messages": [message], "history": [], "conversation": {},
                                  "reply_address": {"from": message["to"], "to": message["from"]}}))  # fmt: skip
         return contexts
+    if name == "handoff_notifier":
+        notice = {"kind": "handoff", "conversation_id": "c1", "handoff_reason": "a refund", "by": "ai"}
+        return [sqs(notice) for _ in range(2)]
+    if name == "operator_handler":
+        token = operators.add(Store(store), f"op{sid('')[:8].lower()}")["token"]
+        request = api_event("/api/conversations", None, {"Authorization": f"Bearer {token}"}, method="GET")
+        return [request, request]
     return [{"source": "aws.events"}] * 2
+
+
+class Store:
+    """What `operators.add` needs of a runtime: the operators' store."""
+
+    def __init__(self, store) -> None:
+        from replies_engine.adapters.aws.operators import DynamoOperators
+
+        self.operators = DynamoOperators(os.environ["OPERATORS_TABLE"])
 
 
 def main() -> None:
@@ -139,6 +158,9 @@ def main() -> None:
             and (status := store.get("c2")["conversation_status"]) != "ai_response_sent"
         ):
             sys.exit(f"stage 3 did not answer the conversation it was given: {status}")  # the work timed
+        answered = calls[-1]["answer"]
+        if answered.get("statusCode", 200) != 200 or answered.get("batchItemFailures"):
+            sys.exit(f"{name} did not do its work: {answered}")
     server.shutdown()
 
 

@@ -67,7 +67,7 @@ def test_voice_notes_are_transcribed_and_everyone_answered():
     [
         ("history.py", ("--backends", "sqlite", "--histories", "10,100", "--repeat", "2"), "100"),
         ("webhook.py", ("--requests", "20", "--clients", "1"), "serve,"),
-        ("cold_start.py", ("--runs", "1"), "stalled_sweeper"),
+        ("cold_start.py", ("--runs", "1"), "operator_handler"),
     ],
 )
 def test_the_other_benchmarks_print_their_tables(script, args, row):
