@@ -7,6 +7,7 @@ workers behind it."""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import httpx2
 import pytest
@@ -344,3 +345,28 @@ def test_a_backend_failure_is_a_json_error_not_a_crash(inbox, monkeypatch):
     answer = inbox.api("GET", "/api/conversations")
 
     assert answer.status_code == 503 and "busy" in answer.json()["error"]
+
+
+def test_the_list_says_who_waits_since_when_and_finds_them(inbox):
+    post(inbox, "can I talk to a human?")  # the local responder hands off, with a last word
+    assert inbox.deliver("whatsapp") == 1 and inbox.deliver("ai") == 1
+    assert inbox.get()["messages"][-1]["role"] == "assistant"  # the AI's hand-off line is the last
+
+    [row] = inbox.api("GET", "/api/conversations?owner=human").json()["conversations"]
+
+    asked = inbox.get()["messages"][-2]
+    assert row["label"] == "waiting_for_human" and row["unanswered"] == 1
+    assert row["waiting_since"] == asked["timestamp"] and row["waiting_seconds"] >= 0
+    assert row["person"] == {
+        "name": "Zoë",
+        "phone": "+4915112345678",
+        "bsuid": None,
+        "email": "zoe@example.org",
+    }
+    assert row["channel"] == "whatsapp" and row["window_closes_at"] > asked["timestamp"]
+    for words, found in [("zoë", 1), ("+49151", 1), ("zoe@example", 1), ("human", 1), ("nobody", 0)]:
+        listed = inbox.api("GET", f"/api/conversations?q={quote(words)}").json()["conversations"]
+        assert len(listed) == found, words
+    inbox.api("POST", "/api/conversations/c1/reply", {"text": "Sam here."}, token=token_of(inbox, "sam"))
+    [row] = inbox.api("GET", "/api/conversations?owner=human").json()["conversations"]
+    assert (row["label"], row["unanswered"], row["waiting_seconds"]) == ("agent", 0, None)

@@ -9,7 +9,7 @@ from typing import Any
 from .. import clock
 from .. import handoff as handoff_
 from ..channels import QUEUES
-from ..conversation import AI, HUMAN, owned_by_human
+from ..conversation import AI, HUMAN, WHATSAPP_WINDOW_SECONDS, owned_by_human
 from ..handoff import OperatorError, hand_back, hand_off, human_reply
 from ..handoff import conversation as record_of
 from ..operators import Operator
@@ -34,10 +34,15 @@ def _text(body: dict[str, Any], name: str, default: str = "") -> str:
     return value
 
 
+_RECENT = 20  # the messages a row reads: enough to find what waits since the last answer
+
+
 def conversations(
     runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str]
 ) -> dict[str, Any]:
-    owner, status = query.get("owner"), query.get("status")
+    """The list, longest waiting first; `owner` (human, ai) and `status` filter it, `q` finds a person by
+    name, number, email address or the words of the thread's newest messages."""
+    owner, status, words = query.get("owner"), query.get("status"), (query.get("q") or "").strip().lower()
     if owner not in (None, AI, HUMAN):
         raise OperatorError(400, "owner is human or ai")
     rows = []
@@ -45,38 +50,81 @@ def conversations(
         is_human = owned_by_human(record, runtime.settings.honor_hand_off_to_human)
         if owner is not None and (owner == HUMAN) != is_human:
             continue
-        [last] = runtime.store.messages(record["conversation_id"], last=1) or [None]
-        rows.append(summary(record, last, is_human))
+        recent = runtime.store.messages(record["conversation_id"], last=_RECENT)
+        if words and words not in _searchable(record, recent):
+            continue
+        rows.append(summary(record, recent, is_human))
     rows.sort(key=lambda row: -(row["waiting_seconds"] or -1))
     return {"conversations": rows}
 
 
-def summary(record: dict[str, Any], last: dict[str, Any] | None, is_human: bool) -> dict[str, Any]:
-    """An inbox row: who answers (AI, waiting for a human, or a human who answered last) and how long
-    the person has waited (their message is the last one)."""
-    waiting = None
-    if last and last.get("role") == "user" and last.get("timestamp"):
-        waiting = round(clock.now() - clock.parse_iso(last["timestamp"]), 1)
+def summary(record: dict[str, Any], recent: list[dict[str, Any]], is_human: bool) -> dict[str, Any]:
+    """An inbox row: who the person is and on which channel; who answers (the AI, waiting for a human,
+    or a human who answered last); and how long the person has waited: since their first message after
+    the last answer (a human's, when a human owns it: the AI's hand-off line answers nothing), or since
+    the hand-off when that came after it."""
+    last = recent[-1] if recent else None
+    answers = ("agent",) if is_human else ("agent", "assistant")
+    answered = max((i for i, m in enumerate(recent) if m.get("role") in answers), default=-1)
+    waiting = [m for m in recent[answered + 1 :] if m.get("role") == "user" and m.get("timestamp")]
+    since = waiting[0]["timestamp"] if waiting else None
+    handed_off = record.get("handed_off_at") if is_human else None
+    if handed_off and (answered < 0 or handed_off > (recent[answered].get("timestamp") or "")):
+        since = min(filter(None, [since, handed_off]))
     label = AI
     if is_human:
-        label = "agent" if last and last.get("role") == "agent" else "waiting_for_human"
+        label = "waiting_for_human" if since else "agent"
+    channel = next((m.get("channel_type") for m in reversed(recent) if m.get("role") == "user"), None)
     return {
         "conversation_id": record["conversation_id"],
+        "person": person(record),
+        "channel": channel,
         "owner": HUMAN if is_human else AI,
         "label": label,
         "conversation_status": record.get("conversation_status"),
         "opted_out": bool(record.get("opted_out")),
         "handoff_reason": record.get("handoff_reason") if is_human else None,
+        "handed_off_by": record.get("handed_off_by") if is_human else None,
+        "handed_off_at": handed_off,
         "assigned_to": record.get("assigned_to"),
         "last_message": last,
-        "waiting_seconds": waiting,
+        "unanswered": len(waiting),
+        "waiting_since": since,
+        "waiting_seconds": round(clock.now() - clock.parse_iso(since), 1) if since else None,
+        "window_closes_at": window_closes_at(record, channel),
     }
+
+
+def _searchable(record: dict[str, Any], recent: list[dict[str, Any]]) -> str:
+    texts = [*person(record).values(), *(m.get("content") for m in recent)]
+    return " ".join(t for t in texts if isinstance(t, str)).lower()
+
+
+def person(record: dict[str, Any]) -> dict[str, Any]:
+    """Who the person is, as the record knows them."""
+    return {
+        "name": record.get("profile_name") or record.get("recipient_username"),
+        "phone": record.get("gsi_recipient_tel"),
+        "bsuid": record.get("recipient_bsuid"),
+        "email": record.get("gsi_recipient_email"),
+    }
+
+
+def window_closes_at(record: dict[str, Any], channel: str | None) -> str | None:
+    """WhatsApp: when the 24-hour window for free-form messages closes (after it, only a template)."""
+    if channel != "whatsapp" or not record.get("last_inbound_at"):
+        return None
+    return clock.iso(clock.parse_iso(record["last_inbound_at"]) + WHATSAPP_WINDOW_SECONDS)
 
 
 def conversation(
     runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], conversation_id: str
 ) -> dict[str, Any]:
-    return {**record_of(runtime, conversation_id), "messages": runtime.store.messages(conversation_id)}
+    """The record, its thread, and its row's summary (`summary`: who, waiting since, the window)."""
+    record = record_of(runtime, conversation_id)
+    messages = runtime.store.messages(conversation_id)
+    is_human = owned_by_human(record, runtime.settings.honor_hand_off_to_human)
+    return {**record, "messages": messages, "summary": summary(record, messages[-_RECENT:], is_human)}
 
 
 def reply(
