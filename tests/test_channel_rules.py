@@ -15,6 +15,7 @@ from replies_engine.local.workers import sqs_event
 from replies_engine.parts import split_reply, twilio_length
 from replies_engine.replies import pipeline
 
+from .conftest import conversation as record
 from .fakes import TwilioApi
 from .payloads import BASE, TOKEN, twilio_event, whatsapp_text
 
@@ -403,6 +404,28 @@ def test_a_closed_window_without_a_template_goes_to_a_human(twilio, monkeypatch)
     assert handoff["body"]["draft_reply"] == "Thanks, we received your 1 message."
     record = twilio.get()
     assert record["conversation_status"] == "reply_failed" and record["last_error_code"] == "63016"
+
+
+def test_an_operator_sends_the_template_once_the_window_closed_and_free_text_is_refused(twilio, monkeypatch):
+    from replies_engine.handoff import OperatorError, human_reply
+
+    twilio.env(TWILIO_ACCOUNT_SID=ACCOUNT_SID, WHATSAPP_TEMPLATE_CONTENT_SID="HX" + "c" * 32)
+    twilio.runtime.senders["whatsapp"].http_client = twilio.api
+    twilio.put(record(auto_queue_reply_message=True))  # a human answers: the message is in the thread at once
+    assert post(twilio, "hello")["statusCode"] == 200
+    with pytest.raises(OperatorError, match="write a reply"):  # the window is open: no template
+        human_reply(twilio.runtime, "c1", "", "sam", template=True)
+    monkeypatch.setattr(conversation, "WHATSAPP_WINDOW_SECONDS", 0)
+
+    with pytest.raises(OperatorError, match="only an approved template may go now") as refused:
+        human_reply(twilio.runtime, "c1", "Hi, Sam here", "sam")
+    sent = human_reply(twilio.runtime, "c1", "", "sam", template=True)
+
+    assert refused.value.status == 409
+    [request] = created(twilio)
+    assert request["data"]["ContentSid"] == "HX" + "c" * 32 and "Body" not in request["data"]
+    assert sent["template"] == "HX" + "c" * 32 and sent["operator"] == "sam"
+    assert sent["message_id"] == twilio.api.created[0]["sid"]
 
 
 def test_twilio_saying_63016_is_handled_as_a_closed_window(twilio):

@@ -147,32 +147,48 @@ def assign(
 
 
 def human_reply(
-    runtime: Runtime, conversation_id: str, text: str, operator: str, *, take_over: bool = False
+    runtime: Runtime,
+    conversation_id: str,
+    text: str,
+    operator: str,
+    *,
+    take_over: bool = False,
+    template: bool = False,
 ) -> dict[str, Any]:
     """Send an operator's reply to the person, by the channel's rules, and record it. Replying takes the
     conversation over (a human owns it from then on, so the AI never answers beside them) and claims
-    it; one another operator has claimed is answered only as a take-over (OperatorError 409)."""
+    it; one another operator has claimed is answered only as a take-over (OperatorError 409).
+    `template`: WhatsApp's approved template (WHATSAPP_TEMPLATE_CONTENT_SID) instead of `text`, the one
+    message that may go once the 24-hour window closed."""
     text = (text or "").strip()
-    if not text:
+    template_sid = runtime.settings.whatsapp_template_content_sid if template else None
+    if template and not template_sid:
+        raise OperatorError(409, "no template is configured (WHATSAPP_TEMPLATE_CONTENT_SID)")
+    if not text and not template_sid:
         raise OperatorError(400, "the reply is empty")
     record = conversation(runtime, conversation_id)
-    latest = _to_answer(runtime, record)
+    latest = _to_answer(runtime, record, template=bool(template_sid))
     if record.get("assigned_to") != operator:
         assign(runtime, conversation_id, operator, take_over=take_over)
     if not owned_by_human(record, runtime.settings.honor_hand_off_to_human):
         hand_off(runtime, conversation_id, "an operator replied", by=operator)
     channel = CHANNELS[latest["channel_type"]]
-    texts, _ = split_reply(text, channel.max_reply_length, runtime.settings.max_reply_parts)
     now = clock.iso()
-    note = {
+    note: dict[str, Any] = {
         "batch_id": f"agent-{uuid.uuid4().hex}",
         "conversation_id": conversation_id,
         "channel_type": channel.name,
-        "texts": texts,
         "to": latest.get("from"),
         "from": latest.get("to"),
         "timestamp": now,
     }
+    if template_sid:
+        content = f"[template {template_sid}]"
+        variables = record.get("whatsapp_template_variables")
+        note.update(template=template_sid, template_variables=variables, content=content, texts=[content])
+    else:
+        note["texts"] = split_reply(text, channel.max_reply_length, runtime.settings.max_reply_parts)[0]
+    texts = note["texts"]
     sent, unsent = _send(runtime, note)
     if (
         unsent is not None
@@ -196,17 +212,20 @@ def human_reply(
     return message
 
 
-def _to_answer(runtime: Runtime, record: dict[str, Any]) -> dict[str, Any]:
+def _to_answer(runtime: Runtime, record: dict[str, Any], *, template: bool = False) -> dict[str, Any]:
     """The person's latest message, which the operator answers on its channel; OperatorError 409 when
-    nothing may be sent to them."""
+    nothing may be sent to them (a template goes on WhatsApp only, and after the window only)."""
     if flag(record.get("opted_out")):
         raise OperatorError(409, "the person opted out (STOP): nothing is sent to them")
     recent = runtime.store.messages(record["conversation_id"], last=_THREAD)
     latest = next((m for m in reversed(recent) if m.get("role") == "user"), None)
     if latest is None or latest.get("channel_type") not in CHANNELS:
         raise OperatorError(409, "the person has not written yet: there is nobody to answer")
-    if outside_window(record, latest["channel_type"], [latest]):
+    closed = outside_window(record, latest["channel_type"], [latest])
+    if closed and not template:
         raise OperatorError(409, "WhatsApp's 24-hour window closed: only an approved template may go now")
+    if template and not closed:
+        raise OperatorError(409, "a template is for WhatsApp once its 24-hour window closed: write a reply")
     return latest
 
 

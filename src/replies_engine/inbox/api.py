@@ -95,6 +95,15 @@ def summary(record: dict[str, Any], recent: list[dict[str, Any]], is_human: bool
     }
 
 
+def conversation_summary(
+    runtime: Runtime, record: dict[str, Any], messages: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A thread's header: its row's summary, and whether a template may go once the window closed."""
+    is_human = owned_by_human(record, runtime.settings.honor_hand_off_to_human)
+    row = summary(record, messages[-_RECENT:], is_human)
+    return {**row, "template_available": bool(runtime.settings.whatsapp_template_content_sid)}
+
+
 def _searchable(record: dict[str, Any], recent: list[dict[str, Any]]) -> str:
     texts = [*person(record).values(), *(m.get("content") for m in recent)]
     return " ".join(t for t in texts if isinstance(t, str)).lower()
@@ -123,15 +132,20 @@ def conversation(
     """The record, its thread, and its row's summary (`summary`: who, waiting since, the window)."""
     record = record_of(runtime, conversation_id)
     messages = runtime.store.messages(conversation_id)
-    is_human = owned_by_human(record, runtime.settings.honor_hand_off_to_human)
-    return {**record, "messages": messages, "summary": summary(record, messages[-_RECENT:], is_human)}
+    return {**record, "messages": messages, "summary": conversation_summary(runtime, record, messages)}
 
 
 def reply(
     runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], conversation_id: str
 ) -> dict[str, Any]:
-    text = _text(body, "text")
-    message = human_reply(runtime, conversation_id, text, operator.name, take_over=_flag(body, "take_over"))
+    message = human_reply(
+        runtime,
+        conversation_id,
+        _text(body, "text"),
+        operator.name,
+        take_over=_flag(body, "take_over"),
+        template=_flag(body, "template"),
+    )
     return {"status": "sent", "message": message}
 
 
