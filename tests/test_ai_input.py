@@ -326,6 +326,23 @@ def test_a_projects_daily_cap_counts_all_its_conversations(reader, ai, tmp_path)
     assert reader.get("c2")["owner"] == "human" and "project acme" in reader.get("c2")["handoff_reason"]
 
 
+def test_past_the_cap_the_person_is_told_a_human_will_answer_in_the_projects_words(reader, ai, tmp_path):
+    projects = tmp_path / "projects.json"
+    told = "Danke! Jemand von Acme antwortet Ihnen heute hier."
+    projects.write_text(json.dumps({"acme": {"max_ai_turns_per_day": 1, "handoff_reply_text": told}}))
+    reader.env(PROJECTS_FILE=str(projects))
+    reader.put(conversation(project_id="acme"))
+    for text in ("first", "second"):
+        send(reader, whatsapp_text(text))
+        answer(reader)
+
+    record = reader.get()
+    assert (record["messages"][-1]["role"], record["messages"][-1]["content"]) == ("assistant", told)
+    assert record["owner"] == "human" and "project acme" in record["handoff_reason"]
+    assert [entry["body"] for entry in reader.outbox()][-1] == told
+    assert record["ai_replies"] == 1  # the hand-off's word is not an AI turn
+
+
 def test_a_failed_attempt_costs_no_turn(reader, ai, monkeypatch):
     monkeypatch.setattr(pipeline, "RETRY_BACKOFF_SECONDS", 0)
     reader.env(MAX_AI_TURNS_PER_DAY="1")

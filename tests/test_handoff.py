@@ -370,3 +370,25 @@ def test_the_list_says_who_waits_since_when_and_finds_them(inbox):
     inbox.api("POST", "/api/conversations/c1/reply", {"text": "Sam here."}, token=token_of(inbox, "sam"))
     [row] = inbox.api("GET", "/api/conversations?owner=human").json()["conversations"]
     assert (row["label"], row["unanswered"], row["waiting_seconds"]) == ("agent", 0, None)
+
+
+def test_a_rule_hand_off_tells_the_person_at_once_once(inbox):
+    inbox.put(conversation(auto_queue_reply_message=True))
+
+    first = inbox.handle(twilio_event("whatsapp", whatsapp_text("I have a complaint")))
+    second = inbox.handle(twilio_event("whatsapp", whatsapp_text("hello?")))
+
+    told = inbox.runtime.settings.handoff_reply_text
+    assert f"<Message>{told}</Message>" in first["body"]
+    assert "<Message>" not in second["body"]
+
+
+def test_an_ai_hand_off_without_a_last_word_still_tells_the_person(inbox, monkeypatch):
+    from replies_engine.ports import Handoff
+
+    monkeypatch.setattr(inbox.runtime.responder, "respond", lambda context: Handoff("wants a refund"))
+    answered_by_ai(inbox, "I want my money back")
+
+    record = inbox.get()
+    assert record["owner"] == "human" and record["handoff_reason"] == "wants a refund"
+    assert [entry["body"] for entry in inbox.outbox()] == [inbox.runtime.settings.handoff_reply_text]

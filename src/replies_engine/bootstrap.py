@@ -168,7 +168,8 @@ class Components:
 
     @cached_property
     def projects(self) -> dict[str, dict[str, Any]]:
-        """PROJECTS_FILE, read by the reply stage alone: a bad file never stops the webhook's intake."""
+        """PROJECTS_FILE, read on first use: the reply stage reports a bad file; stage 1, which reads only
+        the hand-off text there, falls back to HANDOFF_REPLY_TEXT (a bad file never stops the intake)."""
         from .replies import projects
 
         return projects.load(self.settings.projects_file)

@@ -47,6 +47,7 @@ class Settings:
     email_sender: str = "outbox"  # outbox, smtp (SMTP_URL) or ses (AWS)
     locked_reply_text: str = "We're still working on your previous message and will answer shortly."
     locked_policy: str = "reply"
+    handoff_reply_text: str = "Thanks for your message. A colleague will answer you here shortly."
     help_reply_text: str | None = None  # the answer to HELP/INFO; unset: HELP is a message like any
     whatsapp_template_content_sid: str | None = None  # sent instead when WhatsApp's 24-hour window closed
     max_reply_parts: int = 10  # a long reply goes out in at most this many parts
@@ -141,6 +142,7 @@ class Settings:
             ),
             locked_reply_text=env.text("LOCKED_REPLY_TEXT") or cls.locked_reply_text,
             locked_policy=env.choice("LOCKED_POLICY", ("reply", "defer"), "reply"),
+            handoff_reply_text=env.text("HANDOFF_REPLY_TEXT") or cls.handoff_reply_text,
             help_reply_text=env.text("HELP_REPLY_TEXT"),
             whatsapp_template_content_sid=env.text("WHATSAPP_TEMPLATE_CONTENT_SID"),
             max_reply_parts=env.integer("MAX_REPLY_PARTS", 10, 1, 50),

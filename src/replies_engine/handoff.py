@@ -20,6 +20,7 @@ from typing import Any
 
 from . import clock
 from .channels import CHANNELS, HANDOFF_QUEUE
+from .config import ConfigurationError
 from .conversation import AI, AI_RESPONSE_SENT, HANDED_OFF, HUMAN, flag, outside_window, owned_by_human
 from .parts import split_reply
 from .ports import PERSON_OPTED_OUT, Runtime
@@ -37,6 +38,21 @@ class OperatorError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def handoff_reply_text(runtime: Runtime, record: dict[str, Any]) -> str:
+    """What the person is told when a human takes their conversation, so that they never wait in
+    silence: the record's own `handoff_reply_text`, else its project's (PROJECTS_FILE), else
+    HANDOFF_REPLY_TEXT."""
+    own = record.get("handoff_reply_text")
+    try:
+        project = runtime.projects.get(record.get("project_id") or "", {}).get("handoff_reply_text")
+    except ConfigurationError:  # a bad PROJECTS_FILE never stops the intake: the reply stage reports it
+        project = None
+    for text in (own, project):
+        if isinstance(text, str) and text.strip():
+            return text.strip()
+    return runtime.settings.handoff_reply_text
 
 
 def handoff_changes(reason: str, by: str, now: str) -> dict[str, Any]:

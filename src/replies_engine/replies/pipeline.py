@@ -28,10 +28,11 @@ from .. import clock, envelope
 from ..channels import AI_QUEUE
 from ..conversation import REPLY_SUPERSEDED, holds, readable
 from ..envelope import SqsRecord, Unreadable
+from ..handoff import handoff_reply_text
 from ..ports import Handoff, Reply, Runtime
 from ..sending import settle
 from . import media, projects
-from .delivery import deliver, finish, hand_to_human, new_note, withheld, write_note
+from .delivery import deliver, finish, new_note, withheld, write_note
 from .http import ResponderError
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,8 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     answer = _answer(runtime, context, held, log)
     cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
-        if not answer.text:
-            return hand_to_human(runtime, context, None, answer.reason)
-        note = {**new_note(runtime, context, answer.text), "hand_off": answer.reason, **cost}
-        record = _noted(runtime, context, note, held)
-        return True if record is None else deliver(runtime, context, note, record)
+        last_word = answer.text or handoff_reply_text(runtime, held)
+        return _hand_over(runtime, context, held, answer.reason, last_word, cost)
     current = _current(runtime, context, log)
     if isinstance(current, bool):
         return current
@@ -126,8 +124,25 @@ def _not_for_the_ai(
     if reason := projects.over_cap(runtime, held):
         runtime.metrics.add("AiTurnCapReached")
         logger.warning("a daily cap on AI turns is reached: a human answers", extra={**log, "reason": reason})
-        return hand_to_human(runtime, context, None, reason)
+        return _hand_over(runtime, context, held, reason, handoff_reply_text(runtime, held), counted=False)
     return None
+
+
+def _hand_over(
+    runtime: Runtime,
+    context: dict[str, Any],
+    held: dict[str, Any],
+    reason: str,
+    last_word: str,
+    cost: dict[str, Any] | None = None,
+    counted: bool = True,
+) -> bool:
+    """A human takes the conversation: `last_word` goes to the person first (the AI's, or the
+    project's hand-off text: never silence), then the unlock makes a human the owner. `counted`: the
+    AI made it (a turn for the daily caps)."""
+    note = {**new_note(runtime, context, last_word), "hand_off": reason, **(cost or {})}
+    record = _noted(runtime, context, note, held) if counted else write_note(runtime, context, note)
+    return True if record is None else deliver(runtime, context, note, record)
 
 
 def _answer(

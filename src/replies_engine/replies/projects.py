@@ -7,7 +7,8 @@ either, a human gets the conversation with the reason, and no AI is asked. A rep
 made (its note written), so a failed attempt, a retry or a regeneration costs no turn.
 
 PROJECTS_FILE is JSON, read once per process and checked then (a bad one is a CONFIGURATION_ERROR):
-    {"acme": {"ai_instructions": "You are Acme's assistant. …", "max_ai_turns_per_day": 5000}}
+    {"acme": {"ai_instructions": "You are Acme's assistant. …", "max_ai_turns_per_day": 5000,
+              "handoff_reply_text": "Thanks! Someone from Acme will answer you here today."}}
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..config import ConfigurationError
 if TYPE_CHECKING:
     from ..ports import Runtime
 
-_FIELDS = {"ai_instructions": str, "max_ai_turns_per_day": int}
+_FIELDS = {"ai_instructions": str, "max_ai_turns_per_day": int, "handoff_reply_text": str}
 
 
 def load(path: str | None) -> dict[str, dict[str, Any]]:

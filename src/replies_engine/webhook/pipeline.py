@@ -24,7 +24,7 @@ from ..conversation import (
     user_message,
 )
 from ..envelope import for_conversation
-from ..handoff import TIMEOUT, hand_back, handoff_changes, human_silent_too_long
+from ..handoff import TIMEOUT, hand_back, handoff_changes, handoff_reply_text, human_silent_too_long
 from ..ports import BackendError, QueueError, Runtime, TransientBackendError, TransientQueueError
 from .email_providers import verify_mailgun
 from .keywords import HELP, START, STOP, keyword
@@ -50,7 +50,7 @@ class Outcome:
     message: str = ""
     queue_message_id: str = ""
     log: dict[str, Any] = field(default_factory=dict)  # correlation fields known so far
-    reply_text: str | None = None  # answered at once, in the TwiML (HELP)
+    reply_text: str | None = None  # answered at once, in the TwiML (HELP, a rule's hand-off)
     answer: dict[str, Any] | None = None  # the JSON answer to a status callback
 
 
@@ -162,12 +162,16 @@ def _route(message: dict[str, Any], context_object: dict[str, Any], runtime: Run
         return Outcome(
             "ROUTING_ERROR", f"no queue for channel {context_object.get('channel_type')!r}", log=log
         )
+    told = None
     if queue == HANDOFF_QUEUE:
+        handed_now = context_object.get("owner") != HUMAN
         written = _for_a_human(context_object, runtime, log)
         if isinstance(written, Outcome):
             return written
         if not written:  # Twilio's retry of a message already with a human: it was queued then
             return Outcome(log={**log, "duplicate": True})
+        if handed_now:  # the person is told at once, in Twilio's answer, that a human will write
+            told = handoff_reply_text(runtime, context_object)
     try:
         queue_message_id = runtime.queue.send(
             queue,
@@ -180,7 +184,7 @@ def _route(message: dict[str, Any], context_object: dict[str, Any], runtime: Run
     except QueueError as exc:
         return Outcome("QUEUE_ERROR", str(exc), log=log)
     runtime.metrics.add("MessagesReceived", channel_type=context_object["channel_type"])
-    return Outcome(queue_message_id=queue_message_id, log={**log, "queue": queue})
+    return Outcome(queue_message_id=queue_message_id, log={**log, "queue": queue}, reply_text=told)
 
 
 def _opt_out_rules(context_object: dict[str, Any], runtime: Runtime, log: dict) -> Outcome | None:
