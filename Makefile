@@ -33,7 +33,7 @@ $(CHECKOV_VENV)/.v$(CHECKOV_VERSION):  # in its own environment: it pins its own
 $(CHROMIUM):  # the inbox page's tests drive Debian's Chromium (no browser download is possible here)
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/.v$(CHECKOV_VERSION)  ## install the test dependencies (Chromium, checkov), lint the SAM template, the import contracts and the domain's types, run the whole suite, then the floors' smoke subset
+test: $(VENV)/.test-installed $(CHROMIUM) $(CHECKOV_VENV)/.v$(CHECKOV_VERSION)  ## install the test dependencies (Chromium, checkov), lint the SAM template, the import contracts and the package's types, run the whole suite, then the floors' smoke subset
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy

@@ -194,28 +194,6 @@ def test_a_stage_prefixed_provider_path_is_found(mail):
 # --- outbound: the reply by SMTP, in the person's thread ----------------------------------------------
 
 
-@pytest.fixture
-def smtp_server():
-    """A real SMTP server on loopback (aiosmtpd) that keeps what it receives."""
-    from aiosmtpd.controller import Controller
-
-    from .processes import free_port
-
-    class Keep:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(envelope)
-            return "250 OK"
-
-    handler = Keep()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, handler
-    controller.stop()
-
-
 def test_an_email_reply_goes_out_by_smtp_in_the_persons_thread(mail, smtp_server):
     from email import message_from_bytes, policy
 

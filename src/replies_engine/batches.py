@@ -12,6 +12,7 @@ from . import envelope
 from .batching_modes import Debounce
 from .channels import AI_QUEUE, CHANNELS
 from .conversation import HISTORY_FIELDS, awaits_reply, split_unanswered
+from .mail import reply_address
 from .ports import Runtime
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ def build_ai_context(runtime: Runtime, record: dict[str, Any], batch_id: str) ->
         "messages": messages,
         "conversation": {k: v for k, v in record.items() if k not in HISTORY_FIELDS},
         "history": history,
-        # the reply goes back the way the last message came
-        "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
+        # the reply goes back the way the last message came (an email: to whom and from which address, `mail.py`)
+        "reply_address": reply_address(record, latest),
         "first_received_at": min((m.get("timestamp") or "" for m in messages), default="") or None,
     }
 
@@ -79,8 +80,8 @@ def flush_if_pending(runtime: Runtime, record: dict[str, Any] | None) -> None:
 def token_channel(pending: list[Any]) -> str:
     """The channel of the newest pending message that names one: its batch queue takes the token (any
     would do: a flush is per conversation)."""
-    named = [
-        m.get("channel_type") for m in pending if isinstance(m, dict) and m.get("channel_type") in CHANNELS
+    named: list[str] = [
+        m["channel_type"] for m in pending if isinstance(m, dict) and m.get("channel_type") in CHANNELS
     ]
     return named[-1] if named else next(iter(CHANNELS))
 

@@ -89,11 +89,13 @@ class Components:
         if settings.responder == "http":
             from .replies.agent import AgentResponder
 
-            if not self.secret("AGENT_SECRET"):
+            secret = self.secret("AGENT_SECRET")
+            if not secret:
                 raise ConfigurationError("AGENT_SECRET is required with RESPONDER=http")
+            assert settings.agent_url  # Settings.from_env requires AGENT_URL with RESPONDER=http
             return AgentResponder(
                 settings.agent_url,
-                self.secret("AGENT_SECRET"),
+                secret,
                 attempts=settings.responder_attempts,
                 **client,
             )
@@ -112,7 +114,7 @@ class Components:
             if settings.twilio_account_configured
             else outbox
         )
-        email = outbox
+        email: Sender = outbox
         if settings.email_sender == "smtp":
             try:
                 email = SmtpSender(self.secret("SMTP_URL") or "")

@@ -28,6 +28,9 @@ ANSWERS = frozenset({"assistant", "agent", "event"})
 DELIVERY_ORDER = ("unknown", "accepted", "scheduled", "queued", "sending", "sent", "delivered", "read")
 DELIVERY_FINAL = frozenset({"undelivered", "failed", "canceled"})
 
+# What an email keeps for its reply: who to answer, who else was written to, the thread.
+THREAD_FIELDS = ("email_message_id", "references", "reply_to", "cc")
+
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
 
@@ -50,7 +53,7 @@ def user_message(context_object: dict[str, Any], batch_id: str | None = None) ->
         "from": context_object.get("from"),
         "to": context_object.get("to"),
     }
-    for name in ("media", "subject", "raw_text", "attachments", *STRUCTURED):  # those the message has
+    for name in ("media", "subject", "raw_text", "attachments", *THREAD_FIELDS, *STRUCTURED):  # those it has
         if context_object.get(name):
             entry[name] = context_object[name]
     return entry

@@ -36,6 +36,10 @@ MESSAGE_KEYS: dict[str, type] = {
     "body": str,
     "subject": str,
     "raw_text": str,
+    "email_message_id": str,  # an email's RFC 5322 Message-ID (threading; `message_id` may be synthetic)
+    "references": list,  # an email's References chain, its ids as strings
+    "reply_to": str,
+    "cc": str,
     "media": list,
     "attachments": list,
     "location": dict,
@@ -186,6 +190,8 @@ def read(body: str) -> dict[str, Any]:
         raise Unreadable("a media item is not {url, content_type}")
     if not all(isinstance(a, dict) for a in message.get("attachments", [])):
         raise Unreadable("an attachment is not an object")
+    if not all(isinstance(r, str) for r in message.get("references", [])):
+        raise Unreadable("a reference is not a string")
     return {"schema_version": SCHEMA_VERSION, "kind": MESSAGE, "conversation_id": conversation_id, **message}
 
 

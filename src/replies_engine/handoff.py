@@ -22,6 +22,7 @@ from . import clock
 from .channels import CHANNELS, HANDOFF_QUEUE
 from .config import ConfigurationError
 from .conversation import AI, AI_RESPONSE_SENT, HANDED_OFF, HUMAN, flag, outside_window, owned_by_human
+from .mail import reply_address, thread
 from .parts import split_reply
 from .ports import PERSON_OPTED_OUT, Runtime
 from .sending import AMBIGUOUS, REFUSED, Unsent, in_doubt, recorded_reply, send_part
@@ -194,8 +195,8 @@ def human_reply(
         "batch_id": f"agent-{uuid.uuid4().hex}",
         "conversation_id": conversation_id,
         "channel_type": channel.name,
-        "to": latest.get("from"),
-        "from": latest.get("to"),
+        **reply_address(record, latest),
+        **(thread(latest) if channel.provider.threads else {}),
         "timestamp": now,
     }
     if template_sid:
@@ -225,6 +226,7 @@ def human_reply(
         failure = _failure(unsent)
         went = f"; {len(sent)} of {len(texts)} parts went and are in the thread" if sent else ""
         raise OperatorError(failure.status, f"{failure}{went}")
+    assert message is not None  # a reply has at least one part, and every part went
     return message
 
 

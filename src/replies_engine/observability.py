@@ -11,7 +11,6 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
 from datetime import UTC, datetime
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -71,14 +70,14 @@ class Metrics:
     """
 
     def __init__(self, emf_namespace: str | None = None) -> None:
-        self._counts: Counter[str] = Counter()
+        self._counts: dict[str, float] = {}  # ints stay ints: 0 + 1 is 1
         self._lock = threading.Lock()
         self._log = logging.getLogger("replies_engine.metrics")
         self.emf_namespace = emf_namespace
 
     def add(self, name: str, value: float = 1, **dimensions: str) -> None:
         with self._lock:
-            self._counts[name] += value
+            self._counts[name] = self._counts.get(name, 0) + value
         self._log.debug("metric", extra={"metric": name, "value": value, **dimensions})
         if self.emf_namespace:
             unit = "Seconds" if name.endswith("Seconds") else "Count"

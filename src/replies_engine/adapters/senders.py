@@ -51,23 +51,29 @@ class OutboxSender:
 
     def went_out(self, note: dict[str, Any], part: int) -> str | bool | None:
         found = self.outbox.find(note["batch_id"], part)
-        return found["message_id"] if found else found
+        if isinstance(found, dict):
+            return str(found["message_id"])
+        return None if found is None else False
 
 
 def reply_email(note: dict[str, Any], part: int) -> Any:
-    """Part `part` of the note as an email in the person's thread: `In-Reply-To` and `References` name
-    their message, the subject is theirs with "Re: " (once)."""
+    """Part `part` of the note as an email in the person's thread (`mail.py` decided From, To, Cc and
+    the thread): `In-Reply-To` their message's Message-ID, `References` the chain with it last, the
+    subject theirs with "Re: " (once), our own Message-ID on our domain."""
     from email.message import EmailMessage
     from email.utils import formatdate, make_msgid, parseaddr
 
     message = EmailMessage()
     message["From"], message["To"] = note["from"], note["to"]
+    if note.get("cc"):
+        message["Cc"] = ", ".join(note["cc"])
     subject = note.get("subject") or ""
     message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".rstrip()
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=parseaddr(note["from"])[1].rpartition("@")[2] or None)
     if note.get("in_reply_to"):
-        message["In-Reply-To"] = message["References"] = note["in_reply_to"]
+        message["In-Reply-To"] = note["in_reply_to"]
+        message["References"] = " ".join(note.get("references") or [note["in_reply_to"]])
     message.set_content(note["texts"][part])
     return message
 
@@ -96,13 +102,9 @@ class SmtpSender:
         message = reply_email(note, part)
         sent = False
         try:
-            connect = smtplib.SMTP_SSL if self.tls else smtplib.SMTP
-            with connect(
-                self.host,
-                self.port,
-                timeout=self.timeout_seconds,
-                **({"context": ssl.create_default_context()} if self.tls else {}),
-            ) as smtp:
+            smtp_class: Any = smtplib.SMTP_SSL if self.tls else smtplib.SMTP
+            tls = {"context": ssl.create_default_context()} if self.tls else {}
+            with smtp_class(self.host, self.port, timeout=self.timeout_seconds, **tls) as smtp:
                 if not self.tls:
                     smtp.ehlo()
                     if smtp.has_extn("starttls"):

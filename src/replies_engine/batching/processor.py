@@ -112,11 +112,13 @@ def _process_conversation(conversation_id: str, records: list[BatchRecord], runt
 
 def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pending: bool = False) -> bool:
     """The locked batch's context to the AI queue; if that fails, the emergency unlock."""
-    conversation_id = outcome.record["conversation_id"]
+    record = outcome.record
+    assert record is not None  # an `acquired` outcome carries the record after the write
+    conversation_id = record["conversation_id"]
     log = {"conversation_id": conversation_id, "batch_id": batch_id}
     runtime.metrics.add("BatchSize", len(outcome.appended))
     try:
-        context = build_ai_context(runtime, outcome.record, batch_id)
+        context = build_ai_context(runtime, record, batch_id)
         runtime.queue.send(AI_QUEUE, json.dumps(context, ensure_ascii=False))
     except Exception as exc:
         logger.exception("AI hand-off failed after the lock was taken: emergency unlock", extra=log)
@@ -152,6 +154,7 @@ def _debounce_conversation(
                 extra={"conversation_id": conversation_id, "message_sid": duplicate},
             )
             runtime.metrics.add("DuplicateMessageDetected")
+        assert outcome.record is not None  # add_pending returns the record after, unless it is missing
         pending = outcome.record.get("pending_messages", [])
         if pending:  # also when all were duplicates: the token that followed them may have been lost
             delay = debounce.next_look(pending, now)
@@ -169,7 +172,7 @@ def _flush(conversation_id: str, runtime: Runtime, debounce: Debounce) -> bool:
         now = clock.now()
         record = runtime.store.get(conversation_id)
         pending = (record or {}).get("pending_messages") or []
-        if not debounce.due(pending, now):
+        if record is None or not debounce.due(pending, now):
             return True  # the token that followed the newest message comes when it is due
         if is_locked(record, now, settings.lock_timeout_seconds):
             # Back later: the unlock sends a token too, but a crash between the unlock and its token
@@ -223,7 +226,9 @@ def _quarantine(runtime: Runtime, conversation_id: str, pending: list[Any], done
 
 
 def _arrival(record: BatchRecord) -> tuple[str, str]:
-    return record.envelope["received_at"], message_key(record.envelope)
+    key = message_key(record.envelope)
+    assert key is not None  # envelope.read refuses a message without an id
+    return record.envelope["received_at"], key
 
 
 def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:
@@ -239,7 +244,10 @@ def _requeue(records: list[BatchRecord], runtime: Runtime) -> bool:
             SQS_MAX_DELAY_SECONDS,
             settings.batch_delay_seconds + settings.requeue_delay_seconds * 2**record.sqs.retry_attempt,
         )
-        attributes = {"conversation_id": record.conversation_id, "RetryAttempt": record.sqs.retry_attempt + 1}
+        attributes: dict[str, str | int] = {
+            "conversation_id": record.conversation_id,
+            "RetryAttempt": record.sqs.retry_attempt + 1,
+        }
         outgoing[record.home_queue].append(OutgoingMessage(record.sqs.body, delay, attributes))
     for queue, messages in outgoing.items():
         runtime.queue.send_batch(queue, messages)
@@ -256,7 +264,7 @@ def _dead_letter(
     """To each record's DLQ, with the reason: kept for an operator (`replies-engine dlq list`)."""
     outgoing: dict[str, list[OutgoingMessage]] = defaultdict(list)
     for record in records:
-        attributes = {
+        attributes: dict[str, str | int] = {
             "conversation_id": record.conversation_id,
             "RetryAttempt": record.sqs.retry_attempt,
             "DeadLetterReason": reason,

@@ -190,7 +190,7 @@ def stats(runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, 
         ),
         0,
     )
-    firsts = []
+    firsts: list[float] = []
     for record in runtime.store.list():
         messages = runtime.store.messages(record["conversation_id"])
         roles = [m.get("role") for m in messages]
@@ -207,11 +207,13 @@ def stats(runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, 
     queues = runtime.queue.stats()
     counts["dead_lettered"] = sum(sum(q.values()) for name, q in queues.items() if name.endswith("-dlq"))
     counts["superseded"] = int(runtime.metrics.snapshot().get("ReplySuperseded", 0))  # since this serve began
-    counts["first_reply_median_seconds"] = round(statistics.median(firsts), 1) if firsts else None
-    counts["first_reply_p95_seconds"] = (
-        round(statistics.quantiles(firsts, n=20, method="inclusive")[-1], 1) if len(firsts) > 1 else None
-    )
-    return counts
+    return {
+        **counts,
+        "first_reply_median_seconds": round(statistics.median(firsts), 1) if firsts else None,
+        "first_reply_p95_seconds": (
+            round(statistics.quantiles(firsts, n=20, method="inclusive")[-1], 1) if len(firsts) > 1 else None
+        ),
+    }
 
 
 def _first_reply_seconds(messages: list[dict[str, Any]]) -> list[float]:

@@ -62,21 +62,21 @@ _PAGE_HEADERS = {
 
 Work = Callable[..., Any]
 # (method, path pattern) → (the work, admins only); the pattern's groups are the work's arguments
+_API: list[tuple[str, str, Work, bool]] = [
+    ("GET", r"/api/me", api.me, False),
+    ("GET", r"/api/conversations", api.conversations, False),
+    ("GET", r"/api/conversations/(?P<conversation_id>[^/]+)", api.conversation, False),
+    ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/reply", api.reply, False),
+    ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/assign", api.assign, False),
+    ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/handoff", api.handoff, False),
+    ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/handback", api.handback, False),
+    ("GET", r"/api/queues", api.queues, False),
+    ("GET", r"/api/stats", api.stats, False),
+    ("GET", r"/api/dlq/(?P<name>[^/]+)", api.dead_letters, True),
+    ("POST", r"/api/dlq/(?P<name>[^/]+)/redrive", api.redrive, True),
+]
 _ROUTES: list[tuple[str, re.Pattern[str], Work, bool]] = [
-    (method, re.compile(pattern), work, admin)
-    for method, pattern, work, admin in [
-        ("GET", r"/api/me", api.me, False),
-        ("GET", r"/api/conversations", api.conversations, False),
-        ("GET", r"/api/conversations/(?P<conversation_id>[^/]+)", api.conversation, False),
-        ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/reply", api.reply, False),
-        ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/assign", api.assign, False),
-        ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/handoff", api.handoff, False),
-        ("POST", r"/api/conversations/(?P<conversation_id>[^/]+)/handback", api.handback, False),
-        ("GET", r"/api/queues", api.queues, False),
-        ("GET", r"/api/stats", api.stats, False),
-        ("GET", r"/api/dlq/(?P<name>[^/]+)", api.dead_letters, True),
-        ("POST", r"/api/dlq/(?P<name>[^/]+)/redrive", api.redrive, True),
-    ]
+    (method, re.compile(pattern), work, admin) for method, pattern, work, admin in _API
 ]
 
 

@@ -45,13 +45,15 @@ class Response:
         """The proxy integration's answer (REST and HTTP API read the same keys; `multiValueHeaders`
         carries the cookie for REST, `cookies` for the HTTP API)."""
         body = self.body
-        binary = isinstance(body, bytes) and not _is_text(self.headers.get("Content-Type", ""))
+        if isinstance(body, bytes):
+            binary = not _is_text(self.headers.get("Content-Type", ""))
+            text = base64.b64encode(body).decode() if binary else body.decode()
+        else:
+            binary, text = False, body
         answer: dict[str, Any] = {
             "statusCode": self.status,
             "headers": self.headers,
-            "body": base64.b64encode(body).decode()
-            if binary
-            else (body.decode() if isinstance(body, bytes) else body),
+            "body": text,
             "isBase64Encoded": binary,
         }
         if self.cookie:
@@ -63,8 +65,10 @@ class Response:
 def read(event: Any) -> Request:
     if not isinstance(event, dict):
         raise BadRequest("not an API Gateway event")
-    context = event.get("requestContext") if isinstance(event.get("requestContext"), dict) else {}
-    http = context.get("http") if isinstance(context.get("http"), dict) else {}
+    raw_context = event.get("requestContext")
+    context: dict[str, Any] = raw_context if isinstance(raw_context, dict) else {}
+    raw_http = context.get("http")
+    http: dict[str, Any] = raw_http if isinstance(raw_http, dict) else {}
     method = event.get("httpMethod") or http.get("method") or ""
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     path, base = _path(event, context)

@@ -101,11 +101,13 @@ class QueueWorker:
             failed = {m.message_id for m in messages}
         for message in messages:
             if message.message_id not in failed:
+                assert message.receipt_handle is not None  # a received message has one
                 self.runtime.queue.delete(self.queue, message.receipt_handle)
 
     def _hand_back(self, messages: list[QueuedMessage]) -> None:
         """Received but not processed: visible again at once, for the next engine."""
         for message in messages:
+            assert message.receipt_handle is not None  # a received message has one
             self.runtime.queue.change_visibility(self.queue, message.receipt_handle, 0)
 
     def run(self, stop: threading.Event) -> None:

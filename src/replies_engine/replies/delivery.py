@@ -37,6 +37,7 @@ from ..conversation import (
     owned_by_human,
 )
 from ..handoff import closing, notify_handoff
+from ..mail import thread
 from ..parts import split_reply
 from ..ports import PERSON_OPTED_OUT, WINDOW_CLOSED, PermanentSendError, Runtime, TransientBackendError
 from ..sending import AMBIGUOUS, TRANSIENT, Unsent, complete, recorded_reply, send_part
@@ -58,13 +59,8 @@ def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, 
         )
     address = context.get("reply_address") or {}
     latest = context["messages"][-1] if context["messages"] else {}
-    threading = (
-        {"subject": latest.get("subject"), "in_reply_to": latest.get("message_id")}
-        if channel.provider.threads
-        else {}
-    )
     return {
-        **threading,  # email: the reply goes in the person's thread
+        **(thread(latest) if channel.provider.threads else {}),  # email: in the person's thread
         "message_id": None,
         "role": "assistant",
         "content": "".join(texts),
@@ -75,6 +71,7 @@ def new_note(runtime: Runtime, context: dict[str, Any], text: str) -> dict[str, 
         "answers": [m["message_id"] for m in context["messages"]],  # exactly what the responder saw
         "to": address.get("to"),
         "from": address.get("from"),
+        **({"cc": address["cc"]} if address.get("cc") else {}),
         "texts": texts,
         "parts": [],
     }
@@ -92,9 +89,9 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
             return window_closed(runtime, context, note)
         if note.get("unsent"):  # in flight again from here: a crash during this send means "look first"
             note = {**note, "unsent": False}
-            record = write_note(runtime, context, note)
-            if record is None:
+            if (written := write_note(runtime, context, note)) is None:
                 return True
+            record = written
         try:
             provider_id = send_part(runtime, note, len(note["parts"]))
         except Exception as exc:
@@ -105,10 +102,10 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
             return _unsent(runtime, context, note, provider_id, log)
         note = {**note, "parts": [*note["parts"], provider_id]}
         if not complete(note):
-            record = write_note(runtime, context, note)
-            if record is None:
+            if (written := write_note(runtime, context, note)) is None:
                 logger.warning("lock lost between parts: its new holder sends the rest", extra=log)
                 return True
+            record = written
     if context.get("first_received_at"):
         runtime.metrics.add("EndToEndSeconds", clock.now() - clock.parse_iso(context["first_received_at"]))
     logger.info(

@@ -216,7 +216,7 @@ class _Reading:
         self.deadline = time.monotonic() + runtime.settings.media_wait_seconds
         self.items_left = runtime.settings.max_media_items
         self.bytes_left = runtime.settings.max_media_bytes
-        self.stored: dict[str, list[dict[str, Any]]] | None = None  # read when first needed
+        self.stored: dict[str | None, list[dict[str, Any]]] | None = None  # read when first needed
 
     def read(self, message: dict[str, Any], index: int, item: dict[str, Any]) -> dict[str, Any]:
         """The item, with its `transcript` or `data_url`, or why it is `unread`."""
@@ -338,7 +338,8 @@ def vcard_contacts(data: bytes) -> list[dict[str, Any]]:
     """Each vCard's name (FN, else N) and telephone numbers; [] when `data` holds no vCard."""
     text = data.decode("utf-8", "replace").replace("\r\n", "\n")
     lines = re.sub(r"\n[ \t]", "", text).split("\n")  # unfold (RFC 6350 3.2)
-    contacts, card = [], None
+    contacts: list[dict[str, Any]] = []
+    card: dict[str, Any] | None = None
     for line in lines:
         name, _, value = line.partition(":")
         prop = name.split(";")[0].split(".")[-1].upper()  # `item1.TEL;type=CELL` → TEL
@@ -427,8 +428,8 @@ def _structured(message: dict[str, Any], thread: Sequence[dict[str, Any]]) -> li
 def _location(location: dict[str, Any]) -> str:
     """ "[shared a location: 52.5200, 13.4050 — Alexanderplatz, Berlin (Büro)]", or why it cannot be read."""
     try:
-        latitude, longitude = float(location.get("latitude")), float(location.get("longitude"))
-    except (TypeError, ValueError):
+        latitude, longitude = float(location["latitude"]), float(location["longitude"])
+    except (KeyError, TypeError, ValueError):
         latitude = longitude = float("nan")
     if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):  # NaN fails both
         return f"[shared a location that cannot be read ({location.get('latitude')}, {location.get('longitude')})]"

@@ -29,6 +29,7 @@ from ..channels import AI_QUEUE
 from ..conversation import REPLY_SUPERSEDED, holds, readable
 from ..envelope import SqsRecord, Unreadable
 from ..handoff import handoff_reply_text
+from ..mail import reply_address
 from ..ports import Handoff, Reply, Runtime
 from ..sending import settle
 from . import media, projects
@@ -199,7 +200,7 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
             regenerate = {
                 **context,
                 "messages": [*context["messages"], *outcome.appended],
-                "reply_address": {"from": latest.get("to"), "to": latest.get("from")},
+                "reply_address": reply_address(context.get("conversation") or {}, latest),
                 "regenerations": rounds + 1,
             }
             runtime.queue.send(AI_QUEUE, json.dumps(regenerate, ensure_ascii=False))
@@ -208,6 +209,7 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
                 extra={**log, "added": len(outcome.appended)},
             )
             return True
+    assert record is not None  # each round above returned when the lock was lost
     return record  # messages kept racing the move: this reply goes, the next batch answers them
 
 
@@ -229,7 +231,7 @@ def _respond(runtime: Runtime, view: dict[str, Any], log: dict[str, str]) -> str
 
 def _noted(
     runtime: Runtime, context: dict[str, Any], note: dict[str, Any], record: dict[str, Any]
-) -> dict | None:
+) -> dict[str, Any] | None:
     """Write the AI's new reply's note, counting the reply for the daily caps; the record after, None
     when the lock was lost."""
     written = write_note(runtime, context, note, projects.one_more_reply(record))
@@ -240,11 +242,11 @@ def _noted(
 
 def _typing(runtime: Runtime, context: dict[str, Any]) -> Callable[[], None] | None:
     """WhatsApp's "typing…" for the person's latest message, when a Twilio account sends the replies."""
-    sender = runtime.senders.get(context["channel_type"])
-    if context["channel_type"] != "whatsapp" or not hasattr(sender, "typing") or not context["messages"]:
+    typing = getattr(runtime.senders.get(context["channel_type"]), "typing", None)
+    if context["channel_type"] != "whatsapp" or typing is None or not context["messages"]:
         return None
     message_id = context["messages"][-1]["message_id"]
-    return lambda: sender.typing(message_id)
+    return lambda: typing(message_id)
 
 
 class Heartbeat:
@@ -295,6 +297,7 @@ class Heartbeat:
             return True
 
     def _show_typing(self) -> None:
+        assert self.typing is not None  # due only when there is one (`_beat`)
         try:
             self.typing()
         except Exception as exc:
@@ -305,7 +308,7 @@ class Heartbeat:
         return {"conversation_id": self.conversation_id, "batch_id": self.batch_id}
 
 
-def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> dict | None:
+def _holds_lock(runtime: Runtime, conversation_id: str, batch_id: str) -> dict[str, Any] | None:
     """The record while `batch_id` holds its lock, else None."""
     record = runtime.store.get(conversation_id)
     return record if holds(record, batch_id) else None

@@ -45,7 +45,11 @@ def load(path: str | None) -> dict[str, dict[str, Any]]:
                 raise ConfigurationError(
                     f"PROJECTS_FILE: project {project_id!r} has {name!r}; known: {', '.join(_FIELDS)}"
                 )
-            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            if (
+                not isinstance(value, kind)
+                or isinstance(value, bool)
+                or (isinstance(value, int) and value < 0)
+            ):
                 raise ConfigurationError(
                     f"PROJECTS_FILE: project {project_id!r}: {name} must be a {'whole number ≥ 0' if kind is int else 'string'}"
                 )
@@ -65,9 +69,9 @@ def over_cap(runtime: Runtime, record: dict[str, Any]) -> str | None:
     cap = runtime.settings.max_ai_turns_per_day
     if cap and replies_today(record) >= cap:
         return f"the AI answered this conversation {cap} times today (MAX_AI_TURNS_PER_DAY)"
-    project_id, cap = _project_cap(runtime, record)
-    if cap and runtime.store.turns(f"project#{project_id}", _today()) >= cap:
-        return f"the AI answered {cap} times today in project {project_id} (its max_ai_turns_per_day)"
+    project_id, project_cap = _project_cap(runtime, record)
+    if project_cap and runtime.store.turns(f"project#{project_id}", _today()) >= project_cap:
+        return f"the AI answered {project_cap} times today in project {project_id} (its max_ai_turns_per_day)"
     return None
 
 

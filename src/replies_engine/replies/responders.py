@@ -20,7 +20,7 @@ SYSTEM_PROMPT = (
     "Answer their latest messages together, briefly and kindly, in their language. "
     "When they ask for a human, or you cannot help, call hand_off_to_human."
 )
-HANDOFF_TOOL = {
+HANDOFF_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "hand_off_to_human",

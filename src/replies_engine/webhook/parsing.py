@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, quote_plus
 
 from .. import clock
 from ..channels import CHANNELS, EMAIL, TWILIO, Channel, Provider
-from ..conversation import structured
+from ..conversation import THREAD_FIELDS, structured
 from ..json_body import json_object
 from . import email_providers
 
@@ -27,9 +27,11 @@ MAX_BODY_BYTES = 262_144
 _MAX_FIELDS = 500
 _MEDIA_FIELD = re.compile(r"Media(Url|ContentType)(\d+)")
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-EMAIL_FIELDS = ("from", "to", "subject", "text", "message_id", "raw_text")  # `/email`'s JSON, all strings
+# `/email`'s JSON, all strings (`reply_to` and `cc` optional, as the mail's headers say them)
+EMAIL_FIELDS = ("from", "to", "subject", "text", "message_id", "raw_text", "reply_to", "cc")
 _TWILIO_KEYS = ("from", "to", "body", "message_sid", "account_sid")  # the envelope's own, not provider_fields
 STATUS_PATH = "/twilio/status"  # Twilio's delivery status callbacks
+_RFC_ID = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")
 
 
 class ParsingError(ValueError):
@@ -101,7 +103,7 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
     if not isinstance(event, dict):
         raise ParsingError("the event is not an API Gateway, Function URL or ALB event")
     request_context = _context(event)
-    http = request_context.get("http") if isinstance(request_context.get("http"), dict) else {}
+    http: dict[str, Any] = request_context["http"] if isinstance(request_context.get("http"), dict) else {}
     method = event.get("httpMethod") or request_context.get("httpMethod") or http.get("method")
     if method != "POST":
         raise ParsingError(f"method {method} is not allowed: webhooks are POSTed")
@@ -125,7 +127,7 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
         headers=headers,
         # as called: REST's requestContext.path keeps the stage its event["path"] drops; 2.0's rawPath
         # has the stage (none on $default)
-        path=request_context.get("path") or event.get("rawPath") or event.get("path"),
+        path=request_context.get("path") or event.get("rawPath") or event.get("path") or "/",
         queries=_queries(event),
         signed=signed,
     )
@@ -135,6 +137,8 @@ def build_context_object(request: InboundRequest, received_at: str | None = None
     """The message's keys of the envelope (`envelope.MESSAGE_KEYS`): the channel, `received_at`, and
     what its provider's reader finds; the provider's other fields, snake-cased, under `provider_fields`
     only."""
+    if request.channel is None:
+        raise ParsingError("a status callback is no message")
     context: dict[str, Any] = {
         "channel_type": request.channel.name,
         **_CONTEXTS[request.channel.provider.name](request),
@@ -186,7 +190,9 @@ def _email_context(request: InboundRequest) -> dict[str, Any]:
     """Only the email's own fields: anything else in the JSON could pose as a record field."""
     context: dict[str, Any] = {}
     context.update(
-        (k, request.params[k]) for k in ("from", "to", "subject", "message_id") if request.params.get(k)
+        (k, request.params[k])
+        for k in ("from", "to", "subject", "message_id", *THREAD_FIELDS)
+        if request.params.get(k)
     )
     raw = request.params.get("raw_text") or request.params.get("text") or ""
     # what the AI sees: the provider's stripped text, or ours
@@ -298,8 +304,11 @@ def _email_json(text: str) -> dict[str, Any]:
     attachments = params.get("attachments") or []
     if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
         raise ParsingError("attachments must be a list of objects {name, type, size}")
+    own = params.get("message_id")
     return {
         **{k: params[k] for k in EMAIL_FIELDS if k in params},
+        # the Message-ID a reply threads on, when it is one (`<local@domain>`)
+        "email_message_id": own if isinstance(own, str) and _RFC_ID.fullmatch(own.strip()) else None,
         "attachments": [
             email_providers.attachment(a.get("name"), a.get("type") or a.get("content_type"), a.get("size"))
             for a in attachments

@@ -121,7 +121,7 @@ def _rules(
     what WhatsApp told of who wrote, learned), or the Outcome that ends here."""
     settings = runtime.settings
     context_object = found["data"]  # the envelope: the record's fields, then the message's
-    if request.channel.provider.keywords:
+    if request.provider.keywords:
         handled = _opt_out_rules(context_object, runtime, log)
         if handled is not None:
             return handled
@@ -303,7 +303,7 @@ def _verify(request: InboundRequest, runtime: Runtime) -> Outcome | None:
             if secret := runtime.secret(name):
                 break
         problem = check(secret) if secret else None
-        if problem is not None and (rotated := runtime.secret(name, refresh=True)) != secret:
+        if problem is not None and (rotated := runtime.secret(name, refresh=True)) and rotated != secret:
             secret, problem = rotated, check(rotated)  # rotated since we read it
     except TransientBackendError as exc:
         return Outcome("DB_TRANSIENT_ERROR", f"cannot read {name}: {exc}")

@@ -76,7 +76,9 @@ def conditional(operation: str, **kwargs: Any) -> dict[str, Any]:
             reasons = {
                 "ConditionalCheckFailedException": ["ConditionalCheckFailed"],
                 "TransactionConflictException": ["TransactionConflict"],
-            }.get(code) or [r.get("Code") or "None" for r in exc.response.get("CancellationReasons", [])]
+            }.get(code or "") or [
+                r.get("Code") or "None" for r in exc.response.get("CancellationReasons", [])
+            ]
             if code == "TransactionCanceledException" and "ThrottlingError" in reasons:
                 raise TransientStoreError(f"{code}: {exc}") from exc
             if not reasons or not set(reasons) <= _RETRYABLE:
@@ -169,7 +171,7 @@ def decode(item: dict[str, Any]) -> Record:
 
 def pages(operation: str, kwargs: dict[str, Any], pagination: dict[str, int] | None = None) -> list[Record]:
     """Every item of a paginated Query or Scan, decoded."""
-    items = []
+    items: list[Record] = []
     with errors():
         paginator = client("dynamodb").get_paginator(operation)
         for page in paginator.paginate(**kwargs, PaginationConfig=pagination or {}):

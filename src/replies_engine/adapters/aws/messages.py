@@ -41,7 +41,7 @@ class MessagesTable:
     def stored(self, conversation_id: str, messages: list[Record]) -> list[Record]:
         """Those of `messages` already in the conversation, as `{"message_id"}` (one BatchGetItem per 100)."""
         ids = list(dict.fromkeys(m["message_id"] for m in messages if m.get("message_id")))
-        found = []
+        found: list[str] = []
         for chunk in chunks(ids, 100):
             request = {
                 self.name: {
@@ -67,7 +67,7 @@ class MessagesTable:
             "ScanIndexForward": False,
             "PaginationConfig": {"PageSize": 100},
         }
-        batch = []
+        batch: list[Record] = []
         with errors():
             for page in client("dynamodb").get_paginator("query").paginate(**kwargs):
                 for item in map(decode, page["Items"]):

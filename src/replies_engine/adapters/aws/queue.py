@@ -69,7 +69,8 @@ class SqsMessageQueue:
 
     def send_batch(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         """SendMessageBatch in tens; raises if any entry failed (the caller retries the whole batch)."""
-        url, ids = self._url(queue), []
+        url = self._url(queue)
+        ids: list[str] = []
         for start in range(0, len(messages), _SEND_BATCH):
             chunk = messages[start : start + _SEND_BATCH]
             with _errors():
@@ -139,6 +140,7 @@ class SqsMessageQueue:
         while batch := self.receive(f"{queue}-dlq", max_messages=10, visibility_timeout=60):
             self.send_batch(queue, [OutgoingMessage(m.body, 0, m.attributes) for m in batch])
             for message in batch:
+                assert message.receipt_handle is not None  # a received message has one
                 self.delete(f"{queue}-dlq", message.receipt_handle)
             moved += len(batch)
         return moved

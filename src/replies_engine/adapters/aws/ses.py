@@ -24,7 +24,10 @@ class SesSender:
             # one attempt: botocore's own retry of a read timeout could send the reply twice
             return client("sesv2", attempts=1).send_email(
                 FromEmailAddress=note["from"],
-                Destination={"ToAddresses": [parseaddr(note["to"])[1]]},
+                Destination={
+                    "ToAddresses": [parseaddr(note["to"])[1]],
+                    **({"CcAddresses": [parseaddr(a)[1] for a in note["cc"]]} if note.get("cc") else {}),
+                },
                 Content={"Raw": {"Data": message.as_bytes()}},
             )["MessageId"]
         except ClientError as exc:

@@ -20,6 +20,7 @@ Records from before MessagesTable are migrated by `migration.py`; the DynamoDB t
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -90,7 +91,7 @@ class DynamoConversationStore(LegacyShape):
             return old[-last:] if last else old
         return found
 
-    def list(self, status: str | None = None) -> list[Record]:
+    def list(self, status: str | None = None) -> builtins.list[Record]:
         """Tooling only: a paginated Scan (the archives of a table not yet migrated left out)."""
         kwargs: dict[str, Any] = {"FilterExpression": "attribute_not_exists(archive_of)"}
         if status is not None:
@@ -101,7 +102,7 @@ class DynamoConversationStore(LegacyShape):
         records = self._records("scan", TableName=self.table, **kwargs)
         return sorted(records, key=lambda r: r["conversation_id"])
 
-    def list_locked(self) -> list[Record]:
+    def list_locked(self) -> builtins.list[Record]:
         return self._records(
             "query",
             TableName=self.table,
@@ -179,7 +180,7 @@ class DynamoConversationStore(LegacyShape):
         self,
         conversation_id: str,
         batch_id: str,
-        messages: list[Record],
+        messages: builtins.list[Record],
         *,
         now: float,
         lock_timeout_seconds: float,
@@ -192,7 +193,9 @@ class DynamoConversationStore(LegacyShape):
 
         return self._decided(conversation_id, decide, _LOCK_FREE, now - lock_timeout_seconds)
 
-    def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
+    def add_pending(
+        self, conversation_id: str, messages: builtins.list[Record], *, now: float
+    ) -> LockOutcome:
         def decide(record: Record) -> Write:
             waiting = {m.get("message_id") for m in record.get("pending_messages", [])}
             stored = self.messages_table.stored(
@@ -407,7 +410,9 @@ class DynamoConversationStore(LegacyShape):
             )
         return self._decode(item) if item else None
 
-    def _write_messages(self, conversation_id: str, messages: list[Record], first_seq: int) -> set[str]:
+    def _write_messages(
+        self, conversation_id: str, messages: builtins.list[Record], first_seq: int
+    ) -> set[str]:
         return self.messages_table.write(conversation_id, messages, first_seq)
 
     def _fenced(
@@ -473,10 +478,10 @@ class DynamoConversationStore(LegacyShape):
         response = conditional("update_item", **update, ReturnValues="ALL_NEW")
         return without("messages", self._decode(response["Attributes"]))
 
-    def _records(self, operation: str, **kwargs: Any) -> list[Record]:
+    def _records(self, operation: str, **kwargs: Any) -> builtins.list[Record]:
         return [without("messages", record) for record in self._items(operation, kwargs)]
 
-    def _items(self, operation: str, kwargs: dict[str, Any]) -> list[Record]:
+    def _items(self, operation: str, kwargs: dict[str, Any]) -> builtins.list[Record]:
         return [without("gsi_locked", item) for item in pages(operation, kwargs)]
 
     def _key(self, conversation_id: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ which is what DynamoDB's ConditionExpression gives the AWS backend.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from collections.abc import Callable
@@ -80,7 +81,7 @@ class SqliteConversationStore:
         with _errors(), self._db.transaction() as conn:
             return move_messages_out_of_records(conn)
 
-    def list(self, status: str | None = None) -> list[Record]:
+    def list(self, status: str | None = None) -> builtins.list[Record]:
         if status is None:
             return self._select("SELECT record FROM conversations ORDER BY conversation_id")
         return self._select(
@@ -88,7 +89,7 @@ class SqliteConversationStore:
             (status,),
         )
 
-    def list_locked(self) -> list[Record]:
+    def list_locked(self) -> builtins.list[Record]:
         return self._select(
             "SELECT record FROM conversations INDEXED BY [gsi-locked]"
             f" WHERE conversation_status = '{PROCESSING_REPLY}' ORDER BY processing_started_at"
@@ -117,7 +118,7 @@ class SqliteConversationStore:
         self,
         conversation_id: str,
         batch_id: str,
-        messages: list[Record],
+        messages: builtins.list[Record],
         *,
         now: float,
         lock_timeout_seconds: float,
@@ -134,7 +135,9 @@ class SqliteConversationStore:
             ),
         )
 
-    def add_pending(self, conversation_id: str, messages: list[Record], *, now: float) -> LockOutcome:
+    def add_pending(
+        self, conversation_id: str, messages: builtins.list[Record], *, now: float
+    ) -> LockOutcome:
         return self._decided(
             conversation_id,
             lambda record, conn: decisions.add_pending(
@@ -286,7 +289,7 @@ class SqliteConversationStore:
         """Read, `decide` (a `decisions.Write`), write what it decided: the outcome, `missing` when
         there is no such conversation."""
 
-        def write(record: Record, conn: sqlite3.Connection) -> LockOutcome:
+        def write(record: Record, conn: sqlite3.Connection) -> tuple[LockOutcome, bool]:
             decision = decide(record, conn)
             record.update(decision.changes)
             self._append(conn, conversation_id, decision.append if decision.status == "acquired" else [])
@@ -298,7 +301,7 @@ class SqliteConversationStore:
 
     @staticmethod
     def _append(
-        conn: sqlite3.Connection, conversation_id: str, messages: list[Record], indexed: bool = False
+        conn: sqlite3.Connection, conversation_id: str, messages: builtins.list[Record], indexed: bool = False
     ) -> None:
         insert_messages(conn, conversation_id, messages)
         if indexed:  # where a status callback finds the reply that its provider id is (a part of)
@@ -313,7 +316,7 @@ class SqliteConversationStore:
             raise StoreError(f"conversation {conversation_id} does not exist")
         return result
 
-    def _select(self, sql: str, args: tuple = ()) -> list[Record]:
+    def _select(self, sql: str, args: tuple = ()) -> builtins.list[Record]:
         with _errors():
             rows = self._db.connection().execute(sql, args).fetchall()
         return [json.loads(row["record"]) for row in rows]
