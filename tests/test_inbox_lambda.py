@@ -133,3 +133,31 @@ def test_the_static_files_are_cached_and_nothing_else_is_served(inbox):
     assert inbox.call("GET", "/inbox/static/../app.py")["statusCode"] == 404
     assert inbox.call("GET", "/api/nowhere")["statusCode"] == 404
     assert inbox.call("GET", "/inbox")["body"].count('name="token"') == 1  # the login form
+
+
+def test_an_admin_manages_accounts_through_the_function_and_an_agent_may_not(inbox):
+    ada = operators.add(inbox.runtime, "ada", "admin")["token"]
+    sam = operators.add(inbox.runtime, "sam")["token"]
+
+    made = payload(inbox.call("POST", "/api/operators", token=ada, body={"name": "kim", "role": "agent"}))
+    assert made["name"] == "kim" and made["token"].startswith("reo_")
+    assert payload(inbox.call("GET", "/api/me", token=made["token"])) == {"name": "kim", "role": "agent"}
+    listed = payload(inbox.call("GET", "/api/operators", token=ada))["operators"]
+    assert [a["name"] for a in listed] == ["ada", "kim", "sam"] and "token" not in json.dumps(listed)
+    assert inbox.call("POST", "/api/operators", token=ada, body={"name": "kim"})["statusCode"] == 409
+    renewed = payload(inbox.call("POST", "/api/operators/kim/reset", token=ada, body={}))["token"]
+    assert inbox.call("GET", "/api/me", token=made["token"])["statusCode"] == 401
+    assert payload(inbox.call("POST", "/api/operators/kim/remove", token=ada, body={})) == {
+        "name": "kim",
+        "removed": True,
+    }
+    assert inbox.call("GET", "/api/me", token=renewed)["statusCode"] == 401
+
+    for method, path in [
+        ("GET", "/api/operators"),
+        ("POST", "/api/operators"),
+        ("POST", "/api/operators/ada/remove"),
+    ]:
+        refused = inbox.call(method, path, token=sam, body={} if method == "POST" else None)
+        assert refused["statusCode"] == 403, path
+    assert operators.accounts(inbox.runtime)[0]["name"] == "ada"

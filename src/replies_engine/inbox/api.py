@@ -3,10 +3,11 @@ checks who asks and maps the errors)."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 from typing import Any
 
-from .. import clock
+from .. import clock, operators
 from .. import handoff as handoff_
 from ..channels import QUEUES
 from ..conversation import AI, HUMAN, WHATSAPP_WINDOW_SECONDS, owned_by_human
@@ -14,6 +15,8 @@ from ..handoff import OperatorError, hand_back, hand_off, human_reply
 from ..handoff import conversation as record_of
 from ..operators import Operator
 from ..ports import QueueError, Runtime
+
+logger = logging.getLogger(__name__)
 
 
 def me(runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str]) -> dict[str, Any]:
@@ -254,3 +257,41 @@ def redrive(
 ) -> dict[str, Any]:
     _dead_letter_queue(name)
     return {"redriven": runtime.queue.redrive(name)}
+
+
+# --- the operators' accounts (admins) ------------------------------------------------------------
+
+
+def accounts(runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str]) -> dict[str, Any]:
+    return {"operators": operators.accounts(runtime)}
+
+
+def add_account(runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str]) -> dict[str, Any]:
+    return _account(
+        operators.add, runtime, operator, _text(body, "name"), _text(body, "role", operators.AGENT)
+    )
+
+
+def reset_account(
+    runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], name: str
+) -> dict[str, Any]:
+    return _account(operators.reset, runtime, operator, name)
+
+
+def remove_account(
+    runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], name: str
+) -> dict[str, Any]:
+    return _account(operators.remove, runtime, operator, name)
+
+
+def _account(change: Any, runtime: Runtime, operator: Operator, *args: str) -> dict[str, Any]:
+    """An account change by an admin, logged with who made it (the token it prints goes to them only)."""
+    try:
+        result: dict[str, Any] = change(runtime, *args)
+    except operators.OperatorsError as exc:
+        raise OperatorError(exc.status, str(exc)) from None
+    logger.info(
+        "operator account changed",
+        extra={"by": operator.name, "change": change.__name__, "account": result["name"]},
+    )
+    return result

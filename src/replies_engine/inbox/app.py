@@ -18,6 +18,9 @@ strangers.
     GET  /api/stats                                   received, answered, handed off…, time to first reply
     GET  /api/dlq/{name}                              what a DLQ holds (the embedded engine; admins)
     POST /api/dlq/{name}/redrive                      back to its queue (admins)
+    GET  /api/operators                               the accounts (admins)
+    POST /api/operators                               {"name", "role"}: a new account, its token once (admins)
+    POST /api/operators/{name}/reset | /remove        a new token; the account gone (admins)
 
 Every request is an operator's (`operators.py`): a personal token as `Authorization: Bearer …`, or the
 session cookie the page's login form (name and token) sets; OPERATOR_TOKEN acts as an admin. With no
@@ -74,6 +77,10 @@ _API: list[tuple[str, str, Work, bool]] = [
     ("GET", r"/api/stats", api.stats, False),
     ("GET", r"/api/dlq/(?P<name>[^/]+)", api.dead_letters, True),
     ("POST", r"/api/dlq/(?P<name>[^/]+)/redrive", api.redrive, True),
+    ("GET", r"/api/operators", api.accounts, True),
+    ("POST", r"/api/operators", api.add_account, True),
+    ("POST", r"/api/operators/(?P<name>[^/]+)/reset", api.reset_account, True),
+    ("POST", r"/api/operators/(?P<name>[^/]+)/remove", api.remove_account, True),
 ]
 _ROUTES: list[tuple[str, re.Pattern[str], Work, bool]] = [
     (method, re.compile(pattern), work, admin) for method, pattern, work, admin in _API
