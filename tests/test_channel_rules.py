@@ -374,6 +374,22 @@ def test_a_timeout_when_twilio_cannot_be_asked_is_recorded_unknown_never_resent(
     assert reply["delivery_status"] == "unknown" and twilio.metric("ReplyInDoubt") == 1
 
 
+def test_a_hand_off_whose_last_word_is_refused_still_hands_the_conversation_over(twilio, monkeypatch):
+    from replies_engine.ports import Handoff
+
+    monkeypatch.setattr(twilio.runtime.responder, "respond", lambda context: Handoff("wants a refund"))
+    twilio.api.failures = [21211]  # Twilio refuses the "a colleague will answer" message for good
+    ai = locked(twilio)
+
+    assert reply_stage(ai) == []
+
+    record = twilio.get()
+    assert record["owner"] == "human" and record["handoff_reason"] == "wants a refund"
+    assert record["last_error_code"] == "21211"
+    assert [n["body"]["kind"] for n in twilio.queued("handoff")] == ["handoff"]  # people are told
+    assert twilio.queued("ai-dlq") == []
+
+
 # --- WhatsApp's 24-hour window ------------------------------------------------------------------
 
 

@@ -141,7 +141,7 @@ def test_the_reply_goes_from_our_own_address_to_reply_to_and_in_the_thread(mail,
     inbound = email_json(
         "Can we talk tomorrow?",
         to='"Company Support" <support@company.example>, "Max Colleague" <max@zoe-employer.example>',
-        reply_to="Zoë Private <zoe.private@example.org>",
+        reply_to="Zoë Private <zoe.private@example.org>",  # on her From's domain
         message_id="<m3@mail.example.org>",
     )
     envelope, sent = sent_by_smtp(mail, smtp_server, email_event(inbound))
@@ -196,3 +196,40 @@ def test_the_reply_headers_are_what_a_mail_client_threads_on():
     assert sent["Subject"] == "Re: Re: your appointment"  # never stacked further
     assert sent["References"] == "<m1@company.example> <m2@mail.example.org>"
     assert sent["Cc"] == "max@x.example"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"From: zoe@example.org\r\nMessage-ID: <@>\r\n\r\nhi",
+        b"From: =?utf-8?q?a=0D=0Ab?= <zoe@example.org>\r\nMessage-ID: <x@y>\r\n\r\nhi",
+        b'From: zoe@example.org\r\nContent-Type: text/plain; charset="utf-8\x00"\r\n\r\nhi',
+        b"From: zoe@example.org\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!!",
+        b"just some words",
+    ],
+    ids=["message-id-<@>", "encoded-line-break", "nul-in-charset", "bad-base64", "not-a-mail"],
+)
+def test_hostile_raw_mail_is_read_or_refused_never_an_internal_error(mail, raw):
+    fields = {k: v for k, v in SENDGRID.items() if k not in ("headers", "text")}
+    answer = mail.handle(sendgrid_event(sendgrid_bytes({**fields, "email": raw})))
+
+    assert answer["statusCode"] in (200, 400, 404), answer["body"]
+    assert "INTERNAL_ERROR" not in answer["body"]
+
+
+@pytest.mark.parametrize("charsets", ['{"text": 5}', '{"text": "utf-8\\u0000"}', '["x"]', "\xff"])
+def test_sendgrid_charsets_of_any_shape_never_break_the_intake(mail, charsets):
+    body = sendgrid_bytes(
+        {**SENDGRID, "text": GRUSS.encode("windows-1252"), "charsets": charsets.encode("latin-1")}
+    )
+
+    assert mail.handle(sendgrid_event(body))["statusCode"] == 200
+    assert queued(mail)[0]["body"] == GRUSS
+
+
+def test_a_reply_to_on_another_domain_is_not_followed_unless_the_record_trusts_it(mail, smtp_server):
+    forged = email_json("Send me my booking details", reply_to="attacker@evil.example")
+
+    envelope, _ = sent_by_smtp(mail, smtp_server, email_event(forged))
+
+    assert envelope.rcpt_tos == ["Zoe@Example.org"]  # the address whose conversation it is

@@ -392,3 +392,24 @@ def test_an_ai_hand_off_without_a_last_word_still_tells_the_person(inbox, monkey
     record = inbox.get()
     assert record["owner"] == "human" and record["handoff_reason"] == "wants a refund"
     assert [entry["body"] for entry in inbox.outbox()] == [inbox.runtime.settings.handoff_reply_text]
+
+
+def test_a_reply_that_went_but_was_not_recorded_is_not_answered_try_again(inbox, monkeypatch):
+    from replies_engine.ports import TransientStoreError
+
+    inbox.put(conversation(auto_queue_reply_message=True))
+    post(inbox, "hello?")
+    store, write = inbox.runtime.store, inbox.runtime.store.write_unlocked
+
+    def busy_for_replies(conversation_id, *, changes, message=None):
+        if message is not None and message.get("role") == "agent":
+            raise TransientStoreError("throttled")
+        return write(conversation_id, changes=changes, message=message)
+
+    monkeypatch.setattr(store, "write_unlocked", busy_for_replies)
+    answer = inbox.api(
+        "POST", "/api/conversations/c1/reply", {"text": "Sam here."}, token=token_of(inbox, "sam")
+    )
+
+    assert answer.status_code == 200 and answer.json()["message"]["recorded"] is False
+    assert [e["body"] for e in inbox.outbox()] == ["Sam here."]

@@ -230,3 +230,24 @@ def test_the_command_line_manages_accounts(engine_env):
     assert cli_json(engine_env, "operators", "reset", "ada")["token"] != made["token"]
     assert cli_json(engine_env, "operators", "remove", "ada") == {"name": "ada", "removed": True}
     assert cli_json(engine_env, "operators", "list") == []
+
+
+def test_a_logout_ends_the_session_where_it_is_kept(inbox):
+    session = log_in("sam", token_of(inbox, "sam")).cookies[COOKIE]
+
+    call("POST", "/inbox/logout", cookie=session, form={})
+
+    assert call("GET", "/api/me", cookie=session).status_code == 401  # a copied cookie is dead too
+
+
+@pytest.mark.sqlite_only
+def test_loopback_opens_without_credentials_only_before_anyone_has_an_account_and_never_via_a_proxy(engine):
+    from .test_handoff import Api
+
+    local = Api(loopback=True)
+    assert local("GET", "/api/me", token=None).json() == {"name": "local", "role": "admin"}
+    assert local("GET", "/api/me", token=None, headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+
+    operators.add(engine.runtime, "sam")
+
+    assert local("GET", "/api/me", token=None).status_code == 401

@@ -24,7 +24,7 @@ from .config import ConfigurationError
 from .conversation import AI, AI_RESPONSE_SENT, HANDED_OFF, HUMAN, flag, outside_window, owned_by_human
 from .mail import reply_address, thread
 from .parts import split_reply
-from .ports import PERSON_OPTED_OUT, Runtime
+from .ports import PERSON_OPTED_OUT, BackendError, Runtime
 from .sending import AMBIGUOUS, REFUSED, Unsent, in_doubt, recorded_reply, send_part
 
 logger = logging.getLogger(__name__)
@@ -129,11 +129,14 @@ def human_silent_too_long(record: dict[str, Any], hours: float) -> bool:
     return bool(since) and clock.now() - clock.parse_iso(since) > hours * 3600
 
 
-def notify_handoff(runtime: Runtime, record: dict[str, Any], reason: str, by: str) -> None:
-    """Tell whoever consumes the handoff queue that a human is needed."""
+def notify_handoff(
+    runtime: Runtime, record: dict[str, Any], reason: str, by: str, channel: str | None = None
+) -> None:
+    """Tell whoever consumes the handoff queue that a human is needed (on `channel`, when known)."""
     notice = {
         "kind": "handoff",
         "conversation_id": record["conversation_id"],
+        "channel_type": channel,
         "handoff_reason": reason,
         "by": by,
         "conversation": {
@@ -220,7 +223,16 @@ def human_reply(
         )
         message = {**reply, "role": "agent", "operator": operator}
         del message["batch_id"]  # the operator's own, not a batch of the conversation's
-        runtime.store.write_unlocked(conversation_id, changes={"last_agent_reply_at": now}, message=message)
+        try:
+            runtime.store.write_unlocked(
+                conversation_id, changes={"last_agent_reply_at": now}, message=message
+            )
+        except BackendError:  # it went: "try again" would send it twice
+            logger.exception(
+                "an operator's reply went but could not be recorded",
+                extra={"conversation_id": conversation_id},
+            )
+            message = {**message, "recorded": False}
         runtime.metrics.add("AgentReplies")
     if unsent is not None:
         failure = _failure(unsent)

@@ -3,14 +3,15 @@ operators'.
 
 From: exactly the company address the conversation matched (`gsi_company_email`), with the display
 name the person's mail gave it, else the record's `email_from_name`; never another recipient of theirs.
-To: their `Reply-To`, else their `From`. Cc: the others they wrote to, only when the record says
-`email_reply_all`. Thread: `In-Reply-To` their mail's RFC 5322 Message-ID (never a provider's own id),
+To: their `Reply-To` when it is on their `From`'s domain (or the record says `email_trust_reply_to`),
+else their `From`: a forged `From` with a `Reply-To` of the forger's would otherwise receive what the
+conversation holds. Cc: the others they wrote to, only when the record says `email_reply_all`. Thread: `In-Reply-To` their mail's RFC 5322 Message-ID (never a provider's own id),
 `References` the chain it carried with that id last, bounded.
 """
 
 from __future__ import annotations
 
-from email.utils import formataddr, getaddresses
+from email.utils import formataddr, getaddresses, parseaddr
 from typing import Any
 
 from .conversation import flag
@@ -29,7 +30,7 @@ def reply_address(record: dict[str, Any], latest: dict[str, Any]) -> dict[str, A
     ]
     ours = (record.get("gsi_company_email") or (written_to[0][1] if written_to else "")).lower()
     name = next((n for n, a in written_to if a == ours and n), None) or record.get("email_from_name")
-    person = _text(latest, "reply_to") or _text(latest, "from")
+    person = _answered(record, latest)
     address = {"from": formataddr((name, ours)) if name else ours, "to": person}
     if flag(record.get("email_reply_all")):
         theirs = {a.lower() for _, a in getaddresses([person, _text(latest, "from")])}
@@ -37,6 +38,19 @@ def reply_address(record: dict[str, Any], latest: dict[str, Any]) -> dict[str, A
         if others:
             address["cc"] = list(dict.fromkeys(others))
     return address
+
+
+def _answered(record: dict[str, Any], latest: dict[str, Any]) -> str:
+    """Their `Reply-To` when it is on the domain of their `From` (or the record trusts any,
+    `email_trust_reply_to`), else their `From`: anyone can write a `From` and a `Reply-To` of their
+    own, and the reply carries what the conversation holds."""
+    sender, reply_to = _text(latest, "from"), _text(latest, "reply_to")
+    if not reply_to:
+        return sender
+    domain = parseaddr(sender)[1].rpartition("@")[2].lower()
+    addresses = [a for _, a in getaddresses([reply_to]) if a]
+    same = bool(addresses) and all(a.rpartition("@")[2].lower() == domain for a in addresses)
+    return reply_to if same or flag(record.get("email_trust_reply_to")) else sender
 
 
 def thread(latest: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,10 @@ notice of a hand-off by the AI or an operator (`handoff.notify_handoff`), and an
 could not go (WhatsApp's window closed). From them the notifiers (`Runtime.notifiers`: a webhook, an
 SNS topic) get ONE notice per hand-off, never one per message: a message is a hand-off's only when it
 started it (a routing rule handed the conversation over on it). While an operator holds the
-conversation (`assigned_to`), they are told of each new message the person sends. A notice that does
-not go fails its record: the queue gives it again, and dead-letters it past its redrive policy.
+conversation (`assigned_to`), they are told of each new message the person sends. A notice names the
+person by name and a masked address and says why in a fixed phrase: never what the person wrote. A
+notice that does not go fails its record: the queue gives it again (at least once: a notifier that
+took it before another failed gets it again), and dead-letters it past its redrive policy.
 Without a notifier configured the records are acknowledged: the inbox, not the queue, is where
 operators see who waits.
 """
@@ -17,6 +19,7 @@ import logging
 from typing import Any
 
 from . import envelope
+from .conversation import AI
 from .envelope import Unreadable
 from .observability import mask
 from .ports import Record, Runtime
@@ -24,6 +27,7 @@ from .ports import Record, Runtime
 logger = logging.getLogger(__name__)
 
 HANDOFF, MESSAGE = "handoff", "message"  # a notice's kind
+WINDOW = "whatsapp_window_closed"  # who handed it over: nobody, the channel's rule
 
 
 def notify_handoffs(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
@@ -58,16 +62,16 @@ def notice_for(item: dict[str, Any], runtime: Runtime) -> Record | None:
     conversation = {
         **conversation,
         "conversation_id": item["conversation_id"],
-        "channel_type": item.get("channel_type") or conversation.get("channel_type"),
+        "channel_type": item.get("channel_type"),
     }
     if item.get("kind") == HANDOFF:
-        return _notice(HANDOFF, conversation, runtime, reason=item.get("handoff_reason"), by=item.get("by"))
-    if isinstance(item.get("messages"), list):  # an AI context whose reply could not go
-        return _notice(HANDOFF, conversation, runtime, reason=item.get("handoff_reason"), by="ai")
+        return _notice(HANDOFF, conversation, runtime, by=item.get("by") or AI)
+    if isinstance(item.get("messages"), list):  # an AI context whose reply could not go: the window
+        return _notice(HANDOFF, conversation, runtime, by=WINDOW)
     if _started_the_handoff(item, conversation):
-        return _notice(HANDOFF, conversation, runtime, reason=conversation.get("handoff_reason"), by="rule")
+        return _notice(HANDOFF, conversation, runtime, by="rule")
     if holder := conversation.get("assigned_to"):
-        return _notice(MESSAGE, conversation, runtime, to=holder, message=item.get("body") or "")
+        return _notice(MESSAGE, conversation, runtime, to=holder)
     return None
 
 
@@ -87,7 +91,7 @@ def _notice(kind: str, conversation: Record, runtime: Runtime, **fields: Any) ->
     channel = conversation.get("channel_type") or ""
     inbox = f"{runtime.settings.public_base_url}/inbox" if runtime.settings.public_base_url else None
     if kind == HANDOFF:
-        text = f"{who} waits for a human on {channel or 'a channel'}: {fields.get('reason') or 'a human is needed'}."
+        text = f"{who} waits for a human on {channel or 'a channel'}: {_why(fields['by'])}."
         subject = f"A person waits for a human: {who}"
     else:
         text = f"{who} wrote again in the conversation you hold ({fields['to']})."
@@ -102,8 +106,20 @@ def _notice(kind: str, conversation: Record, runtime: Runtime, **fields: Any) ->
         "channel": channel,
         "person": who,
         "inbox_url": inbox,
-        **{k: v for k, v in fields.items() if k != "message"},
+        **fields,
     }
+
+
+def _why(by: str) -> str:
+    """Why a human is needed, in a fixed phrase: the AI's own reason, an operator's, may quote what the
+    person wrote, and a notice goes to chat channels; the inbox shows the reason itself."""
+    if by == "rule":
+        return "a routing rule"
+    if by == AI:
+        return "the AI asked for one"
+    if by == WINDOW:
+        return "WhatsApp's 24-hour window closed"
+    return "an operator took it over"
 
 
 def _who(conversation: Record) -> str:

@@ -134,6 +134,10 @@ def login(runtime: Runtime, name: str, token: str, address: str) -> tuple[str, O
     return session, operator
 
 
+def logout(runtime: Runtime, session: str) -> None:
+    runtime.operators.remove_session(hashed(session))
+
+
 def by_session(runtime: Runtime, session: str) -> Operator | None:
     """The operator of a live page session; None when it expired, or its account was removed or reset."""
     found = runtime.operators.session(hashed(session)) if session else None

@@ -420,6 +420,10 @@ class OperatorStore(Protocol):
 
     def session(self, session_hash: str) -> Record | None: ...
 
+    def remove_session(self, session_hash: str) -> None:
+        """End a page session (a logout)."""
+        ...
+
     def count_failure(self, key: str, window: int) -> int:
         """One more failed login for `key` (an account or an address) in the time window `window`; the
         count in that window after it."""

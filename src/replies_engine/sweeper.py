@@ -89,7 +89,7 @@ def _record_sent(runtime: Runtime, record: Record, note: Record, now: float, log
         return None
     logger.warning("holder died while sending: its reply is recorded, never sent twice", extra=log)
     if note.get("hand_off"):  # the AI's last word went: the hand-off it asked for stands
-        notify_handoff(runtime, after, note["hand_off"], AI)
+        notify_handoff(runtime, after, note["hand_off"], AI, note.get("channel_type"))
     flush_if_pending(runtime, after)
     return 0
 

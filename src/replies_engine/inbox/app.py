@@ -104,6 +104,8 @@ def _route(request: Request, runtime: Runtime, loopback: bool) -> Response:
     if path == "/inbox/login" and method == "POST":
         return _login(request, runtime)
     if path == "/inbox/logout" and method == "POST":
+        if session := request.cookies.get(COOKIE):
+            operators.logout(runtime, session)  # ended where it is kept, not only in this browser
         return _redirect(request, cookie=_cookie(request, "", max_age=0))
     if path.startswith("/inbox/static/") and method == "GET":
         return _static(path.removeprefix("/inbox/static/"))
@@ -124,15 +126,27 @@ def who(request: Request, runtime: Runtime, loopback: bool) -> Operator | Respon
             return found
     except OperatorsError as exc:
         return _refusal(exc)
-    host = urlsplit(f"//{request.headers.get('host', '')}").hostname
-    if runtime.settings.operator_token is None and loopback and host in _LOOPBACK_NAMES:
-        # loopback only, and for a loopback name: a page elsewhere that rebinds its own name to
-        # 127.0.0.1 (DNS rebinding) sends its own Host, and is refused
+    if _open_on_loopback(request, runtime, loopback):
         return Operator(LOCAL_OPERATOR, ADMIN)
     return _json(
         401,
         {"error": "log in: a personal token (replies-engine operators add NAME) or OPERATOR_TOKEN"},
         {"WWW-Authenticate": 'Bearer realm="replies-engine"'},
+    )
+
+
+def _open_on_loopback(request: Request, runtime: Runtime, loopback: bool) -> bool:
+    """A `serve` on loopback, for a loopback name, opens without credentials, as long as nobody set
+    OPERATOR_TOKEN or made an account, and no proxy forwarded the request (a proxy on the same host
+    would make the world loopback). A page elsewhere that rebinds its own name to 127.0.0.1 (DNS
+    rebinding) sends its own Host, and is refused."""
+    host = urlsplit(f"//{request.headers.get('host', '')}").hostname
+    return (
+        loopback
+        and host in _LOOPBACK_NAMES
+        and "x-forwarded-for" not in request.headers
+        and runtime.settings.operator_token is None
+        and not runtime.operators.operators()
     )
 
 

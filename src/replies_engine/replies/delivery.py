@@ -149,15 +149,19 @@ def withheld(runtime: Runtime, record: dict[str, Any]) -> str | None:
 
 
 def hand_to_human(
-    runtime: Runtime, context: dict[str, Any], note: dict[str, Any] | None, reason: str
+    runtime: Runtime,
+    context: dict[str, Any],
+    note: dict[str, Any] | None,
+    reason: str,
+    changes: dict[str, Any] | None = None,
 ) -> bool:
-    """The AI asked for a human: the unlock records its last word (if any) and makes a human the
-    owner in one write; then the handoff queue is told."""
-    status, changes = closing({**(note or {}), "hand_off": reason})
-    released = unlock(runtime, context, note, status, changes=changes)
+    """The AI asked for a human: the unlock records its last word (the parts of it that went) and makes
+    a human the owner in one write, with `changes`; then the handoff queue is told."""
+    status, handed = closing({**(note or {}), "hand_off": reason})
+    released = unlock(runtime, context, note, status, changes={**(handed or {}), **(changes or {})})
     if released is None:
         return True  # not ours to hand off: the lock's new holder decides
-    notify_handoff(runtime, released, reason, AI)
+    notify_handoff(runtime, released, reason, AI, context.get("channel_type"))
     runtime.metrics.add("HandedOff", cause="ai")
     logger.info(
         "the AI handed the conversation to a human",
@@ -179,7 +183,10 @@ def refused(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], exc
         changes.update(opted_out=True, opted_out_at=clock.iso())
     else:
         logger.error("the provider refused the reply for good", extra={**log, "error": str(exc)})
-        dead_letter_context(runtime, context, f"the provider refused the reply: {exc}")
+        if not note.get("hand_off"):  # a hand-off's last word: the human it goes to sees the thread
+            dead_letter_context(runtime, context, f"the provider refused the reply: {exc}")
+    if note.get("hand_off"):  # the last word did not go; the hand-off stands
+        return hand_to_human(runtime, context, note, note["hand_off"], changes)
     return finish(runtime, context, note, REPLY_FAILED, changes=changes)
 
 
@@ -201,6 +208,10 @@ def window_closed(runtime: Runtime, context: dict[str, Any], note: dict[str, Any
         record = write_note(runtime, context, note)
         return True if record is None else deliver(runtime, context, note, record)
     logger.warning("WhatsApp's 24-hour window closed: handed to a human", extra=log)
+    if note.get("hand_off"):  # the AI's last word cannot go either: its hand-off stands
+        return hand_to_human(
+            runtime, context, note, note["hand_off"], {"last_error_code": WINDOW_CLOSED_CODE}
+        )
     handoff = {**context, "handoff_reason": "whatsapp_window_closed", "draft_reply": note["content"]}
     runtime.queue.send(
         HANDOFF_QUEUE,

@@ -57,7 +57,18 @@ class ProviderError(ValueError):
 
 
 def read(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
-    """The provider's body → the plain shape (and what its authenticity check needs)."""
+    """The provider's body → the plain shape (and what its authenticity check needs). Whatever the body
+    holds, it is read or refused with a ProviderError (a 400): a header the `email` package cannot
+    parse, a charset that names nothing, a field of the wrong type."""
+    try:
+        return _read(provider, body, content_type)
+    except ProviderError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, LookupError) as exc:
+        raise ProviderError(f"the {provider} body cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+def _read(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
     if provider == "sendgrid":
         return _with_id(provider, _sendgrid(*multipart_form(body, content_type)))
     if provider == "mailgun" and content_type.lower().startswith("multipart/"):  # with attachments
@@ -120,7 +131,7 @@ def decode_text(raw: bytes, declared: str, what: str = "text") -> str:
     for charset in (declared, *_FALLBACKS):
         try:
             text = raw.decode(codecs.lookup(charset).name)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # an unknown charset (or one with a NUL), or not in it
             continue
         if charset != declared:
             logger.warning(
@@ -138,9 +149,10 @@ def _sendgrid(fields: dict[str, Field], attachments: list[dict[str, Any]]) -> di
         charsets = json.loads(fields.get("charsets", (b"{}", None))[0] or b"{}")
     except ValueError:
         charsets = {}
-    text = decoded(fields, charsets if isinstance(charsets, dict) else {})
-    if "email" in fields:  # "POST the raw, full MIME message"
+    if "email" in fields:  # "POST the raw, full MIME message": the mail's own charsets decide
         return mime(fields["email"][0])
+    named = {k: v for k, v in charsets.items() if isinstance(v, str)} if isinstance(charsets, dict) else {}
+    text = decoded(fields, named)
     headers = _headers(text.get("headers", ""))
     raw = text.get("text", "")
     return {
@@ -251,8 +263,13 @@ def _string(value: Any) -> str:
 
 
 def _header(mail: Any, name: str) -> str | None:
-    value = mail.get(name)
-    return str(value) if value is not None else None
+    """A header's value, None when it is missing or cannot be parsed (`<@>`, an encoded line break):
+    a mail with one bad header is still read."""
+    try:
+        value = mail.get(name)
+        return str(value) if value is not None else None
+    except Exception:
+        return None
 
 
 def _with_id(provider: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -192,7 +192,7 @@ def _email_context(request: InboundRequest) -> dict[str, Any]:
     context.update(
         (k, request.params[k])
         for k in ("from", "to", "subject", "message_id", *THREAD_FIELDS)
-        if request.params.get(k)
+        if request.params.get(k) and isinstance(request.params[k], list if k == "references" else str)
     )
     raw = request.params.get("raw_text") or request.params.get("text") or ""
     # what the AI sees: the provider's stripped text, or ours

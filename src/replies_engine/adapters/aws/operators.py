@@ -126,6 +126,10 @@ class DynamoOperators:
     def session(self, session_hash: str) -> Record | None:
         return self._get(f"session#{session_hash}")  # TTL deletes late: the caller checks `expires_at`
 
+    def remove_session(self, session_hash: str) -> None:
+        with errors():
+            client("dynamodb").delete_item(TableName=self.table, Key=self._key(f"session#{session_hash}"))
+
     def count_failure(self, key: str, window: int) -> int:
         with errors():
             answer = client("dynamodb").update_item(

@@ -281,15 +281,13 @@ class DynamoConversationStore(LegacyShape):
             if changes is None:
                 return False, record
             holder = record.get("assigned_to")
-            condition = (
-                "assigned_to = :holder"
-                if holder
-                else "(attribute_not_exists(assigned_to) OR assigned_to = :holder)"
-            )
+            if holder:  # the claim as it was read (a hand-back leaves a NULL: unclaimed)
+                condition, values = "assigned_to = :holder", {":holder": holder}
+            else:
+                condition = "(attribute_not_exists(assigned_to) OR attribute_type(assigned_to, :null))"
+                values = {":null": "NULL"}
             try:
-                return True, self._updated(
-                    self._update_op(conversation_id, changes, condition, {":holder": holder})
-                )
+                return True, self._updated(self._update_op(conversation_id, changes, condition, values))
             except ConditionFailed:
                 continue  # claimed meanwhile: decide again
         raise contended(conversation_id)

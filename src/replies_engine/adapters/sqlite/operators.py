@@ -69,6 +69,10 @@ class SqliteOperators:
             "SELECT session AS account FROM operator_sessions WHERE session_hash = ?", session_hash
         )
 
+    def remove_session(self, session_hash: str) -> None:
+        with _errors(), self._db.transaction() as conn:
+            conn.execute("DELETE FROM operator_sessions WHERE session_hash = ?", (session_hash,))
+
     def count_failure(self, key: str, window: int) -> int:
         with _errors(), self._db.transaction() as conn:
             conn.execute("DELETE FROM login_failures WHERE window < ?", (window - 1,))
