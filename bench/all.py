@@ -27,7 +27,7 @@ BENCHES = {
     "batching": [],
     "concurrency": [],
     "voice_notes": [],
-    "chaos": ["--serve", "20"],
+    "chaos": ["--serve", "20"],  # 200 seeded runs per backend and 20 of a live serve: about 50 minutes
     "fuzz": [],
 }
 

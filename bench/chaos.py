@@ -242,7 +242,8 @@ def run_serve(seed: int) -> Counter:
                 if kill is not None:
                     process.send_signal(signal.SIGKILL)
                     process.wait(10)
-        os.environ.update(ENV, REPLIES_SQLITE_PATH=env["REPLIES_SQLITE_PATH"])
+        # counted in this process, on the database the serve used (an AWS run before left its backend set)
+        os.environ.update(ENV, REPLIES_BACKEND="sqlite", REPLIES_SQLITE_PATH=env["REPLIES_SQLITE_PATH"])
         reset_runtime()
         counts = verdict(accepted, None)
         counts["messages"] += len(accepted)
