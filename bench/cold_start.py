@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +99,7 @@ def events(name: str, store) -> list[dict]:
         notice = {"kind": "handoff", "conversation_id": "c1", "handoff_reason": "a refund", "by": "ai"}
         return [sqs(notice) for _ in range(2)]
     if name == "operator_handler":
-        token = operators.add(Store(store), f"op{sid('')[:8].lower()}")["token"]
+        token = operators.add(Store(store), f"op{uuid.uuid4().hex[:12]}")["token"]
         request = api_event("/api/conversations", None, {"Authorization": f"Bearer {token}"}, method="GET")
         return [request, request]
     return [{"source": "aws.events"}] * 2
