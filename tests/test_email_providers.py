@@ -325,14 +325,29 @@ def test_sendgrid_without_the_basic_auth_password_is_refused(mail):
     assert queued(mail) == []
 
 
-def test_a_10_mb_attachment_is_refused_with_a_clear_error(mail):
+def test_a_2_mb_pdf_is_accepted_and_only_its_description_is_queued(mail):
+    pdf = b"%PDF-1.4 " + b"\0" * 2_000_000  # a signed form, a photo from a phone
+    body = sendgrid_body(SENDGRID, files=[("attachment1", "form.pdf", "application/pdf", pdf)])
+
+    answer = mail.handle(sendgrid_event(body))
+
+    assert answer["statusCode"] == 200, answer["body"]
+    [context] = queued(mail)
+    assert context["attachments"] == [
+        {"name": "form.pdf", "content_type": "application/pdf", "size": len(pdf)}
+    ]
+    assert len(json.dumps(context)) < 10_000  # the bytes stay with the provider
+
+
+def test_a_mail_over_the_front_doors_10_mb_is_refused_with_a_clear_error(mail):
     body = sendgrid_body(
-        SENDGRID, files=[("attachment1", "big.bin", "application/octet-stream", b"\0" * 10_000_000)]
+        SENDGRID, files=[("attachment1", "big.bin", "application/octet-stream", b"\0" * 11_000_000)]
     )
 
     answer = mail.handle(sendgrid_event(body))
 
-    assert answer["statusCode"] == 400 and "bytes, more than the" in answer["body"] and queued(mail) == []
+    assert answer["statusCode"] == 400 and "bytes, more than the 10485760 allowed" in answer["body"]
+    assert queued(mail) == []
 
 
 # --- outbound on AWS: Amazon SES (moto's server, the same process) --------------------------------------

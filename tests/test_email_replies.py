@@ -233,3 +233,15 @@ def test_a_reply_to_on_another_domain_is_not_followed_unless_the_record_trusts_i
     envelope, _ = sent_by_smtp(mail, smtp_server, email_event(forged))
 
     assert envelope.rcpt_tos == ["Zoe@Example.org"]  # the address whose conversation it is
+
+
+def test_a_long_quoted_history_is_not_queued_but_the_reply_is_and_an_endless_text_is_refused(mail):
+    history = "\n".join(f"> line {n} of a long thread" for n in range(8000))  # ~230 KB of quotes
+    long_thread = email_json("Yes, Friday.\n\nOn Thu, Support wrote:\n" + history)
+
+    assert mail.handle(email_event(long_thread))["statusCode"] == 200
+    [context] = queued(mail)
+    assert context["body"] == "Yes, Friday." and "raw_text" not in context
+
+    endless = mail.handle(email_event(email_json("word " * 40_000)))
+    assert endless["statusCode"] == 400 and "more than a queue message holds" in endless["body"]

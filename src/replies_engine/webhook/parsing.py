@@ -24,6 +24,9 @@ from . import email_providers
 
 # Twilio's webhooks are a few KB; anything near this is not one, and it keeps queue messages small.
 MAX_BODY_BYTES = 262_144
+# A mail may carry attachments up to API Gateway's 10 MB payload: only their descriptions go on a queue.
+MAX_MAIL_BYTES = 10 * 1024 * 1024
+MAX_MAIL_TEXT = 128 * 1024  # the text as written kept on the queue (SQS: 256 KiB a message)
 _MAX_FIELDS = 500
 _MEDIA_FIELD = re.compile(r"Media(Url|ContentType)(\d+)")
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -112,7 +115,9 @@ def parse_event(event: dict[str, Any]) -> InboundRequest:
         raise ParsingError(
             f"unknown path {event.get('path')!r}: expected /whatsapp, /sms, /email or {STATUS_PATH}"
         )
-    raw = _body_bytes(event)
+    raw = _body_bytes(
+        event, MAX_MAIL_BYTES if channel is not None and channel.provider is EMAIL else MAX_BODY_BYTES
+    )
     headers = _headers(event)
     provider = email_provider(event)
     read = _READERS[(channel.provider if channel is not None else TWILIO).name]  # a status callback: Twilio's
@@ -200,8 +205,14 @@ def _email_context(request: InboundRequest) -> dict[str, Any]:
         context["body"] = request.params.get("text") or ""
     else:
         context["body"] = email_providers.strip_quoted(raw)
-    if context["body"] != raw:
-        context["raw_text"] = raw  # the text as written; `body`, what the AI sees, without the quotes
+    if len(context["body"].encode()) > MAX_MAIL_TEXT:
+        raise ParsingError(
+            f"the mail's own text is over {MAX_MAIL_TEXT // 1024} KiB: more than a queue message holds"
+        )
+    if context["body"] != raw and len(raw.encode()) <= MAX_MAIL_TEXT:
+        # the text as written, quoted history and all (kept when a queue message holds it: the history
+        # is in the thread anyway); `body`, what the AI sees, without the quotes
+        context["raw_text"] = raw
     if request.params.get("attachments"):
         context["attachments"] = request.params["attachments"]  # checked by the parser
     return context
@@ -224,7 +235,7 @@ def snake_case(name: str) -> str:
     return _WORD_BOUNDARY.sub("_", name).lower()
 
 
-def _body_bytes(event: dict[str, Any]) -> bytes:
+def _body_bytes(event: dict[str, Any], limit: int) -> bytes:
     body = event.get("body")
     if body is None or body == "":
         raise ParsingError("the body is empty")
@@ -237,8 +248,8 @@ def _body_bytes(event: dict[str, Any]) -> bytes:
             raise ParsingError("the body is marked base64 but is not valid base64") from None
     else:
         raw = body.encode("utf-8", "surrogatepass")
-    if len(raw) > MAX_BODY_BYTES:
-        raise ParsingError(f"the body is {len(raw)} bytes, more than the {MAX_BODY_BYTES} allowed")
+    if len(raw) > limit:
+        raise ParsingError(f"the body is {len(raw)} bytes, more than the {limit} allowed")
     return raw
 
 

@@ -93,11 +93,11 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     """Steps 1 to 3: read the request, verify it, find its conversation; then the rules and the route."""
     try:
         request = parse_event(event)
+        message = build_context_object(request) if request.channel is not None else {}
     except ParsingError as exc:
         return Outcome("PARSING_ERROR", str(exc))
     if request.channel is None:
         return _verify(request, runtime) or _record_delivery_status(request, runtime)
-    message = build_context_object(request)
     log = {"message_sid": message_key(message)}
     logger.info("webhook received", extra={**log, "channel_type": request.channel.name})
 
