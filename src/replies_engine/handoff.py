@@ -188,8 +188,9 @@ def human_reply(
         raise OperatorError(400, "the reply is empty")
     record = conversation(runtime, conversation_id)
     latest = _to_answer(runtime, record, template=bool(template_sid))
-    if record.get("assigned_to") != operator:
-        assign(runtime, conversation_id, operator, take_over=take_over)
+    # claimed right before the send, in one conditional write, whatever the read said: a take-over
+    # since then makes this a 409, not a second answer
+    assign(runtime, conversation_id, operator, take_over=take_over)
     if not owned_by_human(record, runtime.settings.honor_hand_off_to_human):
         hand_off(runtime, conversation_id, "an operator replied", by=operator)
     channel = CHANNELS[latest["channel_type"]]
