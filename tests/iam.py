@@ -175,11 +175,22 @@ def needs(prefix: str, operation: str, params: Mapping[str, Any]) -> list[Need]:
     if prefix == "secretsmanager" and "SecretId" in params:
         return [need(operation, secret_arn(params["SecretId"]))]
     if prefix == "ses" and operation == "SendEmail":
+        # SES authorizes the identity sent from and, when one is named, the configuration set
+        sets = (
+            [
+                need(
+                    operation,
+                    f"arn:aws:ses:{REGION}:{ACCOUNT}:configuration-set/{params['ConfigurationSetName']}",
+                )
+            ]
+            if params.get("ConfigurationSetName")
+            else []
+        )
         if "FromEmailAddressIdentityArn" in params:
-            return [need(operation, params["FromEmailAddressIdentityArn"])]
+            return [need(operation, params["FromEmailAddressIdentityArn"]), *sets]
         address = parseaddr(params["FromEmailAddress"])[1]
         identity = f"arn:aws:ses:{REGION}:{ACCOUNT}:identity/"
-        return [need(operation, identity + address, identity + address.rpartition("@")[2])]
+        return [need(operation, identity + address, identity + address.rpartition("@")[2]), *sets]
     if f"{prefix}:{operation}" in RESOURCELESS:
         return [need(operation, "*")]
     raise Unsupported(f"cannot tell the resource IAM checks for {prefix}:{operation}({sorted(params)})")

@@ -95,6 +95,7 @@ def test_the_four_functions_of_the_design_are_there_with_the_notifier_and_the_in
         "StalledConversationSweeper",
         "HandoffNotifier",
         "OperatorInbox",
+        "EmailFeedback",  # with EmailSender ses
     }
 
 
@@ -398,19 +399,25 @@ def test_each_function_has_a_role_of_its_own_scoped_to_the_stacks_resources():
         assert [get_att(s["Resource"]) for s in logs] == [f"{function}Logs"]
 
 
-def test_ses_is_granted_only_with_ses_and_only_for_the_stacks_identities():
+def test_ses_is_granted_only_with_ses_and_only_for_the_stacks_identities_and_configuration_set():
     def ses_grants(stack):
         return [s for granted in roles(stack).values() for s in granted if "ses:SendEmail" in s["Action"]]
 
     assert ses_grants(deployed()) == []
     identities = {"EmailSender": "ses", "SesIdentities": "company.example,support@other.example"}
     grants = ses_grants(deployed(**identities))  # the AI's replies, and the operators'
-    assert len(grants) == 2
-    for grant in grants:
+    identity = [g for g in grants if "Fn::Split" in g["Resource"]]
+    through = [g["Resource"] for g in grants if "Fn::Sub" in g["Resource"]]
+    assert len(identity) == len(through) == 2 and len(grants) == 4
+    for grant in identity:
         assert value(grant["Resource"], parameter_values(template(), identities)) == [
             "arn:aws:ses:*:*:identity/company.example",
             "arn:aws:ses:*:*:identity/support@other.example",
         ]
+    assert all(
+        r == {"Fn::Sub": "arn:aws:ses:*:*:configuration-set/replies-engine-${EnvironmentName}"}
+        for r in through
+    )
 
 
 @pytest.mark.parametrize("api_type", ["REST", "HTTP"])

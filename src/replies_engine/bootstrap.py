@@ -123,7 +123,7 @@ class Components:
         elif settings.email_sender == "ses":
             from .adapters.aws.ses import SesSender
 
-            email = SesSender()
+            email = SesSender(settings.ses_configuration_set)
         by_provider = {TWILIO.name: twilio, EMAIL.name: email}
         return {name: by_provider[channel.provider.name] for name, channel in CHANNELS.items()}
 

@@ -45,6 +45,7 @@ class Settings:
     mailgun_signing_key: str | None = None  # Mailgun's webhook signing key (`/email/mailgun`)
     smtp_url: str | None = None  # email replies go out through this SMTP server (else the outbox)
     email_sender: str = "outbox"  # outbox, smtp (SMTP_URL) or ses (AWS)
+    ses_configuration_set: str | None = None  # AWS: SES tells its bounces and complaints through it
     locked_reply_text: str = "We're still working on your previous message and will answer shortly."
     locked_policy: str = "reply"
     handoff_reply_text: str = "Thanks for your message. A colleague will answer you here shortly."
@@ -137,6 +138,7 @@ class Settings:
             email_auth=env.choice("EMAIL_AUTH", ("on", "off"), "on") == "on",
             mailgun_signing_key=env.text("MAILGUN_SIGNING_KEY"),
             smtp_url=env.text("SMTP_URL"),
+            ses_configuration_set=env.text("SES_CONFIGURATION_SET"),
             email_sender=env.choice(
                 "EMAIL_SENDER", ("outbox", "smtp", "ses"), "smtp" if env.text("SMTP_URL") else "outbox"
             ),

@@ -55,3 +55,11 @@ def operator_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     from .inbox.app import handle
 
     return handle(event, get_runtime())
+
+
+def email_feedback_handler(event: dict[str, Any], context: Any) -> dict[str, int]:
+    """SES's bounce and complaint notifications (an SNS event) → what they changed."""
+    from .bootstrap import get_runtime
+    from .feedback import record_feedback
+
+    return record_feedback(event, get_runtime())

@@ -252,6 +252,9 @@ def _to_answer(runtime: Runtime, record: dict[str, Any], *, template: bool = Fal
     latest = next((m for m in reversed(recent) if m.get("role") == "user"), None)
     if latest is None or latest.get("channel_type") not in CHANNELS:
         raise OperatorError(409, "the person has not written yet: there is nobody to answer")
+    if latest["channel_type"] == "email" and record.get("email_suppressed"):
+        reason = record["email_suppressed"].get("reason", "a bounce")
+        raise OperatorError(409, f"their address answered with a {reason}: no email goes to it")
     closed = outside_window(record, latest["channel_type"], [latest])
     if closed and not template:
         raise OperatorError(409, "WhatsApp's 24-hour window closed: only an approved template may go now")

@@ -82,7 +82,7 @@ def deliver(runtime: Runtime, context: dict[str, Any], note: dict[str, Any], rec
     `record` is the record after the note was written; `context` the AI context of the lock's holder."""
     log = {"conversation_id": context["conversation_id"], "batch_id": context["batch_id"]}
     while not complete(note):
-        if status := withheld(runtime, record):
+        if status := withheld(runtime, record, note["channel_type"]):
             logger.info("nothing more is sent", extra={**log, "status": status})
             return finish(runtime, context, note, status)
         if not note.get("template") and outside_window(record, context["channel_type"], context["messages"]):
@@ -137,11 +137,14 @@ def _unsent(
     return refused(runtime, context, note, unsent.error)
 
 
-def withheld(runtime: Runtime, record: dict[str, Any]) -> str | None:
-    """Why no AI reply may go out now: the person opted out (OPTED_OUT), or a human owns the
-    conversation (HANDED_OFF, a reply superseded); None when one may."""
+def withheld(runtime: Runtime, record: dict[str, Any], channel: str | None = None) -> str | None:
+    """Why no AI reply may go out now: the person opted out (OPTED_OUT), their address bounced or
+    complained (email: REPLY_FAILED), or a human owns the conversation (HANDED_OFF, a reply
+    superseded); None when one may."""
     if flag(record.get("opted_out")):
         return OPTED_OUT
+    if channel == "email" and record.get("email_suppressed"):
+        return REPLY_FAILED
     if owned_by_human(record, runtime.settings.honor_hand_off_to_human):
         runtime.metrics.add("ReplySuperseded")
         return HANDED_OFF

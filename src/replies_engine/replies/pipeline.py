@@ -119,7 +119,7 @@ def _not_for_the_ai(
 ) -> bool | None:
     """Checked before the AI is paid for: a conversation that gets no reply (a human's, opted out), or
     one past its daily cap on AI turns (a human answers). None: the AI answers."""
-    if status := withheld(runtime, held):  # and again before each part
+    if status := withheld(runtime, held, context["channel_type"]):  # and again before each part
         logger.info("no reply is made", extra={**log, "status": status})
         return finish(runtime, context, None, status)
     if reason := projects.over_cap(runtime, held):

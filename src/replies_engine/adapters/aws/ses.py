@@ -13,6 +13,12 @@ _TRANSIENT = TRANSIENT_ERROR_CODES | {"TooManyRequestsException", "LimitExceeded
 
 
 class SesSender:
+    """`configuration_set`: the stack's, whose event destination tells `feedback.py` of bounces and
+    complaints."""
+
+    def __init__(self, configuration_set: str | None = None) -> None:
+        self.configuration_set = configuration_set
+
     def send(self, note: dict[str, Any], part: int) -> str:
         """SES's message id of the part sent."""
         from email.utils import parseaddr
@@ -29,6 +35,7 @@ class SesSender:
                     **({"CcAddresses": [parseaddr(a)[1] for a in note["cc"]]} if note.get("cc") else {}),
                 },
                 Content={"Raw": {"Data": message.as_bytes()}},
+                **({"ConfigurationSetName": self.configuration_set} if self.configuration_set else {}),
             )["MessageId"]
         except ClientError as exc:
             code = error_code(exc) or "unknown"
