@@ -540,3 +540,23 @@ def test_checkov_finds_only_what_docs_security_md_justifies(tmp_path):
             assert why, check
             justified[check] = set(resources.split(", "))
     assert found == justified
+
+
+def test_with_ses_the_email_feedback_function_keeps_what_fails_and_is_watched():
+    resources = deployed(EmailSender="ses", SesIdentities="company.example")["Resources"]
+
+    function = resources["EmailFeedback"]["Properties"]
+    assert function["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": "EmailFeedbackDLQ.Arn"}}
+    assert resources["EmailFeedbackFeedback"]["Properties"]["TopicArn"] == {"Ref": "EmailFeedbackTopic"}
+    alarms = json.dumps({k: v for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"})
+    assert "EmailFeedbackDLQ" in alarms
+    [tls] = [
+        v["Properties"]
+        for v in resources.values()
+        if v["Type"] == "AWS::SQS::QueuePolicy" and "EmailFeedbackDLQ" in json.dumps(v)
+    ]
+    assert tls["PolicyDocument"]["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert resources["SesFeedbackDestination"]["Properties"]["EventDestination"]["MatchingEventTypes"] == [
+        "bounce",
+        "complaint",
+    ]
