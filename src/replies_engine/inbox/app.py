@@ -178,7 +178,7 @@ def _api(
 def _page(request: Request, runtime: Runtime, loopback: bool) -> Response:
     if isinstance(who(request, runtime, loopback), Response):
         return _login_page(request)
-    page = (STATIC / "inbox.html").read_text().replace("{{base}}", html.escape(request.base))
+    page = _file("inbox.html").decode().replace("{{base}}", html.escape(request.base))
     page = page.replace("{{v}}", _version())
     return Response(200, page, {"Content-Type": "text/html; charset=utf-8", **_PAGE_HEADERS})
 
@@ -225,7 +225,7 @@ def _static(name: str) -> Response:
         "Cache-Control": "public, max-age=31536000, immutable",  # the page asks for ?v=<version>
         "X-Content-Type-Options": "nosniff",
     }
-    return Response(200, path.read_bytes(), headers)
+    return Response(200, _file(name), headers)
 
 
 def _redirect(request: Request, cookie: str) -> Response:
@@ -263,6 +263,12 @@ def _refusal(exc: OperatorsError) -> Response:
     return _json(
         exc.status, {"error": str(exc)}, {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     )
+
+
+@cache
+def _file(name: str) -> bytes:
+    """A file of the page, read once per process (a warm Lambda serves every poll from memory)."""
+    return (STATIC / name).read_bytes()
 
 
 @cache
