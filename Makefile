@@ -54,7 +54,7 @@ FLOOR_TESTS = tests/test_webhook_accepts.py tests/test_channel_rules.py tests/te
 $(FLOOR_VENV)/.installed: pyproject.toml .ci/floors.txt
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pip install -q -c .ci/floors.txt -e '.[aws]' \
-		'moto[server,dynamodb,sqs,secretsmanager,sns]' aws-sam-translator pyyaml pytest pytest-timeout
+		'moto[server,dynamodb,sqs,secretsmanager,sns,s3]' aws-sam-translator pyyaml pytest pytest-timeout
 	touch $@
 
 test-floors: $(FLOOR_VENV)/.installed

@@ -101,7 +101,8 @@ class Stack:
         self.sqs = session.client("sqs", endpoint_url=endpoint)
         self.secrets = session.client("secretsmanager", endpoint_url=endpoint)
         self.sns = session.client("sns", endpoint_url=endpoint)
-        self.refs: dict[str, str] = {}  # logical id → what !Ref gives (table name, queue URL)
+        self.s3 = session.client("s3", endpoint_url=endpoint)
+        self.refs: dict[str, str] = {}  # logical id → what !Ref gives (table, bucket name, queue URL)
         self.queue_names: dict[str, str] = {}  # logical id → queue name
         self._create()
 
@@ -125,6 +126,9 @@ class Stack:
             if resource["Type"] == "AWS::SNS::Topic":
                 topic = f"{self.prefix}-{logical_id}"
                 self.refs[logical_id] = self.sns.create_topic(Name=topic)["TopicArn"]
+            if resource["Type"] == "AWS::S3::Bucket":
+                self.refs[logical_id] = f"{self.prefix}-{logical_id.lower()}"
+                self.s3.create_bucket(Bucket=self.refs[logical_id])
         queues = {k: v for k, v in self.resources.items() if v["Type"] == "AWS::SQS::Queue"}
         # dead-letter queues first: the others name them in their redrive policy
         for logical_id in sorted(queues, key=lambda k: "RedrivePolicy" in queues[k].get("Properties", {})):

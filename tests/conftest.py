@@ -208,8 +208,10 @@ def engine(
     reset_runtime()
     engine = Engine(tmp_path, monkeypatch, stack)
     engine.put(conversation())
-    # each function with its role, the stack deployed with SES allowed the test company's domain
-    enforce = iam.enforced(stack, parameters={"SesIdentities": "company.example"}) if stack else None
+    # each function with its role, the stack deployed with SES sending from and receiving for the test
+    # company's domain
+    ses = {"SesIdentities": "company.example", "SesReceivingDomain": "company.example"}
+    enforce = iam.enforced(stack, parameters=ses) if stack else None
     with enforce or contextlib.nullcontext() as enforcement:
         yield engine
         reset_runtime()

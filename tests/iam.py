@@ -170,6 +170,8 @@ def needs(prefix: str, operation: str, params: Mapping[str, Any]) -> list[Need]:
             ]
         if "QueueName" in params:  # GetQueueUrl
             return [need(operation, queue_arn(params["QueueName"]))]
+    if prefix == "s3" and operation == "GetObject":
+        return [need(operation, f"arn:aws:s3:::{params['Bucket']}/{params['Key']}")]
     if prefix == "sns" and operation == "Publish":
         return [need(operation, params["TopicArn"])]
     if prefix == "secretsmanager" and "SecretId" in params:
@@ -304,8 +306,8 @@ class Resolver:
         if name in self.parameters:
             return self.parameters[name]
         kind = self.resources.get(name, {}).get("Type")
-        if kind in ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic"):
-            return self.stack.refs[name]  # the table's name, the queue's URL, the topic's ARN
+        if kind in ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::S3::Bucket"):
+            return self.stack.refs[name]  # the table's or bucket's name, the queue's URL, the topic's ARN
         if kind == "AWS::SecretsManager::Secret":
             return secret_arn(self.physical_name(name, "Name"))
         if kind in _NAME_PROPERTIES:
@@ -319,6 +321,8 @@ class Resolver:
         if kind == "AWS::SQS::Queue" and attribute in ("Arn", "QueueName", "QueueUrl"):
             queue = self.stack.queue_names[name]
             return {"Arn": queue_arn(queue), "QueueName": queue, "QueueUrl": self.stack.refs[name]}[attribute]
+        if kind == "AWS::S3::Bucket" and attribute == "Arn":
+            return f"arn:aws:s3:::{self.stack.refs[name]}"
         if kind == "AWS::Lambda::Function" and attribute == "Arn":
             return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.ref(name)}"
         if kind == "AWS::IAM::Role" and attribute == "Arn":

@@ -16,6 +16,7 @@ from .config import ConfigurationError, Settings
 from .observability import Metrics, configure_logging
 from .ports import (
     ConversationStore,
+    InboundMail,
     MessageQueue,
     Notifier,
     OperatorStore,
@@ -60,6 +61,15 @@ class Components:
 
             found.append(SnsNotifier(self.settings.handoff_topic_arn))
         return found
+
+    @cached_property
+    def inbound_mail(self) -> InboundMail:
+        """Where SES's receipt rule stores inbound mail (AWS, INBOUND_MAIL_BUCKET)."""
+        if self.settings.backend != "aws" or not self.settings.inbound_mail_bucket:
+            raise ConfigurationError("INBOUND_MAIL_BUCKET is not set: no stored inbound mail to read")
+        from .adapters.aws.inbound_mail import S3InboundMail
+
+        return S3InboundMail(self.settings.inbound_mail_bucket, self.settings.inbound_mail_prefix)
 
     @cached_property
     def operators(self) -> OperatorStore:

@@ -46,6 +46,8 @@ class Settings:
     smtp_url: str | None = None  # email replies go out through this SMTP server (else the outbox)
     email_sender: str = "outbox"  # outbox, smtp (SMTP_URL) or ses (AWS)
     ses_configuration_set: str | None = None  # AWS: SES tells its bounces and complaints through it
+    inbound_mail_bucket: str | None = None  # AWS: where SES's receipt rule stores inbound mail
+    inbound_mail_prefix: str = ""  # … under this key prefix, then SES's message id
     locked_reply_text: str = "We're still working on your previous message and will answer shortly."
     locked_policy: str = "reply"
     handoff_reply_text: str = "Thanks for your message. A colleague will answer you here shortly."
@@ -139,6 +141,8 @@ class Settings:
             mailgun_signing_key=env.text("MAILGUN_SIGNING_KEY"),
             smtp_url=env.text("SMTP_URL"),
             ses_configuration_set=env.text("SES_CONFIGURATION_SET"),
+            inbound_mail_bucket=env.text("INBOUND_MAIL_BUCKET"),
+            inbound_mail_prefix=env.text("INBOUND_MAIL_PREFIX") or "",
             email_sender=env.choice(
                 "EMAIL_SENDER", ("outbox", "smtp", "ses"), "smtp" if env.text("SMTP_URL") else "outbox"
             ),

@@ -1,5 +1,5 @@
-"""The Lambda entry points (docs/design.md §2): the four stages', the hand-off notifier's and the
-operators' inbox's. Thin: each hands the event to its stage.
+"""The Lambda entry points (docs/design.md §2): the four stages', stage 1's for mail SES receives, the
+hand-off notifier's, the operators' inbox's and SES's feedback's. Thin: each hands the event to its stage.
 
 Importing this module reads no configuration and touches no backend; the first call does.
 """
@@ -63,3 +63,11 @@ def email_feedback_handler(event: dict[str, Any], context: Any) -> dict[str, int
     from .feedback import record_feedback
 
     return record_feedback(event, get_runtime())
+
+
+def ses_email_handler(event: dict[str, Any], context: Any) -> dict[str, int]:
+    """Mail Amazon SES received (its receipt rule's Lambda action; the mail itself in S3) → stage 1."""
+    from .bootstrap import get_runtime
+    from .webhook.ses import receive_ses
+
+    return receive_ses(event, get_runtime())

@@ -62,6 +62,12 @@ def thread(latest: dict[str, Any]) -> dict[str, Any]:
     return {"subject": latest.get("subject"), "in_reply_to": own, "references": chain[-MAX_REFERENCES:]}
 
 
+def reply_subject(subject: str | None) -> str:
+    """Theirs with "Re: " in front, once (never "Re: Re: …" of our making)."""
+    subject = subject or ""
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}".rstrip()
+
+
 def _text(message: dict[str, Any], name: str) -> str:
     value = message.get(name)
     return value if isinstance(value, str) else ""

@@ -390,6 +390,18 @@ class SecretSource(Protocol):
         ...
 
 
+class MailGone(BackendError):
+    """The stored mail is not there (expired, deleted, never written): reading again will not help."""
+
+
+class InboundMail(Protocol):
+    """Whole inbound mails as a provider stored them (Amazon SES: in S3), by the provider's message id."""
+
+    def read(self, message_id: str) -> bytes:
+        """The mail's bytes (RFC 5322); MailGone, or another BackendError (transient: try again)."""
+        ...
+
+
 class OperatorStore(Protocol):
     """The operators' accounts, their page sessions and the failed logins counted against brute force.
     An account is `{"name", "role", "token_hash", "created_at"}`: its token is kept only as a hash."""
@@ -464,6 +476,9 @@ class Runtime(Protocol):
 
     @property
     def notifiers(self) -> list[Notifier]: ...  # HANDOFF_WEBHOOK_URL, HANDOFF_TOPIC_ARN
+
+    @property
+    def inbound_mail(self) -> InboundMail: ...  # AWS: INBOUND_MAIL_BUCKET
 
     def secret(self, name: str, refresh: bool = False) -> str | None: ...
 

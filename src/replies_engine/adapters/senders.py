@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..channels import WINDOW_CLOSED_CODE
+from ..mail import reply_subject
 from ..ports import (
     PERSON_OPTED_OUT,
     WINDOW_CLOSED,
@@ -46,6 +47,7 @@ class OutboxSender:
                 "batch_id": note["batch_id"],
                 "part": part,
                 "part_count": len(note["texts"]),
+                **(_mail_headers(note) if note["channel_type"] == "email" else {}),
             }
         )
 
@@ -54,6 +56,17 @@ class OutboxSender:
         if isinstance(found, dict):
             return str(found["message_id"])
         return None if found is None else False
+
+
+def _mail_headers(note: dict[str, Any]) -> dict[str, Any]:
+    """What a system of yours needs to send an outbox entry as `reply_email` would, in their thread."""
+    headers = {"subject": reply_subject(note.get("subject")), "cc": note.get("cc") or []}
+    if note.get("in_reply_to"):
+        headers |= {
+            "in_reply_to": note["in_reply_to"],
+            "references": note.get("references") or [note["in_reply_to"]],
+        }
+    return headers
 
 
 def reply_email(note: dict[str, Any], part: int) -> Any:
@@ -67,8 +80,7 @@ def reply_email(note: dict[str, Any], part: int) -> Any:
     message["From"], message["To"] = note["from"], note["to"]
     if note.get("cc"):
         message["Cc"] = ", ".join(note["cc"])
-    subject = note.get("subject") or ""
-    message["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".rstrip()
+    message["Subject"] = reply_subject(note.get("subject"))
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=parseaddr(note["from"])[1].rpartition("@")[2] or None)
     if note.get("in_reply_to"):

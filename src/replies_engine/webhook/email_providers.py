@@ -31,6 +31,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -60,8 +61,18 @@ def read(provider: str, body: bytes, content_type: str) -> dict[str, Any]:
     """The provider's body → the plain shape (and what its authenticity check needs). Whatever the body
     holds, it is read or refused with a ProviderError (a 400): a header the `email` package cannot
     parse, a charset that names nothing, a field of the wrong type."""
+    return _readable(provider, lambda: _read(provider, body, content_type))
+
+
+def read_mime(provider: str, raw: bytes) -> dict[str, Any]:
+    """A whole mail as a provider stored it (Amazon SES's in S3) → the plain shape; a ProviderError
+    when it is not one."""
+    return _readable(provider, lambda: _with_id(provider, mime(raw)))
+
+
+def _readable(provider: str, read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
-        return _read(provider, body, content_type)
+        return read()
     except ProviderError:
         raise
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, LookupError) as exc:

@@ -90,7 +90,7 @@ def _answer(event: dict[str, Any], runtime_of: Callable[[], Runtime]) -> dict[st
 
 
 def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
-    """Steps 1 to 3: read the request, verify it, find its conversation; then the rules and the route."""
+    """Steps 1 and 2: read the request and verify it; then `admit` it."""
     try:
         request = parse_event(event)
         message = build_context_object(request) if request.channel is not None else {}
@@ -105,11 +105,23 @@ def _accept(event: dict[str, Any], runtime: Runtime) -> Outcome:
     if refusal is not None:
         refusal.log = log
         return refusal
+    return admit(request, message, runtime, log)
 
+
+def admit(
+    request: InboundRequest, message: dict[str, Any], runtime: Runtime, log: dict, withheld: str | None = None
+) -> Outcome:
+    """Steps 3 to 6 for a message read and verified, whatever door it came through: its conversation,
+    the rules, the route. `withheld` (why): the message is recorded in its conversation for a human
+    to see, never answered (a mail SES judged spam)."""
     found = check_conversation_exists(message, runtime.store)
     if not found["valid"]:
         return Outcome(found["error_code"], found["message"], log=log)
     log["conversation_id"] = found["record"].get("conversation_id")
+    if withheld:
+        recorded = {**user_message(found["data"]), "no_reply": withheld}
+        written = _write(runtime, found["data"], log, {}, recorded)
+        return written if isinstance(written, Outcome) else Outcome(log={**log, "no_reply": withheld})
     kept = _rules(request, message, found, runtime, log)
     return kept if isinstance(kept, Outcome) else _route(message, kept, runtime, log)
 
