@@ -563,3 +563,40 @@ def test_with_ses_the_email_feedback_function_keeps_what_fails_and_is_watched():
         "bounce",
         "complaint",
     ]
+
+
+def test_ses_inbound_exists_only_with_a_receiving_domain_and_keeps_mail_private_and_brief():
+    names = ("InboundMailBucket", "InboundMailRule", "SesEmailReceiver", "SesEmailDLQ", "SesEmailFailing")
+    assert not set(names) & set(deployed()["Resources"])
+
+    stack = deployed(SesReceivingDomain="replies.company.example", InboundMailRetentionDays="7")
+    resources = stack["Resources"]
+
+    bucket = resources["InboundMailBucket"]["Properties"]
+    assert bucket["PublicAccessBlockConfiguration"] == dict.fromkeys(
+        ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
+    )
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    [expiry] = bucket["LifecycleConfiguration"]["Rules"]
+    assert expiry["ExpirationInDays"] == {"Ref": "InboundMailRetentionDays"} and expiry["Status"] == "Enabled"
+    rule = resources["InboundMailRule"]["Properties"]["Rule"]
+    assert rule["Recipients"] == [{"Ref": "SesReceivingDomain"}] and rule["ScanEnabled"] is True
+    store, invoke = rule["Actions"]  # stored first, then the function told
+    function = resources["SesEmailReceiver"]["Properties"]
+    prefix = function["Environment"]["Variables"]["INBOUND_MAIL_PREFIX"]
+    assert store["S3Action"] == {"BucketName": {"Ref": "InboundMailBucket"}, "ObjectKeyPrefix": prefix}
+    assert invoke["LambdaAction"]["InvocationType"] == "Event"
+    assert function["DeadLetterConfig"] == {"TargetArn": {"Fn::GetAtt": "SesEmailDLQ.Arn"}}
+    # SES may write only there, only for this stack's rule set; the function invoked only by this rule
+    [writes] = [
+        s
+        for s in resources["InboundMailBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Allow"
+    ]
+    assert writes["Resource"] == {"Fn::Sub": "${InboundMailBucket.Arn}/" + prefix + "*"}
+    assert writes["Condition"]["StringEquals"] == {"AWS:SourceAccount": {"Ref": "AWS::AccountId"}}
+    permission = resources["SesEmailInvokePermission"]["Properties"]
+    assert permission["SourceArn"]["Fn::Sub"].endswith(":receipt-rule/" + rule["Name"]["Fn::Sub"])
+    [reads] = [s for s in roles(stack)["SesEmailReceiver"] if "s3:GetObject" in s["Action"]]
+    assert reads["Action"] == ["s3:GetObject"]
+    assert "SesEmailDLQ" in json.dumps(resources["SesEmailFailing"])

@@ -384,6 +384,12 @@ function renderHead(section, row) {
     "after that only an approved template may go.";
 }
 
+// A message recorded, never answered, for what the mail service found in it.
+const WITHHELD = {
+  spam: "Not answered: the mail service judged it spam",
+  virus: "Not answered: the mail service found a virus in it",
+};
+
 function renderMessage(message, thread) {
   const item = element("li", message.role);
   if (message.role === "event") {
@@ -403,6 +409,7 @@ function renderMessage(message, thread) {
     item.append(quote);
   }
   if (message.subject) item.append(element("p", "subject", message.subject));
+  if (WITHHELD[message.no_reply]) item.append(element("p", "extra withheld", WITHHELD[message.no_reply]));
   if (message.button) {
     item.append(element("p", "extra", `pressed the button «${message.button.text || message.button.payload || ""}»`));
   }
