@@ -12,6 +12,7 @@ import pytest
 from replies_engine.bootstrap import get_runtime, reset_runtime
 from replies_engine.handlers import batch_processor, handoff_notifier, reply_sender, webhook_handler
 from replies_engine.local.workers import QueueWorker
+from replies_engine.observability import JsonFormatter
 from replies_engine.ports import Runtime
 
 from . import iam
@@ -183,6 +184,34 @@ def moto_endpoint():
     server, endpoint = start_moto()
     yield endpoint
     server.shutdown()
+
+
+# What the fixtures say about the test person: none of it may reach a log line (LOG_PERSONAL_DATA=off).
+PERSONAL = (
+    PERSON,
+    PERSON.lstrip("+"),  # WhatsApp's WaId
+    "zoe@example.org",
+    "Habt ihr morgen Zeit",  # the default WhatsApp text, the SMS one, the email one
+    "Can I move my appointment",
+    "can we talk tomorrow",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_personal_data_in_logs(monkeypatch: pytest.MonkeyPatch):
+    """Every line the engine logs during the test is scanned for the test person's data."""
+    leaks: list[str] = []
+    original = JsonFormatter.format
+
+    def scanned(self: JsonFormatter, record: Any) -> str:
+        line = original(self, record)
+        if not self.personal_data and any(n.lower() in line.lower() for n in PERSONAL):
+            leaks.append(line)
+        return line
+
+    monkeypatch.setattr(JsonFormatter, "format", scanned)
+    yield
+    assert leaks == [], "personal data in the logs"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -59,7 +59,7 @@ def test_a_rule_hand_off_is_told_once_however_many_messages_follow(told, receive
 
     [notice] = notices(receiver)
     assert notice["kind"] == "handoff" and notice["by"] == "rule" and notice["conversation_id"] == "c1"
-    assert notice["text"].startswith("Zoë (+49…678) waits for a human on whatsapp: a routing rule.")
+    assert notice["text"].startswith("Zoë (+49151•••678) waits for a human on whatsapp: a routing rule.")
     assert notice["inbox_url"] == f"{BASE}/inbox"
     assert "urgent" not in json.dumps(notice) and "4915112345678" not in json.dumps(notice)
     assert told.queued("handoff") == []

@@ -272,7 +272,11 @@ def get_runtime() -> Components:
         with _runtime_lock:
             if _runtime is None:
                 settings = Settings.from_env()
-                configure_logging(settings.log_level)
+                configure_logging(settings.log_level, settings.log_personal_data)
+                if settings.log_personal_data:
+                    logger.warning(
+                        "LOG_PERSONAL_DATA=on: log lines carry what people wrote and their addresses"
+                    )
                 if settings.verify_signatures == "off":
                     logger.warning("VERIFY_SIGNATURES=off: webhook requests are accepted unsigned")
                 elif not settings.email_auth:

@@ -62,6 +62,7 @@ class Settings:
     handoff_auto_return_hours: float = 0  # a human silent this long hands the conversation back; 0: never
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
+    log_personal_data: bool = False  # on: log lines keep what people wrote and their addresses (debugging)
     batching_mode: str = "debounce"
     quiet_seconds: int = 3
     max_wait_seconds: int = 30
@@ -160,6 +161,7 @@ class Settings:
             handoff_auto_return_hours=env.number("HANDOFF_AUTO_RETURN_HOURS", 0, 0, 24 * 365),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            log_personal_data=env.choice("LOG_PERSONAL_DATA", ("on", "off"), "off") == "on",
             batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "debounce"),
             quiet_seconds=env.integer("QUIET_SECONDS", 3, 0, SQS_MAX_DELAY_SECONDS),
             max_wait_seconds=env.integer("MAX_WAIT_SECONDS", 30, 0, 86_400),

@@ -2,54 +2,97 @@
 
 Log lines carry correlation fields through `extra=`: `conversation_id`, `message_sid`, `batch_id`, …
 Counters are kept in memory here; the AWS backend emits the same names as CloudWatch EMF.
+
+Logs carry no personal data by default (log archives are kept long and read by many): every line
+passes `redact`, which masks phone numbers and email addresses wherever they appear (the message, each
+field, a traceback) and replaces the fields that hold what people wrote by their length.
+`LOG_PERSONAL_DATA=on` keeps them, for debugging, with a warning at start.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any, cast
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def mask(address: str) -> str:
-    """An address as logs may show it: enough to tell two apart, not enough to reach the person
-    (`+4915112345678` → `+49…678`, `zoe@example.org` → `z…@example.org`)."""
+    """An address as logs may show it: enough to tell lines about one person apart from another's, not
+    enough to reach them (`+4915112345678` → `+49151•••678`, `zoe@example.org` → `z•••@example.org`)."""
     local, at, domain = address.rpartition("@")
     if at:
-        return f"{local[:1]}…@{domain}"
-    return f"{address[:3]}…{address[-3:]}" if len(address) > 8 else "…"
+        return f"{local[:1]}•••@{domain}"
+    return f"{address[:6]}•••{address[-3:]}" if len(address) > 9 else "•••"
+
+
+# Where people's addresses hide in free text: an email address; a phone number in E.164 (`+49…`,
+# `whatsapp:+49…`) or as WhatsApp's bare `WaId` (10 to 15 digits standing alone).
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\+\d{7,15}\b|(?<![\w+.:-])\d{10,15}(?![\w.:-])")
+# Fields that hold what people wrote (or what was written to them): logged as their length only.
+CONTENT_FIELDS = frozenset(
+    {"body", "content", "text", "texts", "raw_text", "transcript", "subject", "profile_name", "caption"}
+)
+
+
+def redact(value: object) -> object:
+    """`value` (a log line's field) with every address masked and people's words left out."""
+    if isinstance(value, str):
+        return _ADDRESS.sub(lambda m: mask(m[0]), value)
+    if isinstance(value, dict):
+        return {
+            k: f"[{_length(v)} characters]" if k in CONTENT_FIELDS else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _length(value: object) -> int:
+    return len(value) if isinstance(value, str) else len(json.dumps(value, default=str, ensure_ascii=False))
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, then every `extra` field."""
+    """One JSON object per line: time, level, logger, message, then every `extra` field; redacted
+    unless `personal_data`."""
+
+    def __init__(self, personal_data: bool = False) -> None:
+        super().__init__()
+        self.personal_data = personal_data
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+        details = {"message": record.getMessage(), **fields}
+        if record.exc_info:
+            details["exception"] = self.formatException(record.exc_info)
+        if not self.personal_data:
+            plain = json.loads(json.dumps(details, default=str, ensure_ascii=False))  # dicts, lists, strings
+            details = cast(dict[str, Any], redact(plain))
         entry = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            **details,
         }
-        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD_ATTRS)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", personal_data: bool = False) -> None:
     """JSON lines on stderr for the package's loggers; idempotent (Lambda reuses the process)."""
     logger = logging.getLogger("replies_engine")
     logger.setLevel(level)
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
         handler = _StderrHandler()
-        handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
         logger.propagate = False  # Lambda's root handler would print every line twice
+    handler.setFormatter(JsonFormatter(personal_data))
 
 
 class _StderrHandler(logging.Handler):
