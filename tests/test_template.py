@@ -569,7 +569,7 @@ def test_ses_inbound_exists_only_with_a_receiving_domain_and_keeps_mail_private_
     names = ("InboundMailBucket", "InboundMailRule", "SesEmailReceiver", "SesEmailDLQ", "SesEmailFailing")
     assert not set(names) & set(deployed()["Resources"])
 
-    stack = deployed(SesReceivingDomain="replies.company.example", InboundMailRetentionDays="7")
+    stack = deployed(SesReceivingDomain="replies.company.example", MessageRetentionDays="7")
     resources = stack["Resources"]
 
     bucket = resources["InboundMailBucket"]["Properties"]
@@ -578,7 +578,9 @@ def test_ses_inbound_exists_only_with_a_receiving_domain_and_keeps_mail_private_
     )
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     [expiry] = bucket["LifecycleConfiguration"]["Rules"]
-    assert expiry["ExpirationInDays"] == {"Ref": "InboundMailRetentionDays"} and expiry["Status"] == "Enabled"
+    assert expiry["ExpirationInDays"] == {"Ref": "MessageRetentionDays"} and expiry["Status"] == "Enabled"
+    kept = deployed(SesReceivingDomain="replies.company.example")["Resources"]["InboundMailBucket"]
+    assert kept["Properties"]["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 30
     rule = resources["InboundMailRule"]["Properties"]["Rule"]
     assert rule["Recipients"] == [{"Ref": "SesReceivingDomain"}] and rule["ScanEnabled"] is True
     store, invoke = rule["Actions"]  # stored first, then the function told

@@ -240,7 +240,9 @@ def build_runtime(settings: Settings) -> Components:
     queue = SqsMessageQueue(settings.queue_urls)
     return Components(
         settings=settings,
-        store=DynamoConversationStore(settings.conversations_table, settings.messages_table),
+        store=DynamoConversationStore(
+            settings.conversations_table, settings.messages_table, settings.message_retention_days
+        ),
         queue=queue,
         metrics=Metrics(emf_namespace="RepliesEngine"),
         secrets=SecretsManagerSecrets(settings.twilio_secret_name, settings.engine_secret_name),

@@ -62,6 +62,7 @@ class Settings:
     handoff_auto_return_hours: float = 0  # a human silent this long hands the conversation back; 0: never
     honor_hand_off_to_human: bool = False
     log_level: str = "INFO"
+    message_retention_days: int = 0  # messages older than this are deleted; 0: kept
     log_personal_data: bool = False  # on: log lines keep what people wrote and their addresses (debugging)
     batching_mode: str = "debounce"
     quiet_seconds: int = 3
@@ -161,6 +162,7 @@ class Settings:
             handoff_auto_return_hours=env.number("HANDOFF_AUTO_RETURN_HOURS", 0, 0, 24 * 365),
             honor_hand_off_to_human=env.boolean("HONOR_HAND_OFF_TO_HUMAN", False),
             log_level=env.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True),
+            message_retention_days=env.integer("MESSAGE_RETENTION_DAYS", 0, 0, 36_500),
             log_personal_data=env.choice("LOG_PERSONAL_DATA", ("on", "off"), "off") == "on",
             batching_mode=env.choice("BATCHING_MODE", ("delay", "debounce"), "debounce"),
             quiet_seconds=env.integer("QUIET_SECONDS", 3, 0, SQS_MAX_DELAY_SECONDS),

@@ -134,6 +134,13 @@ class ConversationStore(Protocol):
         there already. One conditional write. False when the message was there (nothing written)."""
         ...
 
+    def prune_messages(self, before: float) -> int:
+        """Delete the messages written before `before` (Unix seconds; their transcripts and media
+        descriptions with them) and the delivery pointers left leading nowhere; the records keep their
+        counters and status. How many messages went: the AWS store's items carry `expires_at` and
+        DynamoDB's TTL deletes them, so it prunes nothing itself (0)."""
+        ...
+
     def lock_and_append(
         self,
         conversation_id: str,
@@ -283,6 +290,11 @@ class Outbox(Protocol):
         ...
 
     def list(self) -> list[Record]: ...
+
+    def prune(self, before: float) -> int:
+        """Delete the entries kept before `before` (Unix seconds); how many. A queue's own retention
+        period does it for a queue (0)."""
+        ...
 
     def find(self, batch_id: str, part: int = 0) -> Record | bool | None:
         """The entry that part `part` of `batch_id`'s reply became, False when there is none, None when

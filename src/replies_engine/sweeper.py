@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 def sweep(runtime: Runtime) -> dict[str, int]:
     """Recover every stalled lock; returns `{"checked": locked conversations read, "reset": recovered,
-    "redriven": unanswered messages sent back to the AI}`."""
+    "redriven": unanswered messages sent back to the AI}`, and with MESSAGE_RETENTION_DAYS `"pruned"`:
+    the messages and outbox entries past it, deleted."""
     now = clock.now()
+    pruned = _prune(runtime, now) if runtime.settings.message_retention_days else None
     locked = runtime.store.list_locked()
     reset = redriven = 0
     for entry in locked:
@@ -50,7 +52,25 @@ def sweep(runtime: Runtime) -> dict[str, int]:
         if moved is not None:
             reset += 1
             redriven += moved
-    return {"checked": len(locked), "reset": reset, "redriven": redriven}
+    return {
+        "checked": len(locked),
+        "reset": reset,
+        "redriven": redriven,
+        **({"pruned": pruned} if pruned is not None else {}),
+    }
+
+
+def _prune(runtime: Runtime, now: float) -> int:
+    """Retention: what people wrote, and was written to them, kept no longer than MESSAGE_RETENTION_DAYS."""
+    before = now - runtime.settings.message_retention_days * 86_400
+    try:
+        pruned = runtime.store.prune_messages(before) + runtime.outbox.prune(before)
+    except Exception:  # the locks matter more: the next sweep prunes
+        logger.exception("pruning past the retention failed: the next sweep tries again")
+        return 0
+    if pruned:
+        logger.info("deleted past the retention", extra={"deleted": pruned, "before": clock.iso(before)})
+    return pruned
 
 
 def _recover(

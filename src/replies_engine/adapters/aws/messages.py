@@ -7,6 +7,9 @@ deduplication a condition on the item itself (`attribute_not_exists(message_key)
 
 Keys no conversation uses hold the rest: `delivery#<provider id>` points a status callback to the
 reply it names; `ai_turns#<scope>` counts the AI's turns per day (expiring with the table's TTL).
+
+With MESSAGE_RETENTION_DAYS, a message's item and its delivery pointers carry `expires_at`, the
+message's time plus that many days: DynamoDB's TTL deletes them (within a few days of that time).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from .clients import client
 from .dynamo import ConditionFailed, chunks, conditional, decode, drain, encode, errors, pages
 
 SEQ_INDEX = "lsi-seq"
-_ITEM_ATTRS = ("conversation_id", "message_key", "seq")  # the item's, not the message's
+_ITEM_ATTRS = ("conversation_id", "message_key", "seq", "expires_at")  # the item's, not the message's
 _ABSENT = "attribute_not_exists(message_key)"
 
 
 class MessagesTable:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, retention_days: int = 0) -> None:
         self.name = name
+        self.retention_seconds = retention_days * 86_400
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -112,7 +116,12 @@ class MessagesTable:
             "target_message_key": {"S": reply["message_id"]},
         }
         return [
-            {"Put": {"TableName": self.name, "Item": {**self._pointer_key(pid), **target}}}
+            {
+                "Put": {
+                    "TableName": self.name,
+                    "Item": {**self._pointer_key(pid), **target, **self._expiry(reply)},
+                }
+            }
             for pid in provider_ids(reply)
         ]
 
@@ -214,7 +223,18 @@ class MessagesTable:
 
     def _item(self, conversation_id: str, entry: Record, seq: int) -> dict[str, Any]:
         key = entry.get("message_id") or f"#{seq}"
-        return encode({**entry, "conversation_id": conversation_id, "message_key": key, "seq": seq})
+        item = encode({**entry, "conversation_id": conversation_id, "message_key": key, "seq": seq})
+        return {**item, **self._expiry(entry)}
+
+    def _expiry(self, entry: Record) -> dict[str, Any]:
+        """`expires_at` for TTL: the message's time (else now) plus the retention; nothing without one."""
+        if not self.retention_seconds:
+            return {}
+        try:
+            written = clock.parse_iso(entry["timestamp"])
+        except (KeyError, TypeError, ValueError):
+            written = clock.now()
+        return {"expires_at": {"N": str(int(written) + self.retention_seconds)}}
 
     def _of(self, conversation_id: str) -> dict[str, Any]:
         """A consistent Query of the conversation's items."""

@@ -24,5 +24,8 @@ class SqsOutbox:
     def find(self, batch_id: str, part: int = 0) -> None:
         return None  # a queue cannot be searched
 
+    def prune(self, before: float) -> int:
+        return 0  # the queue's retention period (14 days) drops what nobody took
+
     def list(self) -> list[Record]:
         raise QueueError("the AWS outbox is an SQS queue: read it with its consumer, or `queues stats`")

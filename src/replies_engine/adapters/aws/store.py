@@ -61,9 +61,9 @@ _UNLOCKED = (*decisions.LOCK_FIELDS, "gsi_locked")  # what an unlock removes
 class DynamoConversationStore(LegacyShape):
     """The ConversationStore port on DynamoDB: `table` the conversations, `messages_table` the messages."""
 
-    def __init__(self, table: str, messages_table: str) -> None:
+    def __init__(self, table: str, messages_table: str, retention_days: int = 0) -> None:
         self.table = table
-        self.messages_table = MessagesTable(messages_table)
+        self.messages_table = MessagesTable(messages_table, retention_days)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -294,6 +294,11 @@ class DynamoConversationStore(LegacyShape):
 
     def record_delivery(self, provider_id: str, status: str, error_code: str | None, *, now: float) -> str:
         return self.messages_table.record_delivery(provider_id, status, error_code, now)
+
+    def prune_messages(self, before: float) -> int:
+        return (
+            0  # each message item carries `expires_at` (MESSAGE_RETENTION_DAYS): the table's TTL deletes it
+        )
 
     def annotate_message(self, conversation_id: str, message_id: str, fields: Record) -> bool:
         key = self.messages_table.key(conversation_id, message_id)

@@ -19,7 +19,8 @@ from ...config import ConfigurationError
 from ...ports import BackendError, TransientBackendError
 
 SCHEMA_VERSION = (
-    7  # 3: messages in their own table; 4: deliveries; 5: ai_turns; 6: recipient_bsuid; 7: operators
+    8  # 3: messages in their own table; 4: deliveries; 5: ai_turns; 6: recipient_bsuid; 7: operators;
+    # 8: messages by time (retention)
 )
 
 # Generated columns mirror the DynamoDB attributes the GSIs and the sparse lock index are built on.
@@ -54,6 +55,7 @@ _SCHEMA = "\n".join(
         );
         CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (conversation_id, message_id);
         CREATE INDEX IF NOT EXISTS messages_by_batch ON messages (conversation_id, batch_id);
+        CREATE INDEX IF NOT EXISTS messages_by_time ON messages (json_extract(message, '$.timestamp'));
         CREATE TABLE IF NOT EXISTS deliveries (
           provider_id TEXT PRIMARY KEY,
           conversation_id TEXT NOT NULL,
@@ -194,6 +196,9 @@ class Database:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")  # an acknowledged message survives a power cut
+                conn.execute(
+                    "PRAGMA secure_delete = ON"
+                )  # what is deleted is overwritten, not left in free pages
                 self._ensure_schema(conn)
             except BaseException:
                 conn.close()
@@ -241,6 +246,11 @@ class Database:
                 (name, secrets.token_hex(16)),
             )
             return conn.execute("SELECT value FROM engine_settings WHERE name = ?", (name,)).fetchone()[0]
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and empty it: after a deletion, no old page stays in the WAL."""
+        with translated_errors(BackendError, TransientBackendError):
+            self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -37,6 +37,16 @@ class SqliteOutbox:
             )
         return json.loads(row["entry"]) if row else False
 
+    def prune(self, before: float) -> int:
+        with translated_errors(StoreError, TransientStoreError):
+            with self._db.transaction() as conn:
+                gone = conn.execute(
+                    "DELETE FROM outbox WHERE json_extract(entry, '$.created_at') < ?", (clock.iso(before),)
+                ).rowcount
+            if gone:
+                self._db.checkpoint()  # the pages as they were stay in the database file until then
+        return gone
+
     def list(self) -> list[Record]:
         with translated_errors(StoreError, TransientStoreError):
             rows = self._db.connection().execute("SELECT entry FROM outbox ORDER BY seq").fetchall()

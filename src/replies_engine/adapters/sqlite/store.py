@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from ... import decisions
+from ... import clock, decisions
 from ...channels import Gsi
 from ...conversation import PROCESSING_REPLY, holds, provider_ids, readable
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
@@ -228,6 +228,21 @@ class SqliteConversationStore:
                 (json.dumps(message, ensure_ascii=False), row["conversation_id"], row["seq"]),
             )
             return "recorded"
+
+    def prune_messages(self, before: float) -> int:
+        with _errors():
+            with self._db.transaction() as conn:
+                gone = conn.execute(
+                    "DELETE FROM messages WHERE json_extract(message, '$.timestamp') < ?",
+                    (clock.iso(before),),
+                ).rowcount
+                conn.execute(
+                    "DELETE FROM deliveries WHERE NOT EXISTS (SELECT 1 FROM messages m"
+                    " WHERE m.conversation_id = deliveries.conversation_id AND m.message_id = deliveries.message_id)"
+                )
+            if gone:
+                self._db.checkpoint()
+        return gone
 
     def annotate_message(self, conversation_id: str, message_id: str, fields: Record) -> bool:
         with _errors(), self._db.transaction() as conn:
