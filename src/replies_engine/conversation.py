@@ -33,6 +33,8 @@ THREAD_FIELDS = ("email_message_id", "references", "reply_to", "cc")
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
+# Where a record names its person: what finds their conversations for an export or an erasure.
+PERSON_FIELDS = ("gsi_recipient_tel", "gsi_recipient_email", "recipient_bsuid")
 
 
 def message_key(context_object: dict[str, Any]) -> str | None:

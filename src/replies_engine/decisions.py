@@ -67,6 +67,8 @@ def lock(
     lock_timeout_seconds: float,
 ) -> Write:
     """Delay mode's batch: take the lock and append those of `messages` not in `stored` (the history's)."""
+    if record.get("erased_at"):
+        return Write("erased")
     fresh, duplicates = split_duplicates(stored, messages)
     if not fresh:
         return Write("duplicates", duplicates=duplicates)
@@ -78,6 +80,8 @@ def lock(
 
 def add_pending(record: Record, stored: list[Record], messages: list[Record], *, now: float) -> Write:
     """Debounce's arrival: those of `messages` neither pending nor in `stored` join `pending_messages`."""
+    if record.get("erased_at"):
+        return Write("erased")
     pending = record.get("pending_messages", [])
     fresh, duplicates = split_duplicates([*pending, *stored], messages)
     if not fresh:
@@ -105,6 +109,8 @@ def flush(
     into the history under the lock, if `pending_version` is still the record's. The lock must be free,
     or, `held`, already `batch_id`'s (the reply stage takes in what came while it worked). Pending
     messages already in `stored` are dropped; the write happens then too."""
+    if record.get("erased_at"):
+        return Write("erased")
     if record.get("pending_version", 0) != pending_version:
         return Write("changed")
     if (held and not holds(record, batch_id)) or (not held and is_locked(record, now, lock_timeout_seconds)):
@@ -119,6 +125,37 @@ def flush(
     if not moved:
         return Write("duplicates", changes, duplicates=duplicates)
     return Write("acquired", {**changes, **lock_fields(record, batch_id, moved, now)}, moved, duplicates)
+
+
+# What a conversation record keeps when its person's data is erased: its id, the company's side, its
+# project and state; numbers (counters, versions). Any other field may name or quote the person.
+TOMBSTONE_FIELDS = frozenset(
+    {
+        "conversation_id",
+        "created_at",
+        "updated_at",
+        "project_id",
+        "gsi_company_whatsapp_number",
+        "gsi_company_sms_number",
+        "gsi_company_email",
+        "task_complete",
+        "project_status",
+        "allowed_channels",
+        "conversation_status",
+        "erased_at",
+    }
+)
+
+
+def tombstone(record: Record, now: float) -> Record:
+    """The record once its person's data is erased: `erased_at`, no address, no name, no words; the
+    conversation id stays valid for the company's own systems. Nothing is appended to it any more."""
+    kept = {
+        k: v
+        for k, v in record.items()
+        if k in TOMBSTONE_FIELDS or (isinstance(v, int | float) and k not in LOCK_FIELDS)
+    }
+    return {**kept, "erased_at": record.get("erased_at") or clock.iso(now)}
 
 
 def lock_fields(record: Record, batch_id: str, fresh: list[Record], now: float) -> Record:

@@ -58,7 +58,10 @@ def notice_for(item: dict[str, Any], runtime: Runtime) -> Record | None:
     """The notice a handoff queue item is worth, or None (a message of a hand-off already told). A
     person's message carries its conversation's fields (the envelope), `handoff_reason` among them:
     only a notice's `kind`, or an AI context's `messages`, make an item a hand-off of its own."""
-    conversation = runtime.store.get(item["conversation_id"]) or item.get("conversation") or {}
+    stored = runtime.store.get(item["conversation_id"])
+    if stored is not None and stored.get("erased_at"):
+        return None  # their data was erased: nobody is told of it
+    conversation = stored or item.get("conversation") or {}
     conversation = {
         **conversation,
         "conversation_id": item["conversation_id"],

@@ -74,7 +74,8 @@ class LockOutcome:
 
     `acquired`: the lock is ours and `appended` are in `messages`; `locked`: someone else (`lock_owner`)
     holds it, nothing written; `duplicates`: every message was already there, nothing written;
-    `missing`: no such conversation. Debounce mode adds `added` (`appended` are now pending; `record`
+    `missing`: no such conversation; `erased`: its person's data was erased, nothing is appended any
+    more. Debounce mode adds `added` (`appended` are now pending; `record`
     is the record after) and `changed` (the pending messages changed since they were read).
     """
 
@@ -132,6 +133,20 @@ class ConversationStore(Protocol):
         `changes` (`last_inbound_at` only ever moves forward) and append `message` (one the AI never
         answers: `no_reply`, an event, an agent's reply, indexed for status callbacks) unless its id is
         there already. One conditional write. False when the message was there (nothing written)."""
+        ...
+
+    def find_person(self, field: str, value: str) -> builtins.list[Record]:
+        """Every conversation record whose `field` (`gsi_recipient_tel`, `gsi_recipient_email`,
+        `recipient_bsuid`) is `value`, active or not, without its messages (AWS: a Scan)."""
+        ...
+
+    def erase(self, conversation_id: str, *, now: float) -> dict[str, int]:
+        """Erase a person's data from one conversation: the record marked `erased_at` first (nothing is
+        appended to it from then on), its messages and delivery pointers deleted, then the record
+        replaced by its `decisions.tombstone`. The embedded database also drops the queued,
+        dead-lettered and outbox entries that name the conversation (SQS cannot: the stages discard
+        them on sight). Idempotent; a run that crashed leaves the address on the record, so the next
+        run finds it and finishes. What went, counted (`messages`, `queued`, `outbox`)."""
         ...
 
     def prune_messages(self, before: float) -> int:

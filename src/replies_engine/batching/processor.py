@@ -102,12 +102,21 @@ def _process_conversation(conversation_id: str, records: list[BatchRecord], runt
         return True
     if outcome.status == "missing":
         return _dead_letter(records, "the conversation does not exist", runtime)
+    if outcome.status == "erased":
+        return _discard_erased(conversation_id, len(records), runtime)
     if outcome.status == "locked":
         runtime.metrics.add("LockContention")
         logger.info("conversation locked by another batch", extra={**log, "lock_owner": outcome.lock_owner})
         return _requeue(records, runtime)
 
     return _hand_to_ai(outcome, batch_id, runtime)
+
+
+def _discard_erased(conversation_id: str, count: int, runtime: Runtime) -> bool:
+    """Messages queued before their person's data was erased: dropped, never written back."""
+    logger.info("messages of an erased conversation discarded", extra={"conversation_id": conversation_id})
+    runtime.metrics.add("ErasedMessagesDiscarded", count)
+    return True
 
 
 def _hand_to_ai(outcome: LockOutcome, batch_id: str, runtime: Runtime, to_pending: bool = False) -> bool:
@@ -148,6 +157,8 @@ def _debounce_conversation(
         )
         if outcome.status == "missing":
             return _dead_letter(messages, "the conversation does not exist", runtime)
+        if outcome.status == "erased":
+            return _discard_erased(conversation_id, len(messages), runtime)
         for duplicate in outcome.duplicates:
             logger.warning(
                 "duplicate message skipped",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import statistics
+from functools import partial
 from typing import Any
+from urllib.parse import unquote
 
-from .. import clock, operators
+from .. import clock, operators, people
 from .. import handoff as handoff_
 from ..channels import QUEUES
 from ..conversation import AI, HUMAN, WHATSAPP_WINDOW_SECONDS, owned_by_human
@@ -257,6 +259,34 @@ def redrive(
 ) -> dict[str, Any]:
     _dead_letter_queue(name)
     return {"redriven": runtime.queue.redrive(name)}
+
+
+# --- a person's data (admins) ---------------------------------------------------------------------
+
+
+def export_person(
+    runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], address: str
+) -> dict[str, Any]:
+    exported = _for_person(people.export, runtime, unquote(address))
+    logger.info("person exported", extra={"by": operator.name, "address": unquote(address)})  # masked
+    return exported
+
+
+def erase_person(
+    runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], address: str
+) -> dict[str, Any]:
+    dry_run = query.get("dry_run") in ("1", "true")
+    erased = _for_person(partial(people.erase, dry_run=dry_run), runtime, unquote(address))
+    logger.info("person erased", extra={"by": operator.name, "address": unquote(address), **erased})
+    return erased
+
+
+def _for_person(work: Any, runtime: Runtime, address: str) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = work(runtime, address)
+    except people.AddressError as exc:
+        raise OperatorError(400, str(exc)) from None
+    return result
 
 
 # --- the operators' accounts (admins) ------------------------------------------------------------

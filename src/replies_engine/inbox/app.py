@@ -21,6 +21,8 @@ strangers.
     GET  /api/operators                               the accounts (admins)
     POST /api/operators                               {"name", "role"}: a new account, its token once (admins)
     POST /api/operators/{name}/reset | /remove        a new token; the account gone (admins)
+    GET  /api/people/{address}                        everything held about a person (admins)
+    POST /api/people/{address}/erase                  their data erased, `?dry_run=1` counts only (admins)
 
 Every request is an operator's (`operators.py`): a personal token as `Authorization: Bearer …`, or the
 session cookie the page's login form (name and token) sets; OPERATOR_TOKEN acts as an admin. With no
@@ -81,6 +83,8 @@ _API: list[tuple[str, str, Work, bool]] = [
     ("POST", r"/api/operators", api.add_account, True),
     ("POST", r"/api/operators/(?P<name>[^/]+)/reset", api.reset_account, True),
     ("POST", r"/api/operators/(?P<name>[^/]+)/remove", api.remove_account, True),
+    ("GET", r"/api/people/(?P<address>[^/]+)", api.export_person, True),
+    ("POST", r"/api/people/(?P<address>[^/]+)/erase", api.erase_person, True),
 ]
 _ROUTES: list[tuple[str, re.Pattern[str], Work, bool]] = [
     (method, re.compile(pattern), work, admin) for method, pattern, work, admin in _API

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from .. import clock
+from .. import clock, people
 from .. import operators as operators_
 from ..bootstrap import get_runtime
 from ..channels import CHANNELS, QUEUES, normalize_record_keys
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("replies_engine.bootstrap").setLevel(logging.ERROR)
     try:
         result = args.command(args)
-    except (UsageError, operators_.OperatorsError) as exc:
+    except (UsageError, operators_.OperatorsError, people.AddressError) as exc:
         print(f"replies-engine: {exc}", file=sys.stderr)
         return 2
     except (ConfigurationError, BackendError) as exc:
@@ -136,6 +136,19 @@ def _parser() -> argparse.ArgumentParser:
     op_remove.set_defaults(command=lambda args: operators_.remove(get_runtime(), args.name))
     add_parser(operators, "list", help="every account (never a token)").set_defaults(
         command=lambda args: operators_.accounts(get_runtime())
+    )
+
+    person = add_parser(commands, "people", help="a person's data: export it, erase it").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    person_export = add_parser(person, "export", help="everything held about the person at ADDRESS, as JSON")
+    person_export.add_argument("address", help="a phone number, a WhatsApp BSUID or an email address")
+    person_export.set_defaults(command=lambda args: people.export(get_runtime(), args.address))
+    person_erase = add_parser(person, "erase", help="erase the person's data; prints what went")
+    person_erase.add_argument("address", help="a phone number, a WhatsApp BSUID or an email address")
+    person_erase.add_argument("--dry-run", action="store_true", help="count what would go, erase nothing")
+    person_erase.set_defaults(
+        command=lambda args: people.erase(get_runtime(), args.address, dry_run=args.dry_run)
     )
 
     migrate = add_parser(commands, "migrate", help="move messages out of records an older engine wrote")

@@ -139,6 +139,14 @@ class MessagesTable:
         self.batch_write(requests)
         return keys
 
+    def erase(self, conversation_id: str) -> int:
+        """Delete every item of the conversation and the delivery pointers its replies have; how many."""
+        items = pages("query", self._of(conversation_id))
+        deletes = [self.key(conversation_id, item["message_key"]) for item in items]
+        deletes += [self._pointer_key(pid) for item in items for pid in provider_ids(item)]
+        self.batch_write([{"DeleteRequest": {"Key": key}} for key in deletes])
+        return len(items)
+
     def remove(self, conversation_id: str, keys: set[str]) -> None:
         self.batch_write([{"DeleteRequest": {"Key": self.key(conversation_id, k)}} for k in keys])
 

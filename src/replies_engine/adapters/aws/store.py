@@ -26,7 +26,7 @@ from typing import Any
 
 from ... import clock, decisions
 from ...channels import GSIS, Gsi
-from ...conversation import PROCESSING_REPLY, holds, readable
+from ...conversation import PERSON_FIELDS, PROCESSING_REPLY, holds, readable
 from ...decisions import MAX_MESSAGES_PER_BATCH, Write
 from ...ports import LockOutcome, Record, StoreError
 from .clients import client
@@ -101,6 +101,36 @@ class DynamoConversationStore(LegacyShape):
             )
         records = self._records("scan", TableName=self.table, **kwargs)
         return sorted(records, key=lambda r: r["conversation_id"])
+
+    def find_person(self, field: str, value: str) -> builtins.list[Record]:
+        if field not in PERSON_FIELDS:
+            raise ValueError(f"{field} does not name a person")
+        records = self._records(
+            "scan",
+            TableName=self.table,
+            FilterExpression="#f = :v",
+            ExpressionAttributeNames={"#f": field},
+            ExpressionAttributeValues=encode({":v": value}),
+        )
+        return sorted(records, key=lambda r: str(r.get("created_at")))
+
+    def erase(self, conversation_id: str, *, now: float) -> dict[str, int]:
+        try:  # first: no batch appends to it from now on
+            self._update(
+                conversation_id,
+                "SET erased_at = if_not_exists(erased_at, :now)",
+                "attribute_exists(conversation_id)",
+                {":now": clock.iso(now)},
+            )
+        except ConditionFailed:
+            return {"messages": 0, "queued": 0, "outbox": 0}  # no such conversation
+        gone = self.messages_table.erase(conversation_id)
+        record = self.get(conversation_id) or {"conversation_id": conversation_id}
+        with errors():  # the whole item replaced: every attribute the tombstone does not keep is gone
+            client("dynamodb").put_item(TableName=self.table, Item=encode(decisions.tombstone(record, now)))
+        # a stage 1 write that found the record just before the tombstone: its message goes too
+        gone += self.messages_table.erase(conversation_id)
+        return {"messages": gone, "queued": 0, "outbox": 0}  # SQS cannot be searched: the stages discard
 
     def list_locked(self) -> builtins.list[Record]:
         return self._records(

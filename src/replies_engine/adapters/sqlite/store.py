@@ -16,7 +16,7 @@ from typing import Any
 
 from ... import clock, decisions
 from ...channels import Gsi
-from ...conversation import PROCESSING_REPLY, holds, provider_ids, readable
+from ...conversation import PERSON_FIELDS, PROCESSING_REPLY, holds, provider_ids, readable
 from ...ports import LockOutcome, Record, StoreError, TransientStoreError
 from .database import Database, insert_messages, move_messages_out_of_records, translated_errors
 
@@ -88,6 +88,37 @@ class SqliteConversationStore:
             "SELECT record FROM conversations WHERE conversation_status = ? ORDER BY conversation_id",
             (status,),
         )
+
+    def find_person(self, field: str, value: str) -> builtins.list[Record]:
+        if field not in PERSON_FIELDS:  # a column name, never from input
+            raise ValueError(f"{field} does not name a person")
+        return self._select(
+            f"SELECT record FROM conversations WHERE {field} = ? ORDER BY created_at", (value,)
+        )
+
+    def erase(self, conversation_id: str, *, now: float) -> dict[str, int]:
+        def erase(record: Record, conn: sqlite3.Connection) -> dict[str, int]:
+            named = (conversation_id,)
+            counts = {
+                "messages": conn.execute("DELETE FROM messages WHERE conversation_id = ?", named).rowcount,
+                "queued": conn.execute(
+                    "DELETE FROM queue_messages WHERE json_valid(body)"
+                    " AND json_extract(body, '$.conversation_id') = ?",
+                    named,
+                ).rowcount,
+                "outbox": conn.execute(
+                    "DELETE FROM outbox WHERE json_extract(entry, '$.conversation_id') = ?", named
+                ).rowcount,
+            }
+            conn.execute("DELETE FROM deliveries WHERE conversation_id = ?", named)
+            erased = decisions.tombstone(record, now)
+            record.clear()
+            record.update(erased)
+            return counts
+
+        counts = self._update(conversation_id, erase, write_if=lambda _: True)  # one transaction: all or none
+        self._db.checkpoint()  # no page as it was stays in the WAL or the database file
+        return counts or {"messages": 0, "queued": 0, "outbox": 0}
 
     def list_locked(self) -> builtins.list[Record]:
         return self._select(
