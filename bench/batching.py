@@ -64,6 +64,8 @@ class Replay:
         self.name, self.messages, self.bursts = name, messages, bursts
         self.now = EPOCH
         self.tmp = tempfile.TemporaryDirectory()
+        for name in {k for _, config in CONFIGS for k in config}:  # one configuration's settings only
+            os.environ.pop(name, None)
         os.environ.update(
             REPLIES_BACKEND="sqlite",
             REPLIES_SQLITE_PATH=f"{self.tmp.name}/bench.db",
@@ -96,7 +98,7 @@ class Replay:
         send = self.runtime.queue.send
 
         def send_with_thinking(queue, body, **kwargs):
-            if queue == "ai":
+            if queue == "ai" and "held_answer" not in json.loads(body):  # a held reply is thought already
                 kwargs["delay_seconds"] = AI_SECONDS
             return send(queue, body, **kwargs)
 
@@ -168,6 +170,7 @@ CONFIGS = [
     ("debounce quiet 2 s", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "2"}),
     ("debounce quiet 3 s", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3"}),
     ("debounce quiet 3 s, drop", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3", "SUPERSEDE": "drop"}),
+    ("debounce quiet 3 s, speculate", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3", "SPECULATE": "on"}),
 ]
 
 

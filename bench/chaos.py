@@ -16,7 +16,7 @@ run goes on until nothing changes. Then it counts, over all runs:
   never sent  and of those, the ones that had not gone out (the person got no reply: the price of
               at most once, since Twilio's API cannot make a send idempotent)
 
-    .venv/bin/python bench/chaos.py [--runs 200] [--backends sqlite,aws] [--seed 1] [--serve 0]
+    .venv/bin/python bench/chaos.py [--runs 200] [--backends sqlite,aws] [--seed 1] [--serve 0] [--speculate]
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def run_in_process(backend: str, seed: int, stack_factory: Any) -> Counter:
         del os.environ[name]
     os.environ.update(ENV, REPLIES_SQLITE_PATH=f"{tmp.name}/chaos.db")
     if stack:
-        os.environ.update(stack.environment(), REPLIES_BACKEND="aws")
+        # the run's own lease, quiet and timings over the template's (its 300 s lease would outlast the run)
+        os.environ.update(stack.environment(), **ENV, REPLIES_BACKEND="aws")
     reset_runtime()
     pipeline.RETRY_BACKOFF_SECONDS = LEASE  # a failed reply's retry, scaled down with the lease
     for n in range(PEOPLE):
@@ -261,7 +262,10 @@ def main() -> None:
     parser.add_argument("--serve", type=int, default=0, help="seeded runs of a live serve killed by SIGKILL")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--speculate", action="store_true", help="SPECULATE=on, with a 1 s quiet period")
     args = parser.parse_args()
+    if args.speculate:
+        ENV.update(SPECULATE="on", QUIET_SECONDS="1")
     logging.disable(logging.CRITICAL)
     results = {}
     server = None

@@ -3,10 +3,11 @@
 N conversations each post a burst of 1 to 3 signed WhatsApp messages at the same moment; the engine runs
 its defaults (debounce, QUIET_SECONDS=3) with the simulated AI taking --ai seconds. For each N it
 prints the time from a person's last message to their reply (p50, max) against the ideal of
-quiet + AI, replies per burst, and messages lost or appended twice. The last row runs the old shape,
-one reply at a time (REPLY_CONCURRENCY=1), side by side in the same run.
+quiet + AI, replies per burst, and messages lost or appended twice. The last
+row runs the old shape, one reply at a time (REPLY_CONCURRENCY=1), side by side in the same run;
+--speculate adds a SPECULATE=on row for each N, side by side too.
 
-    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--baseline 10]
+    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--baseline 10] [--speculate]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def person(n: int) -> str:
     return f"+4915100{n:05d}"
 
 
-def environment(db: str, ai_seconds: float, reply_concurrency: int | None) -> dict[str, str]:
+def environment(db: str, ai_seconds: float, reply_concurrency: int | None, speculate: bool) -> dict[str, str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("REPLIES_", "TWILIO_"))},
         "REPLIES_SQLITE_PATH": db,
@@ -52,13 +53,17 @@ def environment(db: str, ai_seconds: float, reply_concurrency: int | None) -> di
     }
     if reply_concurrency:
         env["REPLY_CONCURRENCY"] = str(reply_concurrency)
+    if speculate:
+        env["SPECULATE"] = "on"
     return env
 
 
-def run(people: int, ai_seconds: float, reply_concurrency: int | None, seed: int) -> dict[str, float]:
+def run(
+    people: int, ai_seconds: float, reply_concurrency: int | None, seed: int, speculate: bool = False
+) -> dict[str, float]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        env = environment(f"{tmp}/bench.db", ai_seconds, reply_concurrency)
+        env = environment(f"{tmp}/bench.db", ai_seconds, reply_concurrency, speculate)
         records = [conversation(f"p{n}", gsi_recipient_tel=person(n)) for n in range(people)]
         cli(env, "conversations", "import", "-", stdin=json.dumps(records))
         bursts = {
@@ -128,10 +133,15 @@ def main() -> None:
     parser.add_argument("--reply-concurrency", type=int, help="REPLY_CONCURRENCY for the default rows")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--speculate", action="store_true", help="a SPECULATE=on row beside each default one")
     args = parser.parse_args()
 
     name = f"REPLY_CONCURRENCY={args.reply_concurrency}" if args.reply_concurrency else "default"
-    rows = [(name, run(n, args.ai, args.reply_concurrency, args.seed)) for n in args.people]
+    rows = []
+    for n in args.people:
+        rows.append((name, run(n, args.ai, args.reply_concurrency, args.seed)))
+        if args.speculate:
+            rows.append(("SPECULATE=on", run(n, args.ai, args.reply_concurrency, args.seed, speculate=True)))
     if args.baseline:
         rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed)))
     if args.json:

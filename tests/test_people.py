@@ -10,7 +10,6 @@ import json
 import pytest
 
 from replies_engine import decisions, people
-from replies_engine.handlers import batch_processor
 from replies_engine.local.cli import main
 
 from .conftest import conversation

@@ -3,7 +3,9 @@
 `delay`: stage 1 sends each message with a delay (BATCH_DELAY_SECONDS) that opens a window, and stage 2
 answers what one receive brings. `debounce` (the default): stage 1 sends at once, stage 2 adds each
 message to the conversation's `pending_messages` and answers them together when the person has been
-quiet for QUIET_SECONDS (or a cap is reached), moving in what arrives while the AI works.
+quiet for QUIET_SECONDS (or a cap is reached), moving in what arrives while the AI works. With
+`speculate` (SPECULATE=on) the AI starts at once instead, and its reply is held until the person has
+been quiet for QUIET_SECONDS: what they write meanwhile is moved in and answered again with the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Delay:
 
     supersede = None  # a reply is never superseded: what arrives meanwhile is the next batch
 
+    def hold_seconds(self, batch: list[Any], now: float) -> float:
+        return 0  # a reply goes when it is ready
+
     @property
     def enqueue_delay(self) -> int:
         return self.delay_seconds
@@ -34,6 +39,7 @@ class Debounce:
     max_wait_seconds: int
     max_batch_messages: int
     supersede: str  # "regenerate" or "drop": what a reply does when messages came while it was made
+    speculate: bool = False  # think at the first message; hold the reply for the quiet period
 
     reply_when_locked = False  # a locked conversation keeps collecting for the next batch
     enqueue_delay = 0
@@ -44,7 +50,7 @@ class Debounce:
         queue and blocks no one."""
         if not pending:
             return False
-        if len(readable(pending)) < len(pending):
+        if len(readable(pending)) < len(pending) or self.speculate:
             return True
         received = [clock.parse_iso(m["timestamp"]) for m in pending]
         slack = 0.05  # clocks and SQS's whole-second delays
@@ -56,10 +62,18 @@ class Debounce:
 
     def next_look(self, pending: list[Any], now: float) -> int:
         """When to look again after a message was added: at the quiet time, or earlier for the caps."""
-        if len(pending) >= self.max_batch_messages:
+        if len(pending) >= self.max_batch_messages or self.speculate:
             return 0
         oldest = min((clock.parse_iso(m["timestamp"]) for m in readable(pending)), default=now)
         return max(0, min(self.quiet_seconds, math.ceil(self.max_wait_seconds - (now - oldest))))
+
+    def hold_seconds(self, batch: list[Any], now: float) -> float:
+        """How long a ready reply to `batch` waits (speculate): until its newest message is quiet old,
+        but never past the oldest's max wait; 0 without speculation."""
+        received = [clock.parse_iso(m["timestamp"]) for m in readable(batch)]
+        if not self.speculate or not received or now - min(received) >= self.max_wait_seconds:
+            return 0
+        return max(0.0, max(received) + self.quiet_seconds - now)
 
 
 BatchingMode = Delay | Debounce

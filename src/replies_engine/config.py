@@ -69,6 +69,7 @@ class Settings:
     max_wait_seconds: int = 30
     max_batch_messages: int = 20
     supersede: str = "regenerate"
+    speculate: bool = False  # debounce: the AI starts at the first message, the reply is held for the quiet
     twilio_account_sid: str | None = None
     responder: str = "local"
     local_responder_delay_seconds: float = 0.0
@@ -101,7 +102,9 @@ class Settings:
         """The batching mode's object: what the stages ask, instead of comparing BATCHING_MODE."""
         if self.batching_mode == "delay":
             return Delay(self.batch_delay_seconds, reply_when_locked=self.locked_policy == "reply")
-        return Debounce(self.quiet_seconds, self.max_wait_seconds, self.max_batch_messages, self.supersede)
+        return Debounce(
+            self.quiet_seconds, self.max_wait_seconds, self.max_batch_messages, self.supersede, self.speculate
+        )
 
     @property
     def twilio_account_configured(self) -> bool:
@@ -169,6 +172,7 @@ class Settings:
             max_wait_seconds=env.integer("MAX_WAIT_SECONDS", 30, 0, 86_400),
             max_batch_messages=env.integer("MAX_BATCH_MESSAGES", 20, 1, 10_000),
             supersede=env.choice("SUPERSEDE", ("regenerate", "drop"), "regenerate"),
+            speculate=env.choice("SPECULATE", ("on", "off"), "off") == "on",
             twilio_account_sid=env.text("TWILIO_ACCOUNT_SID"),
             responder=env.choice("RESPONDER", ("local", "openai", "http"), "local"),
             local_responder_delay_seconds=env.number("LOCAL_RESPONDER_DELAY_SECONDS", 0.0, 0, 600),
@@ -236,6 +240,11 @@ def _check_batching(settings: Settings) -> None:
         raise ConfigurationError(
             "SUPERSEDE=drop does nothing with BATCHING_MODE=delay (a reply is superseded only by messages"
             " pending in debounce mode): unset SUPERSEDE, or use BATCHING_MODE=debounce"
+        )
+    if settings.speculate and (settings.batching_mode != "debounce" or settings.supersede != "regenerate"):
+        raise ConfigurationError(
+            "SPECULATE=on needs BATCHING_MODE=debounce and SUPERSEDE=regenerate: the AI starts at the first"
+            " message, and what comes while it thinks is answered again with it"
         )
     for mode, names in _MODE_SETTINGS.items():
         ignored = [n.upper() for n in names if getattr(settings, n) != getattr(Settings, n)]

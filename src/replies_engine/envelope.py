@@ -247,6 +247,9 @@ def read_ai_context(body: str) -> dict[str, Any]:
         raise Unreadable("messages must be a non-empty list of objects")
     if not isinstance(context.get("regenerations", 0), int):
         raise Unreadable("regenerations is not a number")
+    held = context.get("held_answer")
+    if held is not None and not (isinstance(held, dict) and isinstance(held.get("text"), str)):
+        raise Unreadable("held_answer is not an object with a text")
     if context["channel_type"] not in CHANNELS or not context["conversation_id"] or not context["batch_id"]:
         raise Unreadable("an unknown channel_type, or an empty conversation_id or batch_id")
     return context

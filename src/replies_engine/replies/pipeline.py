@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -96,7 +97,7 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         return True if held is None else deliver(runtime, context, note, held)
     if (stopped := _not_for_the_ai(runtime, context, held, log)) is not None:
         return stopped
-    answer = _answer(runtime, context, held, log)
+    answer = _held_answer(context) or _answer(runtime, context, held, log)
     cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
         last_word = answer.text or handoff_reply_text(runtime, held)
@@ -104,6 +105,8 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     current = _current(runtime, context, log)
     if isinstance(current, bool):
         return current
+    if (wait := runtime.settings.batching.hold_seconds(context["messages"], clock.now())) > 0:
+        return _hold(runtime, context, answer, wait, log)
     # Noted before it goes: if this holder dies while sending, whoever finds the note asks the sender
     # which parts went, and sends only the others. Nobody gets the same answer twice.
     note = {**new_note(runtime, context, answer.text), **cost}
@@ -112,6 +115,28 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         logger.warning("lock lost before the send: the stale reply is not sent", extra=log)
         return True
     return deliver(runtime, context, note, record)
+
+
+def _held_back(messages: list[dict[str, Any]], runtime: Runtime) -> bool:
+    """Speculating, a reply to `messages` would wait for the quiet period (or the max wait) still."""
+    return runtime.settings.batching.hold_seconds(messages, clock.now()) > 0
+
+
+def _held_answer(context: dict[str, Any]) -> Reply | None:
+    """The answer a speculating reply held for the quiet period, made already: not asked again."""
+    held = context.get("held_answer")
+    return Reply(held["text"], held.get("usage")) if held else None
+
+
+def _hold(runtime: Runtime, context: dict[str, Any], answer: Reply, wait: float, log: dict[str, str]) -> bool:
+    """SPECULATE: the answer is ready before the person has been quiet long enough. It comes back with
+    the context once they have (the lock kept); what they write meanwhile is moved in and answered
+    again with it (`_current`), so no reply goes that misses a message sent before it."""
+    held = {**context, "held_answer": {"text": answer.text, "usage": answer.usage}}
+    runtime.queue.send(AI_QUEUE, json.dumps(held, ensure_ascii=False), delay_seconds=math.ceil(wait))
+    runtime.metrics.add("ReplyHeld")
+    logger.info("reply ready, held for the quiet period", extra={**log, "seconds": round(wait, 1)})
+    return True
 
 
 def _not_for_the_ai(
@@ -165,7 +190,8 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
     """The record to send the reply under; else whether this context is done, the reply not to be sent:
     the lock was lost, or (debounce)
     newer messages arrived and supersede it (`drop`: the next batch answers; `regenerate`: they are moved
-    in under the same lock and the AI answers again, at most _ROUNDS times)."""
+    in under the same lock and the AI answers again, at most _ROUNDS times; speculating, until the
+    batch's max wait, since its reply waits for the quiet anyway)."""
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
     supersede = runtime.settings.batching.supersede
     for _ in range(_ATTEMPTS):
@@ -179,7 +205,7 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
             not pending
             or len(readable(pending)) < len(pending)  # stage 2's flush dead-letters those: not here
             or supersede is None
-            or rounds >= _ROUNDS
+            or (rounds >= _ROUNDS and not _held_back([*context["messages"], *pending], runtime))
         ):
             return record
         runtime.metrics.add("ReplySuperseded")
@@ -198,7 +224,7 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
             # This stale reply is not sent. Back through the AI queue: a full AI pass, checked again after.
             latest = outcome.appended[-1]
             regenerate = {
-                **context,
+                **{k: v for k, v in context.items() if k != "held_answer"},  # answered again, with them
                 "messages": [*context["messages"], *outcome.appended],
                 "reply_address": reply_address(context.get("conversation") or {}, latest),
                 "regenerations": rounds + 1,

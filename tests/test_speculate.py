@@ -1,0 +1,76 @@
+"""SPECULATE=on, on both backends and the wall clock: the AI starts at a burst's first message, its reply
+is held until the person has been quiet for QUIET_SECONDS, and a message written meanwhile is answered
+with the rest, in one reply; never a reply before the quiet period is over."""
+
+from __future__ import annotations
+
+import pytest
+
+from replies_engine import clock
+from replies_engine.config import ConfigurationError, Settings
+
+from .payloads import twilio_event, whatsapp_text
+
+QUIET = 2
+
+
+@pytest.fixture
+def speculating(engine):
+    engine.env(SPECULATE="on", QUIET_SECONDS=str(QUIET))
+    calls = []
+    respond = engine.runtime.responder.respond
+
+    def counted(view):
+        calls.append(clock.now())
+        return respond(view)
+
+    engine.runtime.responder.respond = counted
+    engine.calls = calls
+    return engine
+
+
+def post(engine, text: str) -> float:
+    assert engine.handle(twilio_event("whatsapp", whatsapp_text(text)))["statusCode"] == 200
+    return clock.now()
+
+
+def test_the_ai_thinks_at_once_and_the_reply_waits_for_the_quiet(speculating):
+    written = post(speculating, "Habt ihr morgen Zeit?")
+
+    speculating.deliver("whatsapp")  # no quiet period first: the batch goes to the AI at once
+    speculating.deliver("ai")
+    assert len(speculating.calls) == 1 and speculating.calls[0] - written < QUIET
+    assert speculating.outbox() == []  # ready, but held: the person may still be typing
+
+    assert speculating.deliver("ai", wait_seconds=QUIET + 2) == 1
+    [reply] = speculating.outbox()
+    assert clock.parse_iso(reply["created_at"]) >= written + QUIET
+    assert reply["body"] == "Thanks, we received your 1 message."
+    assert len(speculating.calls) == 1  # the held answer is sent, not asked again
+    assert speculating.metric("ReplyHeld") == 1
+
+
+def test_a_message_written_while_the_reply_is_held_is_answered_with_it_once(speculating):
+    post(speculating, "Habt ihr morgen Zeit?")
+    speculating.deliver("whatsapp")
+    speculating.deliver("ai")  # held
+    second = post(speculating, "Und übermorgen?")
+    speculating.deliver("whatsapp")  # pending: the conversation is locked by the held reply
+
+    # the held reply comes back and is made again, with it; that one is held, if need be, for the quiet
+    while not speculating.outbox() and speculating.deliver("ai", wait_seconds=QUIET + 2):
+        pass
+
+    [reply] = speculating.outbox()
+    assert reply["body"] == "Thanks, we received your 2 messages."
+    assert clock.parse_iso(reply["created_at"]) >= second + QUIET
+    assert len(speculating.calls) == 2  # the first answer was not sent: it missed a message
+    record = speculating.get()
+    assert [m["role"] for m in record["messages"]][1:] == ["user", "user", "assistant"]
+    assert "lock_owner" not in record and not record.get("pending_messages")
+
+
+@pytest.mark.parametrize("other", [{"SUPERSEDE": "drop"}, {"BATCHING_MODE": "delay"}], ids=["drop", "delay"])
+def test_speculation_needs_debounce_that_regenerates(other):
+    with pytest.raises(ConfigurationError, match="SPECULATE=on needs BATCHING_MODE=debounce"):
+        Settings.from_env({"SPECULATE": "on", **other})
