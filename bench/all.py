@@ -25,7 +25,7 @@ BENCHES = {
     "cold_start": [],
     "history": [],
     "batching": [],
-    "concurrency": [],
+    "concurrency": ["--people", "1", "10", "30", "50", "200", "--speculate"],
     "voice_notes": [],
     "chaos": ["--serve", "20"],  # 200 seeded runs per backend and 20 of a live serve: about 50 minutes
     "fuzz": [],

@@ -74,3 +74,19 @@ def test_a_message_written_while_the_reply_is_held_is_answered_with_it_once(spec
 def test_speculation_needs_debounce_that_regenerates(other):
     with pytest.raises(ConfigurationError, match="SPECULATE=on needs BATCHING_MODE=debounce"):
         Settings.from_env({"SPECULATE": "on", **other})
+
+
+def test_a_reply_is_held_until_the_newest_message_is_quiet_old_but_never_past_the_max_wait():
+    from replies_engine.batching_modes import Debounce
+
+    now = 1_800_000_000.0
+    batch = [{"message_id": f"SM{n}", "timestamp": clock.iso(now - ago)} for n, ago in ((1, 10), (2, 1))]
+    speculating = Debounce(quiet_seconds=3, max_wait_seconds=30, max_batch_messages=20,
+                           supersede="regenerate", speculate=True)  # fmt: skip
+
+    assert speculating.hold_seconds(batch, now) == pytest.approx(2)
+    assert speculating.hold_seconds(batch, now + 5) == 0
+    assert speculating.hold_seconds(batch, now + 20.5) == 0  # the oldest waited 30 s: it goes
+    assert speculating.due(batch[1:], now)  # the AI starts at once
+    waiting = Debounce(3, 30, 20, "regenerate")
+    assert waiting.hold_seconds(batch, now) == 0 and not waiting.due(batch[1:], now)
