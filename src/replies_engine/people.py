@@ -73,7 +73,8 @@ def erase(runtime: Runtime, address: str, *, dry_run: bool = False) -> dict[str,
     totals: Counter[str] = Counter()
     for record in found:
         totals.update(runtime.store.erase(record["conversation_id"], now=clock.now()))
-    runtime.metrics.add("PersonErased")
+    if found:
+        runtime.metrics.add("PersonErased")
     return {"conversations": len(found), "messages": 0, "queued": 0, "outbox": 0, **totals}
 
 
