@@ -161,3 +161,20 @@ def test_an_admin_manages_accounts_through_the_function_and_an_agent_may_not(inb
         refused = inbox.call(method, path, token=sam, body={} if method == "POST" else None)
         assert refused["statusCode"] == 403, path
     assert operators.accounts(inbox.runtime)[0]["name"] == "ada"
+
+
+def test_an_admin_exports_and_erases_a_person_through_the_function(inbox):
+    post(inbox, "Hallo, bitte alles löschen")
+    ada = operators.add(inbox.runtime, "ada", "admin")["token"]
+    path = "/api/people/%2B4915112345678"  # the number as a client encodes it in a path
+
+    exported = payload(inbox.call("GET", path, token=ada))
+    assert [c["conversation_id"] for c in exported["conversations"]] == ["c1"]
+    erased = inbox.call("POST", f"{path}/erase", token=ada, body={})
+
+    assert erased["statusCode"] == 200, erased["body"]  # the role may write the tombstone
+    assert payload(erased)["conversations"] == 1
+    record = inbox.get()
+    assert record["erased_at"] and "gsi_recipient_tel" not in record and record["messages"] == []
+    gone = inbox.call("POST", "/api/conversations/c1/reply", token=ada, body={"text": "Hallo?"})
+    assert gone["statusCode"] == 410  # nothing is written to it any more

@@ -170,3 +170,22 @@ def test_admins_export_and_erase_through_the_api_and_it_is_audited(person, caplo
     audited = {r.getMessage(): r for r in caplog.records if r.getMessage().startswith("person ")}
     assert audited["person erased"].by == "ada" and audited["person exported"].by == "ada"
     assert person.get("c1")["erased_at"]
+
+
+def test_nothing_is_written_back_to_an_erased_conversation(person):
+    people.erase(person.runtime, PERSON)
+    late = {
+        "message_id": "SMlate",
+        "role": "user",
+        "content": "noch da?",
+        "timestamp": "2026-12-05T10:00:00Z",
+    }
+
+    assert (
+        person.runtime.store.write_unlocked(
+            "c1", changes={"last_inbound_at": late["timestamp"]}, message=late
+        )
+        is False
+    )
+    assert person.runtime.store.record_refused_message("c1", late) is False
+    assert person.get("c1")["messages"] == [] and "last_inbound_at" not in person.get("c1")

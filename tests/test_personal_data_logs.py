@@ -75,7 +75,9 @@ def test_a_refused_message_is_logged_without_the_persons_number_or_words(engine,
     assert PERSON not in logged and PERSON[1:] not in logged and "morgen Zeit" not in logged
 
 
-def test_log_personal_data_on_keeps_them_and_warns_at_start(engine, capsys):
+def test_log_personal_data_on_keeps_them_and_warns_at_start(engine, capsys, monkeypatch):
+    # the command line quiets start-up warnings for its own process: not here
+    monkeypatch.setattr(logging.getLogger("replies_engine.bootstrap"), "level", logging.NOTSET)
     engine.env(LOG_PERSONAL_DATA="on")
     engine.runtime  # noqa: B018 - built from the environment, as a new container would
     [warning] = [line for line in lines(capsys) if "LOG_PERSONAL_DATA" in line["message"]]
@@ -98,3 +100,10 @@ def test_an_api_event_with_a_persons_address_in_the_path_logs_it_masked(engine, 
 
     logged = json.dumps(lines(capsys), ensure_ascii=False)
     assert PERSON not in logged
+
+
+def test_a_percent_encoded_address_and_a_bsuid_are_masked_too():
+    line = formatted(action="/api/people/%2B4915112345678/erase", person="whatsapp:US.13491208655302741918")
+
+    assert line["action"] == "/api/people/+49151•••678/erase"
+    assert line["person"] == "whatsapp:US.134•••918"

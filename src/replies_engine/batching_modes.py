@@ -71,9 +71,10 @@ class Debounce:
         """How long a ready reply to `batch` waits (speculate): until its newest message is quiet old,
         but never past the oldest's max wait; 0 without speculation."""
         received = [clock.parse_iso(m["timestamp"]) for m in readable(batch)]
-        if not self.speculate or not received or now - min(received) >= self.max_wait_seconds:
+        if not self.speculate or not received:
             return 0
-        return max(0.0, max(received) + self.quiet_seconds - now)
+        until = min(max(received) + self.quiet_seconds, min(received) + self.max_wait_seconds)
+        return max(0.0, until - now)
 
 
 BatchingMode = Delay | Debounce

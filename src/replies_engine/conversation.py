@@ -33,6 +33,8 @@ THREAD_FIELDS = ("email_message_id", "references", "reply_to", "cc")
 
 # Fields that grow with the conversation: kept in the record, never copied into queue messages.
 HISTORY_FIELDS = frozenset({"messages", "pending_messages", "refused_messages"})
+# `no_reply` of a mail the mail service judged a virus or spam: recorded for a human, never the AI's.
+WITHHELD = ("virus", "spam")
 # Where a record names its person: what finds their conversations for an export or an erasure.
 PERSON_FIELDS = ("gsi_recipient_tel", "gsi_recipient_email", "recipient_bsuid")
 

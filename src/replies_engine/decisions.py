@@ -217,7 +217,10 @@ def renew(now: float, changes: Record | None = None) -> Record:
 
 
 def refuse(record: Record, message: Record) -> Record | None:
-    """A refused message noted once: the record's new `refused_messages`, or None when it is there."""
+    """A refused message noted once: the record's new `refused_messages`, or None when it is there (or
+    the person's data was erased: nothing of theirs is written back)."""
+    if record.get("erased_at"):
+        return None
     refused = record.get("refused_messages", [])
     if any(m.get("message_id") == message["message_id"] for m in refused):
         return None

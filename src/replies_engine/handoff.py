@@ -88,7 +88,8 @@ def hand_off(runtime: Runtime, conversation_id: str, reason: str, *, by: str) ->
         notify_handoff(runtime, record, reason, by)
         runtime.metrics.add("HandedOff", cause="ai" if by == AI else "operator")
         logger.info(
-            "handed to a human", extra={"conversation_id": conversation_id, "by": by, "reason": reason}
+            "handed to a human",
+            extra={"conversation_id": conversation_id, "by": by, "handoff_reason": reason},
         )
     return runtime.store.get(conversation_id) or record
 
@@ -297,8 +298,10 @@ def closing(note: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
 
 
 def conversation(runtime: Runtime, conversation_id: str) -> dict[str, Any]:
-    """The record, or OperatorError 404."""
+    """The record, or OperatorError 404 (410 once its person's data was erased)."""
     record = runtime.store.get(conversation_id)
     if record is None:
         raise OperatorError(404, f"no conversation {conversation_id!r}")
+    if record.get("erased_at"):
+        raise OperatorError(410, f"the person's data in {conversation_id!r} was erased")
     return record

@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import unquote
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -33,18 +34,23 @@ def mask(address: str) -> str:
 
 
 # Where people's addresses hide in free text: an email address; a phone number in E.164 (`+49…`,
-# `whatsapp:+49…`) or as WhatsApp's bare `WaId` (10 to 15 digits standing alone).
-_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\+\d{7,15}\b|(?<![\w+.:-])\d{10,15}(?![\w.:-])")
-# Fields that hold what people wrote (or what was written to them): logged as their length only.
-CONTENT_FIELDS = frozenset(
-    {"body", "content", "text", "texts", "raw_text", "transcript", "subject", "profile_name", "caption"}
+# `whatsapp:+49…`) or as WhatsApp's bare `WaId` (10 to 15 digits standing alone); a WhatsApp BSUID.
+_ADDRESS = re.compile(
+    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\+\d{7,15}\b|(?<![\w+.:-])\d{10,15}(?![\w.:-])"
+    r"|\b[A-Z]{2}\.(?:ENT\.)?\d{6,}\b"
 )
+# Fields that hold what people wrote (or what was written to them, or a reason given in words by the
+# AI or an operator): logged as their length only.
+CONTENT_FIELDS = frozenset(
+    {"body", "content", "text", "texts", "raw_text", "transcript", "subject", "profile_name", "caption",
+     "handoff_reason"}
+)  # fmt: skip
 
 
 def redact(value: object) -> object:
     """`value` (a log line's field) with every address masked and people's words left out."""
-    if isinstance(value, str):
-        return _ADDRESS.sub(lambda m: mask(m[0]), value)
+    if isinstance(value, str):  # a URL's path may carry one percent-encoded (`/api/people/%2B49…`)
+        return _ADDRESS.sub(lambda m: mask(m[0]), unquote(value) if "%" in value else value)
     if isinstance(value, dict):
         return {
             k: f"[{_length(v)} characters]" if k in CONTENT_FIELDS else redact(v) for k, v in value.items()

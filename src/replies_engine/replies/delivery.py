@@ -168,7 +168,7 @@ def hand_to_human(
     runtime.metrics.add("HandedOff", cause="ai")
     logger.info(
         "the AI handed the conversation to a human",
-        extra={"conversation_id": context["conversation_id"], "reason": reason},
+        extra={"conversation_id": context["conversation_id"], "handoff_reason": reason},
     )
     return True
 

@@ -7,6 +7,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..conversation import WITHHELD
 from ..ports import Handoff, Reply
 from .http import OpenAICompatibleClient, ResponderError
 
@@ -100,6 +101,8 @@ def _chat_entry(message: dict[str, Any], thread: list[dict[str, Any]]) -> dict[s
     from . import media  # here: the webhook stage builds a responder but never asks it
 
     role = message.get("role")
+    if message.get("no_reply") in WITHHELD:
+        return None  # what the mail service judged spam or a virus: for a human's eyes only
     content = media.describe(message, thread) if role == "user" else message.get("content")
     if not content:
         return None

@@ -23,7 +23,7 @@ from email.utils import formataddr, getaddresses
 from typing import Any
 
 from ..channels import CHANNELS
-from ..conversation import message_key
+from ..conversation import WITHHELD, message_key
 from ..ports import MailGone, Runtime
 from .email_providers import ProviderError, read_mime
 from .parsing import InboundRequest, ParsingError, build_context_object
@@ -89,7 +89,7 @@ def _receive(record: dict[str, Any], runtime: Runtime) -> Outcome:
     except (ProviderError, ParsingError) as exc:
         return Outcome("PARSING_ERROR", str(exc), log=log)
     log["message_sid"] = message_key(message)
-    withheld = next((why for why in ("virus", "spam") if _verdict(receipt, f"{why}Verdict") == "FAIL"), None)
+    withheld = next((why for why in WITHHELD if _verdict(receipt, f"{why}Verdict") == "FAIL"), None)
     return admit(request, message, runtime, log, withheld=withheld)
 
 

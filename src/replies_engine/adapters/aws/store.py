@@ -188,6 +188,8 @@ class DynamoConversationStore(LegacyShape):
             record = self._current(conversation_id)
             if record is None:
                 raise StoreError(f"conversation {conversation_id} does not exist")
+            if record.get("erased_at"):
+                return False  # erased: nothing of the person's is written back
             seq = record.get("last_message_seq", 0)
             fields = decisions.inbound_changes(record, changes)
             items = []
@@ -197,6 +199,7 @@ class DynamoConversationStore(LegacyShape):
                 if decisions.indexed(message):
                     items.extend(self.messages_table.pointers(conversation_id, message))
             unchanged, values = counter_unchanged("last_message_seq", seq)
+            unchanged += " AND attribute_not_exists(erased_at)"  # an erasure that began since the read
             try:
                 commit(self._update_op(conversation_id, fields, unchanged, values), items)
             except ConditionFailed as failed:

@@ -11,6 +11,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -248,9 +249,15 @@ class Database:
             return conn.execute("SELECT value FROM engine_settings WHERE name = ?", (name,)).fetchone()[0]
 
     def checkpoint(self) -> None:
-        """Copy the WAL into the database and empty it: after a deletion, no old page stays in the WAL."""
+        """Copy the WAL into the database and empty it: after a deletion, no old page stays in the WAL.
+        A reader in the middle of a transaction holds it back: tried again for a moment, then left to
+        SQLite's own checkpoints (the pages were overwritten in the WAL already: secure_delete)."""
         with translated_errors(BackendError, TransientBackendError):
-            self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            for _ in range(20):
+                busy = self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return
+                time.sleep(0.05)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -136,8 +136,10 @@ class SqliteConversationStore:
 
     def write_unlocked(self, conversation_id: str, *, changes: Record, message: Record | None = None) -> bool:
         def note(record: Record, conn: sqlite3.Connection) -> bool:
-            if message is not None and _present(conn, conversation_id, [message]):
-                return False
+            if record.get("erased_at") or (
+                message is not None and _present(conn, conversation_id, [message])
+            ):
+                return False  # erased: nothing of the person's is written back
             record.update(decisions.inbound_changes(record, changes))
             if message is not None:
                 self._append(conn, conversation_id, [message], indexed=decisions.indexed(message))
