@@ -122,6 +122,42 @@ def records(
             yield exc
 
 
+def each_record(
+    event: Any,
+    read_body: Callable[[str], dict[str, Any]],
+    stage: str,
+    metrics: Any,
+    handle: Callable[[dict[str, Any]], bool],
+    retry: Callable[[SqsRecord], None] | None = None,
+) -> dict[str, Any]:
+    """Each record of an SQS event handled on its own (`handle` True: done) → the partial-batch answer:
+    what cannot be read, raises or is not done is reported failed, for SQS to retry (`retry`, if given,
+    may make that sooner)."""
+    failed: list[str] = []
+    for read in records(event, read_body):
+        if isinstance(read, Unreadable):
+            failed += failure(read, stage, metrics)
+            continue
+        record, body = read
+        try:
+            done = handle(body)
+        except Exception:
+            logger.exception(
+                f"{stage} record failed; it will be retried", extra={"sqs_message_id": record.message_id}
+            )
+            done = False
+        if not done:
+            failed.append(record.message_id)
+            if retry is not None:
+                retry(record)
+    return batch_failures(failed)
+
+
+def batch_failures(message_ids: list[str]) -> dict[str, Any]:
+    """The answer to an SQS event that names the records SQS is to hand out again."""
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in message_ids]}
+
+
 def failure(exc: Unreadable, stage: str, metrics: Any) -> list[str]:
     """Log an unreadable record once, without its body (it may hold what a person wrote), and count it
     (`UnreadableRecord` by `stage`); the ids to report failed: SQS retries the record, then its redrive

@@ -20,7 +20,6 @@ from typing import Any
 
 from . import envelope
 from .conversation import AI
-from .envelope import Unreadable
 from .observability import mask
 from .ports import Record, Runtime
 
@@ -32,26 +31,23 @@ WINDOW = "whatsapp_window_closed"  # who handed it over: nobody, the channel's r
 
 def notify_handoffs(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     """An SQS event from the handoff queue → `{"batchItemFailures": [...]}`."""
-    failed: list[str] = []
-    for read in envelope.records(event, envelope.read_handoff):
-        if isinstance(read, Unreadable):
-            failed += envelope.failure(read, "handoff", runtime.metrics)
-            continue
-        record, item = read
-        try:
-            notice = notice_for(item, runtime)
-            if notice is not None:
-                for notifier in runtime.notifiers:
-                    notifier.notify(notice)
-                runtime.metrics.add("HandoffNotices", kind=notice["kind"])
-                logger.info(
-                    "hand-off notice sent",
-                    extra={"conversation_id": notice["conversation_id"], "kind": notice["kind"]},
-                )
-        except Exception:
-            logger.exception("hand-off notice failed; retried", extra={"sqs_message_id": record.message_id})
-            failed.append(record.message_id)
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+    return envelope.each_record(
+        event, envelope.read_handoff, "handoff", runtime.metrics, lambda item: _notify(item, runtime)
+    )
+
+
+def _notify(item: dict[str, Any], runtime: Runtime) -> bool:
+    """Tell every notifier of the notice `item` is worth (if any); True: done."""
+    notice = notice_for(item, runtime)
+    if notice is not None:
+        for notifier in runtime.notifiers:
+            notifier.notify(notice)
+        runtime.metrics.add("HandoffNotices", kind=notice["kind"])
+        logger.info(
+            "hand-off notice sent",
+            extra={"conversation_id": notice["conversation_id"], "kind": notice["kind"]},
+        )
+    return True
 
 
 def notice_for(item: dict[str, Any], runtime: Runtime) -> Record | None:

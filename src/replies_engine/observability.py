@@ -48,16 +48,20 @@ CONTENT_FIELDS = frozenset(
 
 
 def redact(value: object) -> object:
-    """`value` (a log line's field) with every address masked and people's words left out."""
+    """`value` (a log line's field) as JSON writes it, with every address masked and people's words
+    left out; what JSON cannot hold is taken as its text, as `json.dumps(default=str)` would."""
     if isinstance(value, str):  # a URL's path may carry one percent-encoded (`/api/people/%2B49…`)
         return _ADDRESS.sub(lambda m: mask(m[0]), unquote(value) if "%" in value else value)
     if isinstance(value, dict):
         return {
-            k: f"[{_length(v)} characters]" if k in CONTENT_FIELDS else redact(v) for k, v in value.items()
+            str(k): f"[{_length(v)} characters]" if k in CONTENT_FIELDS else redact(v)
+            for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 def _length(value: object) -> int:
@@ -78,8 +82,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             details["exception"] = self.formatException(record.exc_info)
         if not self.personal_data:
-            plain = json.loads(json.dumps(details, default=str, ensure_ascii=False))  # dicts, lists, strings
-            details = cast(dict[str, Any], redact(plain))
+            details = cast(dict[str, Any], redact(details))
         entry = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

@@ -59,17 +59,15 @@ def erase(runtime: Runtime, address: str, *, dry_run: bool = False) -> dict[str,
     """Erase the person's data from every conversation that names them (`ConversationStore.erase`):
     counts of what went (`--dry-run`: of what would). Run again, it finds nothing left; after a crash,
     it finishes what the crashed run began."""
-    found = conversations(runtime, address)
-    if dry_run:
-        ids = {record["conversation_id"] for record in found}
-        queued, outbox = _queued(runtime, ids), _outbox(runtime, ids)
+    if dry_run:  # what an export would show, counted
+        held = export(runtime, address)
         return {
             "dry_run": True,
-            "conversations": len(found),
-            "messages": sum(len(runtime.store.messages(i)) for i in ids),
-            "queued": None if queued is None else len(queued),
-            "outbox": None if outbox is None else len(outbox),
+            "conversations": len(held["conversations"]),
+            "messages": sum(len(c["messages"]) for c in held["conversations"]),
+            **{k: None if held[k] is None else len(held[k]) for k in ("queued", "outbox")},
         }
+    found = conversations(runtime, address)
     totals: Counter[str] = Counter()
     for record in found:
         totals.update(runtime.store.erase(record["conversation_id"], now=clock.now()))

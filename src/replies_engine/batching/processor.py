@@ -77,7 +77,7 @@ def process_batch(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
             done = False
         if not done:
             failed.extend(r.sqs.message_id for r in records)
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+    return envelope.batch_failures(failed)
 
 
 def _process_conversation(conversation_id: str, records: list[BatchRecord], runtime: Runtime) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 from .. import clock, envelope
 from ..channels import AI_QUEUE
 from ..conversation import REPLY_SUPERSEDED, holds, readable
-from ..envelope import SqsRecord, Unreadable
+from ..envelope import SqsRecord
 from ..handoff import handoff_reply_text
 from ..mail import reply_address
 from ..ports import Handoff, Reply, Runtime
@@ -47,22 +47,15 @@ _ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
 
 
 def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-    """An SQS event from the AI queue → `{"batchItemFailures": [...]}`."""
-    failed: list[str] = []
-    for read in envelope.records(event, envelope.read_ai_context):
-        if isinstance(read, Unreadable):
-            failed += envelope.failure(read, "ai", runtime.metrics)
-            continue
-        record, context = read
-        try:
-            done = _reply(context, runtime)
-        except Exception:
-            logger.exception("reply failed; it will be retried", extra={"sqs_message_id": record.message_id})
-            done = False
-        if not done:
-            failed.append(record.message_id)
-            _retry_soon(runtime, record)
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+    """An SQS event from the AI queue → `{"batchItemFailures": [...]}`; a failed reply comes back soon."""
+    return envelope.each_record(
+        event,
+        envelope.read_ai_context,
+        "ai",
+        runtime.metrics,
+        lambda context: _reply(context, runtime),
+        retry=lambda record: _retry_soon(runtime, record),
+    )
 
 
 def _retry_soon(runtime: Runtime, record: SqsRecord) -> None:
