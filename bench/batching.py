@@ -4,7 +4,10 @@ A seeded trace of bursts (1-6 messages, gaps lognormal with median 2.5 s; many c
 once) is replayed through the REAL stage 1, 2 and 3 code on the embedded engine, on a virtual clock:
 everything the engine times goes through `replies_engine.clock.now`, which the replay advances in
 steps of 0.1 s, so a 2,000-burst hour runs in seconds and each run is exact and repeatable. The AI
-takes AI_SECONDS: its queue holds each context that long before the reply stage runs.
+takes AI_SECONDS: each context it is handed reaches the reply stage that much later. With SPECULATE=on,
+the reply stage's own test (`pipeline.superseded`, what its heartbeat asks every WATCH_SECONDS) runs on
+each call in flight on the virtual clock, and a call it finds superseded is cancelled then: the reply
+stage gets it at once and the responder raises CallCancelled, with the tokens spent so far.
 
     .venv/bin/python bench/batching.py [--bursts 2000] [--seed 7]
 """
@@ -31,8 +34,11 @@ from tests.payloads import BASE, TOKEN, twilio_event, whatsapp_text  # noqa: E40
 
 from replies_engine import clock  # noqa: E402
 from replies_engine.bootstrap import get_runtime, reset_runtime  # noqa: E402
+from replies_engine.conversation import holds  # noqa: E402
 from replies_engine.handlers import batch_processor, reply_sender, webhook_handler  # noqa: E402
 from replies_engine.local.workers import QueueWorker  # noqa: E402
+from replies_engine.ports import CallCancelled  # noqa: E402
+from replies_engine.replies.pipeline import WATCH_SECONDS, superseded  # noqa: E402
 
 AI_SECONDS = 4
 STEP = 0.1
@@ -78,31 +84,62 @@ class Replay:
         clock.now = lambda: self.now
         reset_runtime()
         self.runtime = get_runtime()
+        self.speculate = self.runtime.settings.speculate
+        self.responder = self.runtime.responder.respond
         for n in range(bursts):
             self.runtime.store.put(conversation(f"c{n}", gsi_recipient_tel=_phone(n)))
-        self._ai_delay()
         self.refused = 0
-        self.ai_calls = 0
-        responder = self.runtime.responder.respond
-
-        def counted(context):
-            self.ai_calls += 1
-            return responder(context)
-
-        self.runtime.responder.respond = counted
+        self.ai_calls = self.cancelled_calls = self.tokens = 0
+        self.thinking: list[dict] = []  # the AI's calls in flight: {"context", "started", "looked"}
+        self.cancelled: dict[tuple[str, int], float] = {}  # (batch, round) → the part of the call done
+        self._send = self.runtime.queue.send
+        self.runtime.queue.send = self._think
+        self.runtime.responder.respond = self._respond
         self.batch = QueueWorker(self.runtime, "whatsapp", batch_processor)
         self.ai = QueueWorker(self.runtime, "ai", reply_sender)
 
-    def _ai_delay(self) -> None:
-        """The AI's thinking time: a context waits AI_SECONDS in the AI queue."""
-        send = self.runtime.queue.send
+    def _think(self, queue, body, **kwargs):
+        """A context handed to the AI is thought about first (a held reply is thought already)."""
+        context = json.loads(body)
+        if queue != "ai" or "held_answer" in context:
+            return self._send(queue, body, **kwargs)
+        self.thinking.append({"context": context, "started": self.now, "looked": self.now})
+        return None
 
-        def send_with_thinking(queue, body, **kwargs):
-            if queue == "ai" and "held_answer" not in json.loads(body):  # a held reply is thought already
-                kwargs["delay_seconds"] = AI_SECONDS
-            return send(queue, body, **kwargs)
+    def _calls_in_flight(self) -> None:
+        """Each call ends after AI_SECONDS, or, speculating, when the reply stage's watch finds it
+        superseded: the reply stage gets it then."""
+        for call in list(self.thinking):
+            context, done = call["context"], (self.now - call["started"]) / AI_SECONDS
+            if done < 1 and not (self.speculate and self.now - call["looked"] >= WATCH_SECONDS):
+                continue
+            if done < 1:
+                call["looked"] = self.now
+                record = self.runtime.store.get(context["conversation_id"])
+                if holds(record, context["batch_id"]) and not superseded(self.runtime, context, record):
+                    continue
+                self.cancelled[_key(context)] = done
+            self.thinking.remove(call)
+            self._send("ai", json.dumps(context, ensure_ascii=False))
 
-        self.runtime.queue.send = send_with_thinking
+    def _respond(self, view, **options):
+        """The responder, counted: its calls, those cancelled, and their tokens."""
+        self.ai_calls += 1
+        done = self.cancelled.pop(_key(view), None)
+        try:
+            answer = self.responder(view, **options)
+        except CallCancelled as cancelled:
+            answer = cancelled
+        usage = answer.usage or {}
+        if done is not None:  # given up part way: the prompt read, a part of the answer written
+            self.cancelled_calls += 1
+            written = round(done * usage["completion_tokens"])
+            usage = {**usage, "completion_tokens": written, "total_tokens": usage["prompt_tokens"] + written}
+            answer = CallCancelled(usage)
+        self.tokens += usage.get("total_tokens", 0)
+        if isinstance(answer, CallCancelled):
+            raise answer
+        return answer
 
     def run(self) -> dict[str, float]:
         pending = list(self.messages)
@@ -110,6 +147,7 @@ class Replay:
         while self.now - EPOCH < end:
             while pending and pending[0].at <= self.now - EPOCH:
                 self._post(pending.pop(0))
+            self._calls_in_flight()
             while self.batch.poll_once() or self.ai.poll_once():
                 pass
             self.now += STEP
@@ -139,8 +177,9 @@ class Replay:
             "refused": self.refused,
             "p50 wait": statistics.median(waits),
             "p95 wait": statistics.quantiles(waits, n=20)[18],
-            "AI calls": self.ai_calls,
-            "wasted": self.ai_calls - sent,
+            "AI calls/burst": self.ai_calls / self.bursts,
+            "cancelled/burst": self.cancelled_calls / self.bursts,
+            "tokens/burst": self.tokens / self.bursts,
             "lost": lost,
         }
         reset_runtime()
@@ -158,6 +197,10 @@ class Replay:
         for queue in ("whatsapp", "whatsapp-dlq"):
             kept |= {json.loads(m.body).get("message_sid") for m in self.runtime.queue.peek(queue)}
         return sum(1 for m in self.messages if m.sid not in kept)
+
+
+def _key(context: dict) -> tuple[str, int]:
+    return context["batch_id"], context.get("regenerations", 0)
 
 
 def _phone(n: int) -> str:
@@ -199,8 +242,9 @@ def main() -> None:
         "refused",
         "wait p50 s",
         "wait p95 s",
-        "AI calls",
-        "wasted",
+        "AI calls/burst",
+        "of them cancelled",
+        "tokens/burst",
         "lost",
     ]
     print(" | ".join(header))
@@ -208,7 +252,8 @@ def main() -> None:
         r = Replay(name, env, messages, args.bursts).run()
         print(
             f"{name} | {r['one reply']:.1f} | {r['replies/burst']:.2f} | {r['refused']} | {r['p50 wait']:.1f} | "
-            f"{r['p95 wait']:.1f} | {r['AI calls']} | {r['wasted']} | {r['lost']}"
+            f"{r['p95 wait']:.1f} | {r['AI calls/burst']:.2f} | {r['cancelled/burst']:.2f} | "
+            f"{r['tokens/burst']:.0f} | {r['lost']}"
         )
 
 

@@ -1,13 +1,14 @@
 """Many people at once, on the wall clock, through a live `replies-engine serve` on loopback.
 
-N conversations each post a burst of 1 to 3 signed WhatsApp messages at the same moment; the engine runs
-its defaults (debounce, QUIET_SECONDS=3) with the simulated AI taking --ai seconds. For each N it
-prints the time from a person's last message to their reply (p50, max) against the ideal of
-quiet + AI, replies per burst, and messages lost or appended twice. The last
-row runs the old shape, one reply at a time (REPLY_CONCURRENCY=1), side by side in the same run;
---speculate adds a SPECULATE=on row for each N, side by side too.
+N conversations each post a burst of 1 to 3 signed WhatsApp messages at the same moment (or --gap
+seconds apart, as people type); the engine runs its defaults (debounce, QUIET_SECONDS=3) with the
+simulated AI taking --ai seconds. For each N it prints the time from a person's last message to their
+reply (p50, max) against the ideal of quiet + AI, replies per burst, the AI's calls and tokens per burst
+(those of calls cancelled or superseded included, as the replies record them), and messages lost or
+appended twice. The last row runs the old shape, one reply at a time (REPLY_CONCURRENCY=1), side by side
+in the same run; --speculate adds a SPECULATE=on row for each N, side by side too.
 
-    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--baseline 10] [--speculate]
+    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--gap 0] [--baseline 10] [--speculate]
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ def environment(db: str, ai_seconds: float, reply_concurrency: int | None, specu
 
 
 def run(
-    people: int, ai_seconds: float, reply_concurrency: int | None, seed: int, speculate: bool = False
+    people: int,
+    ai_seconds: float,
+    reply_concurrency: int | None,
+    seed: int,
+    speculate: bool = False,
+    gap: float = 0,
 ) -> dict[str, float]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +83,9 @@ def run(
 
             def post_burst(n: int) -> tuple[int, float, int]:
                 accepted = 0
-                for params in bursts[n]:
+                for i, params in enumerate(bursts[n]):
+                    if i and gap:
+                        time.sleep(gap)  # typing the next one
                     response = http.post(
                         f"{url}/whatsapp",
                         content=urlencode(params),
@@ -89,7 +97,7 @@ def run(
                     accepted += response.status_code == 200
                 return n, clock.now(), accepted
 
-            with ThreadPoolExecutor(32) as pool:
+            with ThreadPoolExecutor(32 if not gap else people) as pool:
                 posted = {n: (last, accepted) for n, last, accepted in pool.map(post_burst, range(people))}
             outbox = SqliteOutbox(Database(env["REPLIES_SQLITE_PATH"]))
             deadline = time.monotonic() + 60 + people * ai_seconds / (reply_concurrency or 64) * 3
@@ -98,10 +106,16 @@ def run(
             time.sleep(0.5)  # a second reply, were there one, would show now
             replies = outbox.list()
         store = SqliteConversationStore(Database(env["REPLIES_SQLITE_PATH"]))
-        waits, lost, twice = [], 0, 0
+        waits, lost, twice, calls, tokens = [], 0, 0, 0, 0
         for n in range(people):
-            record = store.get(f"p{n}")
-            kept = [m["message_id"] for m in [*store.messages(f"p{n}"), *record.get("pending_messages", [])]]
+            record, stored = store.get(f"p{n}"), store.messages(f"p{n}")
+            kept = [m["message_id"] for m in [*stored, *record.get("pending_messages", [])]]
+            for reply in (
+                m for m in stored if m["role"] == "assistant" and m.get("answers")
+            ):  # not the outreach
+                discarded = reply.get("discarded_usage") or {}
+                calls += 1 + discarded.get("calls", 0)
+                tokens += (reply.get("usage") or {}).get("total_tokens", 0) + discarded.get("total_tokens", 0)
             sids = [p["MessageSid"] for p in bursts[n]]
             lost += sum(sid not in kept for sid in sids)
             twice += sum(kept.count(sid) > 1 for sid in sids)
@@ -118,6 +132,8 @@ def run(
         "max_s": max(waits) if waits else float("nan"),
         "x_ideal": (max(waits) / ideal) if waits else float("nan"),
         "replies_per_burst": len(replies) / people,
+        "calls_per_burst": calls / people,
+        "tokens_per_burst": tokens / people,
         "lost": lost,
         "duplicated": twice,
     }
@@ -129,6 +145,7 @@ def main() -> None:
     )
     parser.add_argument("--people", type=int, nargs="+", default=[1, 10, 50, 200])
     parser.add_argument("--ai", type=float, default=2.0, help="the simulated AI's seconds per reply")
+    parser.add_argument("--gap", type=float, default=0, help="seconds between a burst's messages")
     parser.add_argument("--baseline", type=int, default=10, help="people for the one-at-a-time row (0: none)")
     parser.add_argument("--reply-concurrency", type=int, help="REPLY_CONCURRENCY for the default rows")
     parser.add_argument("--seed", type=int, default=7)
@@ -139,24 +156,27 @@ def main() -> None:
     name = f"REPLY_CONCURRENCY={args.reply_concurrency}" if args.reply_concurrency else "default"
     rows = []
     for n in args.people:
-        rows.append((name, run(n, args.ai, args.reply_concurrency, args.seed)))
+        rows.append((name, run(n, args.ai, args.reply_concurrency, args.seed, gap=args.gap)))
         if args.speculate:
-            rows.append(("SPECULATE=on", run(n, args.ai, args.reply_concurrency, args.seed, speculate=True)))
+            speculating = run(n, args.ai, args.reply_concurrency, args.seed, speculate=True, gap=args.gap)
+            rows.append(("SPECULATE=on", speculating))
     if args.baseline:
-        rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed)))
+        rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed, gap=args.gap)))
     if args.json:
         print(json.dumps([{"engine": name, **row} for name, row in rows], indent=2))
         return
-    print(f"ideal = quiet {QUIET} s + AI {args.ai:g} s = {QUIET + args.ai:g} s")
+    print(
+        f"ideal = quiet {QUIET} s + AI {args.ai:g} s = {QUIET + args.ai:g} s; messages {args.gap:g} s apart"
+    )
     print(
         f"{'engine':<20} {'people':>6} {'msgs':>5} {'answered':>8} {'p50 s':>6} {'max s':>6} "
-        f"{'× ideal':>7} {'replies/burst':>13} {'lost':>4} {'twice':>5}"
+        f"{'× ideal':>7} {'replies/burst':>13} {'calls/burst':>11} {'tokens/burst':>12} {'lost':>4} {'twice':>5}"
     )
     for name, r in rows:
         print(
             f"{name:<20} {r['people']:>6} {r['messages']:>5} {r['answered']:>8} {r['p50_s']:>6.1f} "
-            f"{r['max_s']:>6.1f} {r['x_ideal']:>7.2f} {r['replies_per_burst']:>13.2f} {r['lost']:>4} "
-            f"{r['duplicated']:>5}"
+            f"{r['max_s']:>6.1f} {r['x_ideal']:>7.2f} {r['replies_per_burst']:>13.2f} "
+            f"{r['calls_per_burst']:>11.2f} {r['tokens_per_burst']:>12.0f} {r['lost']:>4} {r['duplicated']:>5}"
         )
 
 

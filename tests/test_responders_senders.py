@@ -15,7 +15,7 @@ import pytest
 
 from replies_engine import clock
 from replies_engine.adapters.senders import TwilioSender
-from replies_engine.ports import AmbiguousSendError, Handoff, Reply, TransientSendError
+from replies_engine.ports import AmbiguousSendError, CallCancelled, Handoff, Reply, TransientSendError
 from replies_engine.replies.responders import LocalResponder, OpenAIResponder, ResponderError
 
 from .fakes import TwilioApi
@@ -67,6 +67,9 @@ def model_server():
                 release.wait(5)  # until the test ends; the client has given up by then
                 self.close_connection = True
                 return
+            if requests[-1]["json"].get("stream"):
+                self._stream(answer)
+                return
             status, payload, headers = (*answer, {}) if len(answer) == 2 else answer
             body = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
             self.send_response(status)
@@ -77,11 +80,30 @@ def model_server():
             self.end_headers()
             self.wfile.write(body)
 
+        def _stream(self, chunks):
+            """Server-sent events, one chunk each `.chunk_seconds`; `.sent` counts those the client
+            took, `.closed` is set when it went away before the end."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for chunk in [*chunks, "[DONE]"]:
+                    data = chunk if isinstance(chunk, str) else json.dumps(chunk)
+                    self.wfile.write(f"data: {data}\n\n".encode())
+                    self.wfile.flush()
+                    server.sent += 1
+                    time.sleep(server.chunk_seconds)
+            except (BrokenPipeError, ConnectionResetError):
+                server.closed.set()
+
         def log_message(self, *args):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.answers = [OK]
+    server.chunk_seconds, server.sent, server.closed = 0.0, 0, threading.Event()
     server.hold = None
     server.requests = requests
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -380,10 +402,86 @@ def test_the_model_calling_hand_off_to_human_is_a_handoff_with_its_last_word(mod
     ]
 
 
+def chunk(delta=None, usage=None):
+    """A chunk of OpenAI's chat completion stream (`stream_options.include_usage`: the last one has
+    no choices and the usage)."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": None}]
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1764000000,
+            "model": "gpt-4o-mini", "choices": choices, "usage": usage}  # fmt: skip
+
+
+USAGE = {"prompt_tokens": 57, "completion_tokens": 5, "total_tokens": 62}
+
+
+def test_given_a_cancel_event_the_openai_responder_streams_and_reads_the_answer_whole(model_server):
+    model_server.answers = [
+        [
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"content": "Sure,"}),
+            chunk({"content": " which day?"}),
+            chunk(usage=USAGE),
+        ]
+    ]
+
+    answer = responder(model_server).respond(AI_CONTEXT, cancelled=threading.Event())
+
+    assert answer == Reply("Sure, which day?", USAGE)
+    body = model_server.requests[0]["json"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_a_streamed_hand_off_is_put_together_from_its_pieces(model_server):
+    call = {"index": 0, "id": "call_1", "type": "function"}
+    model_server.answers = [
+        [
+            chunk({"role": "assistant", "content": "One moment."}),
+            chunk({"tool_calls": [{**call, "function": {"name": "hand_off_to_human", "arguments": ""}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"reason": "wants'}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' a refund"}'}}]}),
+            chunk(usage=USAGE),
+        ]
+    ]
+
+    answer = responder(model_server).respond(AI_CONTEXT, cancelled=threading.Event())
+
+    assert answer == Handoff("wants a refund", "One moment.", USAGE)
+
+
+def test_a_cancelled_call_closes_its_request_and_tells_what_it_cost(model_server):
+    model_server.answers = [[chunk({"content": f"word{n} "}) for n in range(50)]]
+    model_server.chunk_seconds = 0.05  # 2.5 s to the end
+    cancelled = threading.Event()
+    threading.Timer(0.5, cancelled.set).start()
+
+    with pytest.raises(CallCancelled) as raised:
+        responder(model_server).respond(AI_CONTEXT, cancelled=cancelled)
+
+    assert model_server.closed.wait(2)  # the server saw the request closed…
+    assert model_server.sent < 50  # …before it had sent the whole answer
+    usage = raised.value.usage
+    assert usage["estimated"] is True and usage["prompt_tokens"] > 20
+    assert 0 < usage["completion_tokens"] < 50 * 2
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_a_cancelled_local_responder_stops_thinking():
+    cancelled = threading.Event()
+    threading.Timer(0.2, cancelled.set).start()
+    started = time.monotonic()
+
+    with pytest.raises(CallCancelled) as raised:
+        LocalResponder(delay_seconds=5).respond(AI_CONTEXT, cancelled=cancelled)
+
+    assert time.monotonic() - started < 5
+    assert raised.value.usage["prompt_tokens"] > 0
+
+
 def test_the_local_responder_hands_off_when_asked_for_a_human():
     answer = LocalResponder().respond({"messages": [{"role": "user", "content": "Can I talk to a human?"}]})
 
     assert isinstance(answer, Handoff) and answer.reason == "the person asked for a human"
     assert (
-        LocalResponder().respond({"messages": [{"role": "user", "content": "humanity"}]}).startswith("Thanks")
+        LocalResponder()
+        .respond({"messages": [{"role": "user", "content": "humanity"}]})
+        .text.startswith("Thanks")
     )

@@ -4,6 +4,9 @@ with the rest, in one reply; never a reply before the quiet period is over."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from replies_engine import clock
@@ -20,9 +23,9 @@ def speculating(engine):
     calls = []
     respond = engine.runtime.responder.respond
 
-    def counted(view):
+    def counted(view, **options):
         calls.append(clock.now())
-        return respond(view)
+        return respond(view, **options)
 
     engine.runtime.responder.respond = counted
     engine.calls = calls
@@ -68,6 +71,50 @@ def test_a_message_written_while_the_reply_is_held_is_answered_with_it_once(spec
     record = speculating.get()
     assert [m["role"] for m in record["messages"]][1:] == ["user", "user", "assistant"]
     assert "lock_owner" not in record and not record.get("pending_messages")
+
+
+def test_a_message_written_while_the_ai_thinks_cancels_its_call_and_both_are_answered_once(speculating):
+    thinking = 4
+    speculating.env(LOCAL_RESPONDER_DELAY_SECONDS=str(thinking))
+    speculating.runtime.responder.respond = _recording(speculating.runtime.responder.respond, outcomes := [])
+    post(speculating, "Habt ihr morgen Zeit?")
+    speculating.deliver("whatsapp")
+    first = threading.Thread(target=speculating.deliver, args=("ai",))
+    first.start()  # the AI thinks…
+    time.sleep(0.5)
+    post(speculating, "Und übermorgen?")
+    speculating.deliver("whatsapp")  # pending: the thinking holds the lock
+    first.join()
+
+    [(cancelled, took)] = outcomes
+    assert cancelled == "CallCancelled" and took < thinking  # given up, not thought to the end
+    assert speculating.metric("AiCallCancelled") == 1
+    while not speculating.outbox() and speculating.deliver("ai", wait_seconds=QUIET + 2):
+        pass  # the call made again with both messages, its reply held for the quiet if need be
+
+    [reply] = speculating.outbox()
+    assert reply["body"] == "Thanks, we received your 2 messages."
+    assert [outcome for outcome, _ in outcomes] == ["CallCancelled", "Reply"]
+    sent = speculating.get()["messages"][-1]
+    assert sent["role"] == "assistant" and sent["usage"]["prompt_tokens"] > 0
+    spent = sent["discarded_usage"]  # the cancelled call's, estimated
+    assert spent["calls"] == 1 and spent["prompt_tokens"] > 0 and spent["estimated"] is True
+
+
+def _recording(respond, outcomes):
+    """`respond`, noting how each call ended and how long it took."""
+
+    def recorded(view, **options):
+        started = time.monotonic()
+        try:
+            answer = respond(view, **options)
+        except Exception as exc:
+            outcomes.append((type(exc).__name__, time.monotonic() - started))
+            raise
+        outcomes.append((type(answer).__name__, time.monotonic() - started))
+        return answer
+
+    return recorded
 
 
 @pytest.mark.parametrize("other", [{"SUPERSEDE": "drop"}, {"BATCHING_MODE": "delay"}], ids=["drop", "delay"])

@@ -24,6 +24,7 @@ class Delay:
     reply_when_locked: bool  # LOCKED_POLICY=reply: a message to a locked conversation is answered so
 
     supersede = None  # a reply is never superseded: what arrives meanwhile is the next batch
+    speculate = False  # the AI starts when the batch is made
 
     def hold_seconds(self, batch: list[Any], now: float) -> float:
         return 0  # a reply goes when it is ready

@@ -335,8 +335,19 @@ class Reply:
     usage: Record | None = None
 
 
+class CallCancelled(Exception):
+    """A responder's call given up mid-way, because `cancelled` was set: no answer, and what it cost
+    so far (`usage`, the token counts the engine could tell)."""
+
+    def __init__(self, usage: Record | None = None) -> None:
+        super().__init__("the call was cancelled")
+        self.usage = usage
+
+
 class Responder(Protocol):
-    """Produces the reply to a batch: the AI stage."""
+    """Produces the reply to a batch: the AI stage. A responder that can give up a call mid-way (its
+    HTTP request closed) says `cancellable = True`, takes `cancelled` (a `threading.Event`) and raises
+    CallCancelled once it is set."""
 
     def respond(self, ai_context: Record) -> str | Reply | Handoff: ...
 

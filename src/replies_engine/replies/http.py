@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,10 +53,19 @@ class RetryingHttpClient:
         attempt = self.connect_timeout_seconds + self.timeout_seconds
         return self.attempts * attempt + (self.attempts - 1) * MAX_BACKOFF_SECONDS
 
-    def post(self, url: str, *, deadline: float | None = None, **request: Any) -> httpx2.Response:
+    def post(
+        self,
+        url: str,
+        *,
+        deadline: float | None = None,
+        stream: Callable[[httpx2.Response], Any] | None = None,
+        **request: Any,
+    ) -> Any:
         """The first successful answer to `request` (httpx2's `headers`, `json`, `content`, `files`…);
         ResponderError when every attempt failed or one failed for good. With a `deadline`
-        (`time.monotonic()`), no attempt waits past it."""
+        (`time.monotonic()`), no attempt waits past it. With `stream`, what it makes of the answer
+        while it arrives (the request is closed when it returns or raises: a failure to read it is
+        retried as a failed attempt)."""
         import httpx2
 
         for attempt in range(1, self.attempts + 1):
@@ -68,7 +78,13 @@ class RetryingHttpClient:
                     min(self.timeout_seconds, left), connect=min(self.connect_timeout_seconds, left)
                 )
             try:
-                response = self._client().post(url, **request)
+                if stream is None:
+                    response = self._client().post(url, **request)
+                else:
+                    with self._client().stream("POST", url, **request) as response:
+                        if response.is_success:
+                            return stream(response)
+                        response.read()  # the error's text, below
             except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             except httpx2.HTTPError as exc:

@@ -31,19 +31,21 @@ from ..conversation import REPLY_SUPERSEDED, holds, readable
 from ..envelope import SqsRecord
 from ..handoff import handoff_reply_text
 from ..mail import reply_address
-from ..ports import Handoff, Reply, Runtime
+from ..ports import CallCancelled, Handoff, Reply, Runtime
 from ..sending import settle
 from . import media, projects
 from .delivery import deliver, finish, new_note, withheld, write_note
 from .http import ResponderError
 
 logger = logging.getLogger(__name__)
+Usage = dict[str, Any] | None  # a model's token counts
 
 RETRY_BACKOFF_SECONDS = 10  # a failed reply's wait before its first retry, doubled with each receive
 RETRY_MAX_WAIT_SECONDS = 120  # and at most this: well within the lease (LOCK_TIMEOUT_SECONDS) it keeps
 TYPING_REFRESH_SECONDS = 20  # Twilio's typing indicator shows for 25 s
 _ROUNDS = 3  # regenerate at most this often: someone who never stops typing still gets an answer
 _ATTEMPTS = 5  # re-reads when a new message races the move of the pending ones
+WATCH_SECONDS = 0.5  # SPECULATE: how often a call in flight looks for newer messages (one store read)
 
 
 def send_replies(event: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
@@ -90,12 +92,18 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         return True if held is None else deliver(runtime, context, note, held)
     if (stopped := _not_for_the_ai(runtime, context, held, log)) is not None:
         return stopped
-    answer = _held_answer(context) or _answer(runtime, context, held, log)
-    cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply
+    try:
+        answer = _held_answer(context) or _answer(runtime, context, held, log)
+    except CallCancelled as cancelled:
+        return _cancelled(runtime, context, cancelled.usage, log)
+    cost = {  # recorded on the reply: its call's tokens, and those of the calls made before it in vain
+        **({"usage": answer.usage} if answer.usage else {}),
+        **({"discarded_usage": context["discarded_usage"]} if context.get("discarded_usage") else {}),
+    }
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
         last_word = answer.text or handoff_reply_text(runtime, held)
         return _hand_over(runtime, context, held, answer.reason, last_word, cost)
-    current = _current(runtime, context, log)
+    current = _current(runtime, context, log, spent=answer.usage)
     if isinstance(current, bool):
         return current
     if (wait := runtime.settings.batching.hold_seconds(context["messages"], clock.now())) > 0:
@@ -130,6 +138,18 @@ def _hold(runtime: Runtime, context: dict[str, Any], answer: Reply, wait: float,
     runtime.metrics.add("ReplyHeld")
     logger.info("reply ready, held for the quiet period", extra={**log, "seconds": round(wait, 1)})
     return True
+
+
+def _cancelled(runtime: Runtime, context: dict[str, Any], usage: Usage, log: dict[str, str]) -> bool:
+    """SPECULATE: the person wrote again while the AI thought, and its call was given up. The new
+    messages are moved in and the AI asked again with them (`_current`)."""
+    runtime.metrics.add("AiCallCancelled")
+    logger.info("the person wrote again: the AI's call is cancelled", extra=log)
+    current = _current(runtime, context, log, spent=usage)
+    if isinstance(current, bool):
+        return current
+    logger.warning("newer messages raced the move: the reply is made again soon", extra=log)
+    return False  # retried with the lock kept
 
 
 def _not_for_the_ai(
@@ -169,40 +189,58 @@ def _answer(
 ) -> Reply | Handoff:
     """The AI's answer, under a heartbeat: a slow model keeps the lock, a dead one not. Voice notes are
     transcribed and the company's instructions found before it is asked."""
+    speculating = runtime.settings.batching.speculate and getattr(runtime.responder, "cancellable", False)
     with Heartbeat(
-        runtime, context["conversation_id"], context["batch_id"], typing=_typing(runtime, context)
-    ):
+        runtime,
+        context["conversation_id"],
+        context["batch_id"],
+        typing=_typing(runtime, context),
+        watch=(lambda: _stale(runtime, context)) if speculating else None,
+    ) as heartbeat:
         view = media.prepare(runtime, context)
         if instructions := projects.instructions(runtime, held):
             view = {**view, "instructions": instructions}
-        answer = _respond(runtime, view, log)
+        answer = _respond(runtime, view, log, heartbeat.cancelled if speculating else None)
     return Reply(answer) if isinstance(answer, str) else answer
 
 
-def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> dict[str, Any] | bool:
+def _stale(runtime: Runtime, context: dict[str, Any]) -> bool:
+    """Would the answer in the making not be sent: the lock lost, or newer messages superseding it?"""
+    record = _holds_lock(runtime, context["conversation_id"], context["batch_id"])
+    return record is None or superseded(runtime, context, record)
+
+
+def superseded(runtime: Runtime, context: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Do the messages pending on `record` supersede the reply to `context` (debounce)? When they can
+    all be read (stage 2's flush dead-letters the others), and the reply has not been made again
+    _ROUNDS times already (speculating: unless it would wait for the quiet anyway)."""
+    rounds = context.get("regenerations", 0)
+    pending = record.get("pending_messages") or []
+    return (
+        bool(pending)
+        and len(readable(pending)) == len(pending)
+        and runtime.settings.batching.supersede is not None
+        and (rounds < _ROUNDS or _held_back([*context["messages"], *pending], runtime))
+    )
+
+
+def _current(
+    runtime: Runtime, context: dict[str, Any], log: dict[str, str], spent: Usage
+) -> dict[str, Any] | bool:
     """The record to send the reply under; else whether this context is done, the reply not to be sent:
-    the lock was lost, or (debounce)
-    newer messages arrived and supersede it (`drop`: the next batch answers; `regenerate`: they are moved
-    in under the same lock and the AI answers again, at most _ROUNDS times; speculating, until the
-    batch's max wait, since its reply waits for the quiet anyway)."""
+    the lock was lost, or (debounce) newer messages arrived and supersede it (`drop`: the next batch
+    answers; `regenerate`: they are moved in under the same lock and the AI answers again, the tokens
+    `spent` on this answer added to the context's `discarded_usage`)."""
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
-    supersede = runtime.settings.batching.supersede
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over
             logger.warning("lock lost while the reply was made: the stale reply is not sent", extra=log)
             return True
-        rounds = context.get("regenerations", 0)
-        pending = record.get("pending_messages") or []
-        if (
-            not pending
-            or len(readable(pending)) < len(pending)  # stage 2's flush dead-letters those: not here
-            or supersede is None
-            or (rounds >= _ROUNDS and not _held_back([*context["messages"], *pending], runtime))
-        ):
+        if not superseded(runtime, context, record):
             return record
         runtime.metrics.add("ReplySuperseded")
-        if supersede == "drop":
+        if runtime.settings.batching.supersede == "drop":
             logger.info("newer messages arrived: the reply is dropped, the next batch answers all", extra=log)
             return finish(runtime, context, None, REPLY_SUPERSEDED)
         outcome = runtime.store.flush_pending(
@@ -220,7 +258,8 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
                 **{k: v for k, v in context.items() if k != "held_answer"},  # answered again, with them
                 "messages": [*context["messages"], *outcome.appended],
                 "reply_address": reply_address(context.get("conversation") or {}, latest),
-                "regenerations": rounds + 1,
+                "regenerations": context.get("regenerations", 0) + 1,
+                "discarded_usage": _added(context.get("discarded_usage"), spent),
             }
             runtime.queue.send(AI_QUEUE, json.dumps(regenerate, ensure_ascii=False))
             logger.info(
@@ -232,11 +271,15 @@ def _current(runtime: Runtime, context: dict[str, Any], log: dict[str, str]) -> 
     return record  # messages kept racing the move: this reply goes, the next batch answers them
 
 
-def _respond(runtime: Runtime, view: dict[str, Any], log: dict[str, str]) -> str | Reply | Handoff:
-    """The responder's answer. A model that refuses the images (one that cannot see, a format it does
-    not take) is asked once more with them described: the person is answered, not dead-lettered."""
+def _respond(
+    runtime: Runtime, view: dict[str, Any], log: dict[str, str], cancelled: threading.Event | None
+) -> str | Reply | Handoff:
+    """The responder's answer (given up once `cancelled` is set: CallCancelled). A model that refuses
+    the images (one that cannot see, a format it does not take) is asked once more with them
+    described: the person is answered, not dead-lettered."""
+    options = {} if cancelled is None else {"cancelled": cancelled}
     try:
-        return runtime.responder.respond(view)
+        return runtime.responder.respond(view, **options)
     except ResponderError as exc:
         described = media.without_images(view) if exc.status and 400 <= exc.status < 500 else None
         if described is None:
@@ -245,7 +288,19 @@ def _respond(runtime: Runtime, view: dict[str, Any], log: dict[str, str]) -> str
             "the model refused the images: asked again without them", extra={**log, "error": str(exc)}
         )
         runtime.metrics.add("ImagesRefused")
-        return runtime.responder.respond(described)
+        return runtime.responder.respond(described, **options)
+
+
+def _added(total: Usage, usage: Usage) -> dict[str, Any]:
+    """`total` with one more call and its token counts (`estimated` when any is)."""
+    summed = dict(total or {})
+    summed["calls"] = summed.get("calls", 0) + 1
+    for key, value in (usage or {}).items():
+        if isinstance(value, bool):
+            summed[key] = summed.get(key, False) or value
+        elif isinstance(value, int | float):
+            summed[key] = summed.get(key, 0) + value
+    return summed
 
 
 def _noted(
@@ -270,15 +325,22 @@ def _typing(runtime: Runtime, context: dict[str, Any]) -> Callable[[], None] | N
 
 class Heartbeat:
     """While the responder works: renews the batch's lease every third of LOCK_TIMEOUT_SECONDS (the
-    lease is there to free the lock of a dead holder, not of a slow one), and shows `typing` at once and
-    every TYPING_REFRESH_SECONDS (best-effort: a failure changes nothing)."""
+    lease is there to free the lock of a dead holder, not of a slow one), shows `typing` at once and
+    every TYPING_REFRESH_SECONDS (best-effort: a failure changes nothing), and asks `watch` every
+    WATCH_SECONDS whether the answer in the making is still wanted: once not, `cancelled` is set."""
 
     def __init__(
-        self, runtime: Runtime, conversation_id: str, batch_id: str, typing: Callable[[], None] | None = None
+        self,
+        runtime: Runtime,
+        conversation_id: str,
+        batch_id: str,
+        typing: Callable[[], None] | None = None,
+        watch: Callable[[], bool] | None = None,
     ) -> None:
         self.runtime, self.conversation_id, self.batch_id = runtime, conversation_id, batch_id
-        self.typing = typing
+        self.typing, self.watch = typing, watch
         self.interval = runtime.settings.lock_timeout_seconds / 3
+        self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{batch_id}", daemon=True)
 
@@ -291,8 +353,9 @@ class Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
-        start = time.monotonic()
-        next_renewal, next_typing = start + self.interval, start if self.typing else float("inf")
+        start, never = time.monotonic(), float("inf")
+        next_renewal, next_typing = start + self.interval, start if self.typing else never
+        next_watch = start + WATCH_SECONDS if self.watch else never
         while True:
             now = time.monotonic()
             if now >= next_typing:
@@ -302,7 +365,13 @@ class Heartbeat:
                 if not self._renew():
                     return  # taken over: the reply will not be sent (checked after the responder)
                 next_renewal = now + self.interval
-            if self._stop.wait(max(0.0, min(next_renewal, next_typing) - time.monotonic())):
+            if now >= next_watch:
+                if self._unwanted():
+                    self.cancelled.set()
+                    next_watch = never
+                else:
+                    next_watch = now + WATCH_SECONDS
+            if self._stop.wait(max(0.0, min(next_renewal, next_typing, next_watch) - time.monotonic())):
                 return
 
     def _renew(self) -> bool:
@@ -314,6 +383,14 @@ class Heartbeat:
         except Exception as exc:  # the next beat tries again; the lease has two more thirds
             logger.warning("lease renewal failed", extra={**self._log, "error": str(exc)})
             return True
+
+    def _unwanted(self) -> bool:
+        assert self.watch is not None  # due only when there is one (`_beat`)
+        try:
+            return self.watch()
+        except Exception as exc:  # the next look tries again; the answer is checked after anyway
+            logger.warning("could not look for newer messages", extra={**self._log, "error": str(exc)})
+            return False
 
     def _show_typing(self) -> None:
         assert self.typing is not None  # due only when there is one (`_beat`)
