@@ -19,17 +19,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
-# name → its arguments for the documented table
+# name → its arguments for the documented table (the script is bench/NAME.py, or SCRIPTS' for NAME)
 BENCHES = {
     "webhook": [],
     "cold_start": [],
     "history": [],
     "batching": [],
     "concurrency": ["--people", "1", "10", "30", "50", "200", "--speculate"],
+    "typing": ["--people", "30", "200", "--ai", "4", "--gap", "1", "--speculate", "--baseline", "0"],
     "voice_notes": [],
     "chaos": ["--serve", "20"],  # 200 seeded runs per backend and 20 of a live serve: about 50 minutes
     "fuzz": [],
 }
+SCRIPTS = {"typing": "concurrency"}  # people who pause while they type, and a slower AI
 
 
 def header(name: str, args: list[str]) -> str:
@@ -53,16 +55,17 @@ def main() -> int:
     failed = []
     for name in chosen:
         args = BENCHES[name]
-        print(f"== bench/{name}.py {' '.join(args)}", flush=True)
+        script = SCRIPTS.get(name, name)
+        print(f"== bench/{script}.py {' '.join(args)}", flush=True)
         started = time.monotonic()
         run = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args],
+            [sys.executable, str(ROOT / "bench" / f"{script}.py"), *args],
             cwd=ROOT,
             capture_output=True,
             text=True,
         )
         output = (
-            header(name, args)
+            header(script, args)
             + run.stdout
             + (f"\n# exit {run.returncode}\n{run.stderr}" if run.returncode else "")
         )

@@ -90,13 +90,19 @@ class Replay:
             self.runtime.store.put(conversation(f"c{n}", gsi_recipient_tel=_phone(n)))
         self.refused = 0
         self.ai_calls = self.cancelled_calls = self.tokens = 0
+        self.ai_seconds = 0.0  # the AI's time spent, cancelled calls' part included
+        self.looks = self.replies_runs = 0  # the watch's store reads; the AI queue's records handled
         self.thinking: list[dict] = []  # the AI's calls in flight: {"context", "started", "looked"}
         self.cancelled: dict[tuple[str, int], float] = {}  # (batch, round) → the part of the call done
         self._send = self.runtime.queue.send
         self.runtime.queue.send = self._think
         self.runtime.responder.respond = self._respond
         self.batch = QueueWorker(self.runtime, "whatsapp", batch_processor)
-        self.ai = QueueWorker(self.runtime, "ai", reply_sender)
+        self.ai = QueueWorker(self.runtime, "ai", self._reply_stage)
+
+    def _reply_stage(self, event, context):
+        self.replies_runs += len(event["Records"])
+        return reply_sender(event, context)
 
     def _think(self, queue, body, **kwargs):
         """A context handed to the AI is thought about first (a held reply is thought already)."""
@@ -115,11 +121,13 @@ class Replay:
                 continue
             if done < 1:
                 call["looked"] = self.now
+                self.looks += 1
                 record = self.runtime.store.get(context["conversation_id"])
                 if holds(record, context["batch_id"]) and not superseded(self.runtime, context, record):
                     continue
                 self.cancelled[_key(context)] = done
             self.thinking.remove(call)
+            self.ai_seconds += min(done, 1) * AI_SECONDS
             self._send("ai", json.dumps(context, ensure_ascii=False))
 
     def _respond(self, view, **options):
@@ -180,6 +188,9 @@ class Replay:
             "AI calls/burst": self.ai_calls / self.bursts,
             "cancelled/burst": self.cancelled_calls / self.bursts,
             "tokens/burst": self.tokens / self.bursts,
+            "AI s/burst": self.ai_seconds / self.bursts,
+            "stage 3 records/burst": self.replies_runs / self.bursts,
+            "watch reads/burst": self.looks / self.bursts,
             "lost": lost,
         }
         reset_runtime()
@@ -214,6 +225,7 @@ CONFIGS = [
     ("debounce quiet 3 s", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3"}),
     ("debounce quiet 3 s, drop", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3", "SUPERSEDE": "drop"}),
     ("debounce quiet 3 s, speculate", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "3", "SPECULATE": "on"}),
+    ("debounce quiet 5 s, speculate", {"BATCHING_MODE": "debounce", "QUIET_SECONDS": "5", "SPECULATE": "on"}),
 ]
 
 
@@ -245,6 +257,9 @@ def main() -> None:
         "AI calls/burst",
         "of them cancelled",
         "tokens/burst",
+        "AI s/burst",
+        "stage 3 records/burst",
+        "watch reads/burst",
         "lost",
     ]
     print(" | ".join(header))
@@ -253,7 +268,8 @@ def main() -> None:
         print(
             f"{name} | {r['one reply']:.1f} | {r['replies/burst']:.2f} | {r['refused']} | {r['p50 wait']:.1f} | "
             f"{r['p95 wait']:.1f} | {r['AI calls/burst']:.2f} | {r['cancelled/burst']:.2f} | "
-            f"{r['tokens/burst']:.0f} | {r['lost']}"
+            f"{r['tokens/burst']:.0f} | {r['AI s/burst']:.1f} | {r['stage 3 records/burst']:.2f} | "
+            f"{r['watch reads/burst']:.1f} | {r['lost']}"
         )
 
 

@@ -49,6 +49,7 @@ from replies_engine.replies import pipeline  # noqa: E402
 
 PEOPLE = 3
 LEASE = 1
+SERVE_AI_SECONDS = 0.5  # the live serve's AI; --speculate: 1.5, so that messages come while it thinks
 CRASH_POINTS = 50  # a run makes some 100 store and queue calls; its first 50 are where batches start
 STORE_CALLS = ("get", "find_active", "messages", "lock_and_append", "add_pending", "flush_pending",
                "renew_lock", "release_lock", "emergency_unlock", "reset_stalled", "list_locked")  # fmt: skip
@@ -221,7 +222,7 @@ def run_serve(seed: int) -> Counter:
             **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "REPLIES_"))},
             **ENV,
             "REPLIES_SQLITE_PATH": f"{tmp}/serve.db",
-            "LOCAL_RESPONDER_DELAY_SECONDS": "0.5",
+            "LOCAL_RESPONDER_DELAY_SECONDS": str(SERVE_AI_SECONDS),
             "SWEEP_INTERVAL_SECONDS": "1",
             "VERIFY_SIGNATURES": "enforce",
         }
@@ -265,7 +266,9 @@ def main() -> None:
     parser.add_argument("--speculate", action="store_true", help="SPECULATE=on, with a 1 s quiet period")
     args = parser.parse_args()
     if args.speculate:
+        global SERVE_AI_SECONDS
         ENV.update(SPECULATE="on", QUIET_SECONDS="1")
+        SERVE_AI_SECONDS = 1.5
     logging.disable(logging.CRITICAL)
     results = {}
     server = None

@@ -42,18 +42,22 @@ def column(rows: list[list[str]], name: str) -> list[str]:
 def test_batching_loses_nothing_in_any_mode():
     rows = run("batching.py", "--bursts", "20")
 
-    assert column(rows, "lost") == ["0"] * 6  # two delay rows, four debounce rows
+    assert column(rows, "lost") == ["0"] * 7  # two delay rows, five debounce rows
     assert all(float(share) == 100.0 for share in column(rows, "one reply %")[2:5])
     waits = [float(wait) for wait in column(rows, "wait p50 s")]
     assert waits[5] < waits[3]  # speculating: sooner than the same quiet period without
+    cancelled = [float(calls) for calls in column(rows, "of them cancelled")]
+    assert cancelled[3] == 0 < cancelled[5]  # only speculation cancels calls, and it does here
+    assert all(float(tokens) > 0 for tokens in column(rows, "tokens/burst"))
 
 
 def test_concurrency_answers_everyone_once():
     rows = run("concurrency.py", "--people", "2", "--ai", "0.2", "--baseline", "0")
 
     [row] = [r for r in rows if r and r[0] == "default"]
-    people, messages, answered, *_, lost, twice = row[1:]
+    people, messages, answered, *_, calls, tokens, lost, twice = row[1:]
     assert (answered, lost, twice) == (people, "0", "0") and int(messages) >= int(people)
+    assert float(calls) >= 1 and float(tokens) > 0
 
 
 def test_voice_notes_are_transcribed_and_everyone_answered():

@@ -67,7 +67,7 @@ def model_server():
                 release.wait(5)  # until the test ends; the client has given up by then
                 self.close_connection = True
                 return
-            if requests[-1]["json"].get("stream"):
+            if isinstance(answer, list):  # chunks, streamed
                 self._stream(answer)
                 return
             status, payload, headers = (*answer, {}) if len(answer) == 2 else answer
@@ -428,6 +428,13 @@ def test_given_a_cancel_event_the_openai_responder_streams_and_reads_the_answer_
     assert answer == Reply("Sure, which day?", USAGE)
     body = model_server.requests[0]["json"]
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+
+
+def test_a_server_that_answers_a_stream_request_whole_is_read_as_usual(model_server):
+    answer = responder(model_server).respond(AI_CONTEXT, cancelled=threading.Event())
+
+    assert answer == Reply("Sure, which day?")
+    assert model_server.requests[0]["json"]["stream"] is True
 
 
 def test_a_streamed_hand_off_is_put_together_from_its_pieces(model_server):

@@ -109,7 +109,11 @@ class OpenAIResponder(OpenAICompatibleClient):
         self, response: httpx2.Response, cancelled: threading.Event, prompt: int
     ) -> Reply | Handoff:
         """The answer from its server-sent chunks (`delta`s, then `usage`), checked for `cancelled`
-        at each: a cancelled call raises CallCancelled with its tokens estimated."""
+        at each: a cancelled call raises CallCancelled with its tokens estimated. A server that
+        answers whole (it does not stream) is read as usual."""
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.read()
+            return self._read(response)
         text: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         usage = None
