@@ -103,6 +103,32 @@ def test_a_burst_of_text_and_a_voice_note_is_answered_once_after_the_transcript(
 
 
 @pytest.mark.sqlite_only  # the same reading on both backends
+def test_speculating_a_message_written_while_a_voice_note_is_transcribed_is_answered_with_it(
+    reader, ai, files
+):
+    reader.env(SPECULATE="on", QUIET_SECONDS="1")
+    ai.routes["/v1/audio/transcriptions"] = [slowly(1.5, (200, {"text": "at three, if possible"}))]
+    note = whatsapp_media("audio/ogg", url=f"{files.url}/voice.ogg")
+    send(reader, note)  # the batch goes to the AI at once: its voice note is transcribed first
+    first = threading.Thread(target=answer, args=(reader,))
+    first.start()
+    send(reader, whatsapp_text("or at four"))  # while it is transcribed
+    first.join()
+
+    while not reader.outbox() and reader.deliver("ai", wait_seconds=2):
+        pass
+
+    (chat,) = chat_requests(ai)  # the model was not asked before the second message was in
+    said = user_text(chat)
+    assert "transcribed: at three, if possible" in said and "or at four" in said
+    assert len(ai.to("/v1/audio/transcriptions")) == 1  # the transcript kept, not made again
+    assert len(reader.outbox()) == 1
+    sent = reader.get()["messages"][-1]
+    assert sent["role"] == "assistant" and "discarded_usage" not in sent  # no call was given up
+    assert reader.metric("AiCallCancelled") == 0
+
+
+@pytest.mark.sqlite_only  # the same reading on both backends
 def test_a_media_url_that_answers_404_at_first_is_fetched_again(reader, ai, files):
     files.routes["/voice.ogg"] = [(404, b""), (404, b""), (200, VOICE, {"Content-Type": "audio/ogg"})]
 

@@ -84,12 +84,17 @@ def test_malformed_ai_queue_records_fail_alone(engine):
         record({**context, "history": [], "conversation": {}, "reply_address": {}}, "stale"),
         record(context, "no-history"),
         record({**context, "messages": "all"}, "wrong-type", attributes=["ApproximateReceiveCount"]),
+        record(
+            {**context, "history": [], "conversation": {}, "reply_address": {}, "discarded_usage": 12},
+            "usage",
+        ),
     ]
 
     result = reply_sender({"Records": records}, None)
 
     # the readable one's batch does not hold the lock: acknowledged, nothing sent
-    assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == ["no-history", "wrong-type"]
+    failed = sorted(f["itemIdentifier"] for f in result["batchItemFailures"])
+    assert failed == ["no-history", "usage", "wrong-type"]
     assert engine.outbox() == []
 
 

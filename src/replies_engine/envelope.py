@@ -286,6 +286,8 @@ def read_ai_context(body: str) -> dict[str, Any]:
     held = context.get("held_answer")
     if held is not None and not (isinstance(held, dict) and isinstance(held.get("text"), str)):
         raise Unreadable("held_answer is not an object with a text")
+    if not isinstance(context.get("discarded_usage", {}), dict):
+        raise Unreadable("discarded_usage is not an object")
     if context["channel_type"] not in CHANNELS or not context["conversation_id"] or not context["batch_id"]:
         raise Unreadable("an unknown channel_type, or an empty conversation_id or batch_id")
     return context

@@ -337,11 +337,12 @@ class Reply:
 
 class CallCancelled(Exception):
     """A responder's call given up mid-way, because `cancelled` was set: no answer, and what it cost
-    so far (`usage`, the token counts the engine could tell)."""
+    so far (`usage`, the token counts the engine could tell). `asked`: False when it was given up
+    before the responder was asked."""
 
-    def __init__(self, usage: Record | None = None) -> None:
+    def __init__(self, usage: Record | None = None, asked: bool = True) -> None:
         super().__init__("the call was cancelled")
-        self.usage = usage
+        self.usage, self.asked = usage, asked
 
 
 class Responder(Protocol):

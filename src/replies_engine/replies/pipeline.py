@@ -95,10 +95,14 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
     try:
         answer = _held_answer(context) or _answer(runtime, context, held, log)
     except CallCancelled as cancelled:
-        return _cancelled(runtime, context, cancelled.usage, log)
+        return _cancelled(runtime, context, cancelled, log)
     cost = {  # recorded on the reply: its call's tokens, and those of the calls made before it in vain
         **({"usage": answer.usage} if answer.usage else {}),
-        **({"discarded_usage": context["discarded_usage"]} if context.get("discarded_usage") else {}),
+        **(
+            {"discarded_usage": context["discarded_usage"]}
+            if context.get("discarded_usage", {}).get("calls")
+            else {}
+        ),
     }
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
         last_word = answer.text or handoff_reply_text(runtime, held)
@@ -140,12 +144,16 @@ def _hold(runtime: Runtime, context: dict[str, Any], answer: Reply, wait: float,
     return True
 
 
-def _cancelled(runtime: Runtime, context: dict[str, Any], usage: Usage, log: dict[str, str]) -> bool:
-    """SPECULATE: the person wrote again while the AI thought, and its call was given up. The new
-    messages are moved in and the AI asked again with them (`_current`)."""
-    runtime.metrics.add("AiCallCancelled")
+def _cancelled(
+    runtime: Runtime, context: dict[str, Any], cancelled: CallCancelled, log: dict[str, str]
+) -> bool:
+    """SPECULATE: the person wrote again while the AI thought (or while their files were read, before
+    it was asked), and its call was given up. The new messages are moved in and the AI asked again
+    with them (`_current`)."""
+    if cancelled.asked:
+        runtime.metrics.add("AiCallCancelled")
     logger.info("the person wrote again: the AI's call is cancelled", extra=log)
-    current = _current(runtime, context, log, spent=usage)
+    current = _current(runtime, context, log, spent=cancelled.usage, calls=int(cancelled.asked))
     if isinstance(current, bool):
         return current
     logger.warning("newer messages raced the move: the reply is made again soon", extra=log)
@@ -225,12 +233,12 @@ def superseded(runtime: Runtime, context: dict[str, Any], record: dict[str, Any]
 
 
 def _current(
-    runtime: Runtime, context: dict[str, Any], log: dict[str, str], spent: Usage
+    runtime: Runtime, context: dict[str, Any], log: dict[str, str], spent: Usage, calls: int = 1
 ) -> dict[str, Any] | bool:
     """The record to send the reply under; else whether this context is done, the reply not to be sent:
     the lock was lost, or (debounce) newer messages arrived and supersede it (`drop`: the next batch
     answers; `regenerate`: they are moved in under the same lock and the AI answers again, the tokens
-    `spent` on this answer added to the context's `discarded_usage`)."""
+    `spent` on this answer, by `calls` calls, added to the context's `discarded_usage`)."""
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
@@ -259,7 +267,7 @@ def _current(
                 "messages": [*context["messages"], *outcome.appended],
                 "reply_address": reply_address(context.get("conversation") or {}, latest),
                 "regenerations": context.get("regenerations", 0) + 1,
-                "discarded_usage": _added(context.get("discarded_usage"), spent),
+                "discarded_usage": _added(context.get("discarded_usage"), spent, calls),
             }
             runtime.queue.send(AI_QUEUE, json.dumps(regenerate, ensure_ascii=False))
             logger.info(
@@ -278,6 +286,8 @@ def _respond(
     the images (one that cannot see, a format it does not take) is asked once more with them
     described: the person is answered, not dead-lettered."""
     options = {} if cancelled is None else {"cancelled": cancelled}
+    if cancelled is not None and cancelled.is_set():
+        raise CallCancelled(asked=False)  # newer messages came while the files were read
     try:
         return runtime.responder.respond(view, **options)
     except ResponderError as exc:
@@ -291,10 +301,10 @@ def _respond(
         return runtime.responder.respond(described, **options)
 
 
-def _added(total: Usage, usage: Usage) -> dict[str, Any]:
-    """`total` with one more call and its token counts (`estimated` when any is)."""
+def _added(total: Usage, usage: Usage, calls: int) -> dict[str, Any]:
+    """`total` with `calls` more calls and their token counts (`estimated` when any is)."""
     summed = dict(total or {})
-    summed["calls"] = summed.get("calls", 0) + 1
+    summed["calls"] = summed.get("calls", 0) + calls
     for key, value in (usage or {}).items():
         if isinstance(value, bool):
             summed[key] = summed.get(key, False) or value
