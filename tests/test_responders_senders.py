@@ -89,7 +89,10 @@ def model_server():
             self.end_headers()
             self.close_connection = True
             try:
-                for chunk in [*chunks, "[DONE]"]:
+                time.sleep(server.first_chunk_seconds)
+                for chunk in chunks if "BREAK" in chunks else [*chunks, "[DONE]"]:
+                    if chunk == "BREAK":  # the connection ends mid-answer
+                        return
                     data = chunk if isinstance(chunk, str) else json.dumps(chunk)
                     self.wfile.write(f"data: {data}\n\n".encode())
                     self.wfile.flush()
@@ -104,6 +107,7 @@ def model_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.answers = [OK]
     server.chunk_seconds, server.sent, server.closed = 0.0, 0, threading.Event()
+    server.first_chunk_seconds = 0.0
     server.hold = None
     server.requests = requests
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -469,6 +473,70 @@ def test_a_cancelled_call_closes_its_request_and_tells_what_it_cost(model_server
     assert usage["estimated"] is True and usage["prompt_tokens"] > 20
     assert 0 < usage["completion_tokens"] < 50 * 2
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_a_call_is_cancelled_while_the_model_has_not_yet_said_a_word(model_server):
+    model_server.answers = [[chunk({"content": "Sure."}), chunk(usage=USAGE)]]
+    model_server.first_chunk_seconds = 3  # a long prompt read, or a model that reasons first
+    cancelled = threading.Event()
+    threading.Timer(0.2, cancelled.set).start()
+    started = time.monotonic()
+
+    with pytest.raises(CallCancelled):
+        responder(model_server).respond(AI_CONTEXT, cancelled=cancelled)
+
+    assert time.monotonic() - started < 1.5  # the connection was shut, not waited on
+    assert model_server.closed.wait(5)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        [chunk({"content": "Our prices are"}), {"error": {"message": "overloaded", "type": "server_error"}}],
+        [chunk({"content": "Our prices are"}), "BREAK"],
+    ],
+    ids=["error-mid-answer", "connection-ends-mid-answer"],
+)
+def test_an_answer_that_breaks_off_is_not_sent_half_but_asked_again(model_server, broken):
+    whole = [chunk({"content": "Our prices are on the website."}), chunk({}, USAGE) | {"choices": [
+        {"index": 0, "delta": {}, "finish_reason": "stop"}]}]  # fmt: skip
+    model_server.answers = [broken, whole]
+
+    answer = responder(model_server, attempts=2).respond(AI_CONTEXT, cancelled=threading.Event())
+
+    assert answer == Reply("Our prices are on the website.", USAGE)
+    assert len(model_server.requests) == 2
+
+
+def test_chunks_without_a_delta_are_read_past(model_server):
+    finish = {"index": 0, "finish_reason": "stop"}  # no delta: some servers' last chunk
+    model_server.answers = [
+        [chunk({"content": "Sure."}), {**chunk(), "choices": [finish]}, chunk(usage=USAGE)]
+    ]
+
+    assert responder(model_server).respond(AI_CONTEXT, cancelled=threading.Event()) == Reply("Sure.", USAGE)
+
+
+def test_an_answer_that_streams_past_its_time_is_given_up_like_a_slow_one(model_server):
+    model_server.answers = [[chunk({"content": f"word{n} "}) for n in range(40)]]
+    model_server.chunk_seconds = 0.3  # each chunk within the read timeout, the whole answer not
+    slow = responder(model_server, timeout_seconds=1, connect_timeout_seconds=0.5, attempts=1)
+    started = time.monotonic()
+
+    with pytest.raises(ResponderError, match="took longer than 1 s"):
+        slow.respond(AI_CONTEXT, cancelled=threading.Event())
+
+    assert time.monotonic() - started <= slow.max_seconds + 0.5  # what the queue's timeouts allow for
+
+
+def test_a_server_that_refuses_streamed_requests_is_asked_whole_from_then_on(model_server):
+    model_server.answers = [(400, {"error": {"message": "stream_options is not supported"}}), OK]
+    ai = responder(model_server)
+
+    assert ai.respond(AI_CONTEXT, cancelled=threading.Event()) == Reply("Sure, which day?")
+    assert ai.respond(AI_CONTEXT, cancelled=threading.Event()) == Reply("Sure, which day?")
+
+    assert [bool(r["json"].get("stream")) for r in model_server.requests] == [True, False, False]
 
 
 def test_a_cancelled_local_responder_stops_thinking():

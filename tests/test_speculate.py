@@ -101,6 +101,23 @@ def test_a_message_written_while_the_ai_thinks_cancels_its_call_and_both_are_ans
     assert spent["calls"] == 1 and spent["prompt_tokens"] > 0 and spent["estimated"] is True
 
 
+def test_a_call_whose_batch_lost_its_lock_is_given_up_and_its_reply_not_sent(speculating):
+    thinking = 4
+    speculating.env(LOCAL_RESPONDER_DELAY_SECONDS=str(thinking))
+    speculating.runtime.responder.respond = _recording(speculating.runtime.responder.respond, outcomes := [])
+    post(speculating, "Habt ihr morgen Zeit?")
+    speculating.deliver("whatsapp")
+    first = threading.Thread(target=speculating.deliver, args=("ai",))
+    first.start()
+    time.sleep(0.5)
+    speculating.put({**speculating.get(), "lock_owner": "batch-that-took-over"})  # its lease was taken
+    first.join()
+
+    [(cancelled, took)] = outcomes
+    assert cancelled == "CallCancelled" and took < thinking
+    assert speculating.outbox() == [] and speculating.queued("ai") == []  # the new holder answers
+
+
 def _recording(respond, outcomes):
     """`respond`, noting how each call ended and how long it took."""
 

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..ports import CallCancelled
+
 if TYPE_CHECKING:
     import httpx2
 
@@ -22,6 +24,10 @@ class ResponderError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class IncompleteAnswer(Exception):
+    """A streamed answer that broke off, or carried an error mid-way: a failed attempt, asked again."""
 
 
 class RetryingHttpClient:
@@ -58,17 +64,22 @@ class RetryingHttpClient:
         url: str,
         *,
         deadline: float | None = None,
-        stream: Callable[[httpx2.Response], Any] | None = None,
+        stream: Callable[[httpx2.Response, float], Any] | None = None,
+        cancelled: threading.Event | None = None,
         **request: Any,
     ) -> Any:
         """The first successful answer to `request` (httpx2's `headers`, `json`, `content`, `files`…);
         ResponderError when every attempt failed or one failed for good. With a `deadline`
         (`time.monotonic()`), no attempt waits past it. With `stream`, what it makes of the answer
-        while it arrives (the request is closed when it returns or raises: a failure to read it is
-        retried as a failed attempt)."""
+        while it arrives, given when the attempt's time is up (the request is closed when it returns
+        or raises; a failure to read it is a failed attempt). Once `cancelled` is set, no attempt
+        begins: CallCancelled."""
         import httpx2
 
         for attempt in range(1, self.attempts + 1):
+            if cancelled is not None and cancelled.is_set():
+                raise CallCancelled()
+            ends = time.monotonic() + self.connect_timeout_seconds + self.timeout_seconds  # `max_seconds`'
             retry_after = None
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -83,9 +94,14 @@ class RetryingHttpClient:
                 else:
                     with self._client().stream("POST", url, **request) as response:
                         if response.is_success:
-                            return stream(response)
+                            return stream(response, ends if deadline is None else min(ends, deadline))
                         response.read()  # the error's text, below
-            except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as exc:
+            except (
+                httpx2.TimeoutException,
+                httpx2.NetworkError,
+                httpx2.RemoteProtocolError,
+                IncompleteAnswer,
+            ) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             except httpx2.HTTPError as exc:
                 raise ResponderError(f"{url}: {type(exc).__name__}: {exc}") from exc
@@ -103,7 +119,10 @@ class RetryingHttpClient:
             wait = min(retry_after, MAX_BACKOFF_SECONDS)
             if deadline is not None and time.monotonic() + wait >= deadline:
                 break
-            time.sleep(wait)
+            if cancelled is not None and cancelled.wait(wait):
+                raise CallCancelled()
+            if cancelled is None:
+                time.sleep(wait)
         raise ResponderError(f"{url}: {failure} (after {attempt} attempts)")
 
     def _client(self) -> httpx2.Client:

@@ -152,12 +152,15 @@ def _cancelled(
     with them (`_current`)."""
     if cancelled.asked:
         runtime.metrics.add("AiCallCancelled")
-    logger.info("the person wrote again: the AI's call is cancelled", extra=log)
+    logger.info("the AI's call is given up: newer messages came, or the lock was lost", extra=log)
+    spent = _added(context.get("discarded_usage"), cancelled.usage, int(cancelled.asked))
     current = _current(runtime, context, log, spent=cancelled.usage, calls=int(cancelled.asked))
     if isinstance(current, bool):
         return current
-    logger.warning("newer messages raced the move: the reply is made again soon", extra=log)
-    return False  # retried with the lock kept
+    # Nothing to move in after all (messages kept racing the move): asked again at once, lock kept.
+    logger.warning("no newer messages to move in: the AI is asked again", extra=log)
+    runtime.queue.send(AI_QUEUE, json.dumps({**context, "discarded_usage": spent}, ensure_ascii=False))
+    return True
 
 
 def _not_for_the_ai(
@@ -240,6 +243,7 @@ def _current(
     answers; `regenerate`: they are moved in under the same lock and the AI answers again, the tokens
     `spent` on this answer, by `calls` calls, added to the context's `discarded_usage`)."""
     conversation_id, batch_id = context["conversation_id"], context["batch_id"]
+    discarded = _added(context.get("discarded_usage"), spent, calls)  # before a move it could fail
     for _ in range(_ATTEMPTS):
         record = _holds_lock(runtime, conversation_id, batch_id)
         if record is None:  # the lease ran out (the heartbeat could not renew it) and was taken over
@@ -267,7 +271,7 @@ def _current(
                 "messages": [*context["messages"], *outcome.appended],
                 "reply_address": reply_address(context.get("conversation") or {}, latest),
                 "regenerations": context.get("regenerations", 0) + 1,
-                "discarded_usage": _added(context.get("discarded_usage"), spent, calls),
+                "discarded_usage": discarded,
             }
             runtime.queue.send(AI_QUEUE, json.dumps(regenerate, ensure_ascii=False))
             logger.info(
@@ -298,18 +302,20 @@ def _respond(
             "the model refused the images: asked again without them", extra={**log, "error": str(exc)}
         )
         runtime.metrics.add("ImagesRefused")
+        if cancelled is not None and cancelled.is_set():
+            raise CallCancelled(asked=False) from exc
         return runtime.responder.respond(described, **options)
 
 
 def _added(total: Usage, usage: Usage, calls: int) -> dict[str, Any]:
     """`total` with `calls` more calls and their token counts (`estimated` when any is)."""
     summed = dict(total or {})
-    summed["calls"] = summed.get("calls", 0) + calls
-    for key, value in (usage or {}).items():
+    for key, value in [("calls", calls), *(usage or {}).items()]:
+        before = summed.get(key)
         if isinstance(value, bool):
-            summed[key] = summed.get(key, False) or value
+            summed[key] = before is True or value
         elif isinstance(value, int | float):
-            summed[key] = summed.get(key, 0) + value
+            summed[key] = (before if isinstance(before, int | float) else 0) + value
     return summed
 
 
@@ -373,7 +379,8 @@ class Heartbeat:
                 next_typing = now + TYPING_REFRESH_SECONDS
             if now >= next_renewal:
                 if not self._renew():
-                    return  # taken over: the reply will not be sent (checked after the responder)
+                    self.cancelled.set()  # taken over: the reply will not be sent, its call not needed
+                    return
                 next_renewal = now + self.interval
             if now >= next_watch:
                 if self._unwanted():

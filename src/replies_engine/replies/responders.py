@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -10,12 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..conversation import WITHHELD
 from ..ports import CallCancelled, Handoff, Reply
-from .http import OpenAICompatibleClient, ResponderError
+from .http import IncompleteAnswer, OpenAICompatibleClient, ResponderError
+from .streaming import read_stream
 
 if TYPE_CHECKING:
     import httpx2
 
 __all__ = ["LocalResponder", "OpenAIResponder", "ResponderError"]
+
+logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You answer people who replied to a company's message on WhatsApp, SMS or email. "
@@ -41,7 +45,7 @@ _ASKS_FOR_A_HUMAN = re.compile(r"\b(human|agent|mensch|humano|humain)\b", re.IGN
 class LocalResponder:
     """Deterministic, offline: acknowledges the batch, or hands it to a human when a message asks for
     one ("can I talk to a human?"). `delay_seconds` simulates thinking time, and the usage it reports
-    a model's (`estimated_tokens`), so that the benches can count what calls cost."""
+    a model's (`prompt_tokens` estimated), so that the benches can count what calls cost."""
 
     cancellable = True
 
@@ -51,7 +55,8 @@ class LocalResponder:
     def respond(
         self, ai_context: dict[str, Any], cancelled: threading.Event | None = None
     ) -> Reply | Handoff:
-        prompt = estimated_tokens(json.dumps([*ai_context.get("history", []), *ai_context["messages"]]))
+        thread = [*ai_context.get("history", []), *ai_context["messages"]]
+        prompt = prompt_tokens([{"content": SYSTEM_PROMPT}, *thread])
         if self.delay_seconds:
             started = time.monotonic()
             if cancelled is not None and cancelled.wait(self.delay_seconds):
@@ -72,6 +77,7 @@ class OpenAIResponder(OpenAICompatibleClient):
 
     path = "/chat/completions"
     cancellable = True
+    streams = True  # False once the server refused a streamed request and took the same one whole
 
     def respond(
         self, ai_context: dict[str, Any], cancelled: threading.Event | None = None
@@ -86,16 +92,30 @@ class OpenAIResponder(OpenAICompatibleClient):
             if entry := _chat_entry(message, thread):
                 chat.append(entry)
         body = {"model": self.model, "messages": chat, "tools": [HANDOFF_TOOL]}
-        if cancelled is None:
+        if cancelled is None or not self.streams:
             return self._read(self.post(self.url, json=body, headers=self.headers))
         streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        prompt = estimated_tokens(json.dumps(chat, ensure_ascii=False))
-        return self.post(
-            self.url,
-            json=streamed,
-            headers=self.headers,
-            stream=lambda response: self._streamed(response, cancelled, prompt),
-        )
+        prompt = prompt_tokens(chat)
+        try:
+            return self.post(
+                self.url,
+                json=streamed,
+                headers=self.headers,
+                cancelled=cancelled,
+                stream=lambda response, ends: self._streamed(response, cancelled, ends, prompt),
+            )
+        except CallCancelled as given_up:  # between attempts: the failed one read the prompt
+            raise CallCancelled(given_up.usage or _usage(prompt, 0)) from None
+        except ResponderError as exc:
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise
+            answer = self._read(self.post(self.url, json=body, headers=self.headers))  # its 4xx: raised
+            logger.warning(
+                "the model refuses streamed requests: its calls are no longer streamed, nor cancelled",
+                extra={"url": self.url, "error": str(exc)},
+            )
+            self.streams = False
+            return answer
 
     def _read(self, response: httpx2.Response) -> Reply | Handoff:
         try:
@@ -106,36 +126,26 @@ class OpenAIResponder(OpenAICompatibleClient):
         return self._answer(message, answer.get("usage"))
 
     def _streamed(
-        self, response: httpx2.Response, cancelled: threading.Event, prompt: int
+        self, response: httpx2.Response, cancelled: threading.Event, ends: float, prompt: int
     ) -> Reply | Handoff:
-        """The answer from its server-sent chunks (`delta`s, then `usage`), checked for `cancelled`
-        at each: a cancelled call raises CallCancelled with its tokens estimated. A server that
-        answers whole (it does not stream) is read as usual."""
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        """The answer from its chunks (`streaming.py`). Cancelled: CallCancelled with what it cost (the
+        server's usage when it came, else estimated). A server that answers whole is read as usual."""
+        import httpx2
+
+        if not response.headers.get("Content-Type", "").lower().startswith("text/event-stream"):
             response.read()
             return self._read(response)
-        text: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
-        usage = None
-        for line in response.iter_lines():
-            if cancelled.is_set():
-                raise CallCancelled(_usage(prompt, estimated_tokens("".join(text))))
-            if not line.startswith("data:") or (data := line[5:].strip()) == "[DONE]":
-                continue  # comments, keep-alives, the end
-            try:
-                chunk = json.loads(data)
-                usage = chunk.get("usage") or usage
-                delta = chunk["choices"][0]["delta"] if chunk.get("choices") else {}
-                text.append(delta.get("content") or "")
-                for call in delta.get("tool_calls") or []:
-                    whole = calls.setdefault(
-                        call.get("index", 0), {"function": {"name": "", "arguments": ""}}
-                    )
-                    for key, part in (call.get("function") or {}).items():
-                        whole["function"][key] += part or ""
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise ResponderError(f"{self.url}: malformed chunk: {exc!r}") from exc
-        return self._answer({"content": "".join(text), "tool_calls": list(calls.values())}, usage)
+        try:
+            answer = read_stream(response, cancelled, ends)
+        except ResponderError as exc:
+            raise ResponderError(f"{self.url}: {exc}") from exc
+        if cancelled.is_set():
+            raise CallCancelled(answer.usage or _usage(prompt, estimated_tokens("".join(answer.text))))
+        if answer.cut_off:
+            raise httpx2.ReadTimeout(f"the answer took longer than {self.timeout_seconds:g} s")
+        if not answer.complete:
+            raise IncompleteAnswer("the answer broke off before its end")
+        return self._answer(answer.message, answer.usage)
 
     def _answer(self, message: Any, usage: Any) -> Reply | Handoff:
         """A Reply, or a Handoff when the model called `hand_off_to_human`, from its `message`."""
@@ -159,10 +169,26 @@ class OpenAIResponder(OpenAICompatibleClient):
         return Reply(text.strip(), usage)
 
 
+IMAGE_TOKENS = 765  # an image as OpenAI counts one of 1024 × 1024 pixels, seen in detail
+
+
 def estimated_tokens(text: str) -> int:
     """A model's tokens for `text`, estimated (about four characters a token in English): what a
     cancelled call cost, since a model reports its counts only at the end."""
     return max(1, round(len(text) / 4))
+
+
+def prompt_tokens(chat: list[dict[str, Any]]) -> int:
+    """The estimated tokens of a chat's messages: their texts, and IMAGE_TOKENS an image (not its
+    data URL's characters)."""
+    total = 0
+    for message in chat:
+        content = message.get("content") or ""
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        for part in parts:
+            is_text = part.get("type") == "text"
+            total += estimated_tokens(part.get("text") or "") if is_text else IMAGE_TOKENS
+    return total
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
