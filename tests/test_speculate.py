@@ -118,6 +118,24 @@ def test_a_call_whose_batch_lost_its_lock_is_given_up_and_its_reply_not_sent(spe
     assert speculating.outbox() == [] and speculating.queued("ai") == []  # the new holder answers
 
 
+def test_a_cancelled_call_with_nothing_to_move_in_is_asked_again_at_once(speculating, monkeypatch):
+    from replies_engine.replies import pipeline
+
+    looks = []  # the watch sees newer messages; by the time they would be moved in, there are none
+    monkeypatch.setattr(pipeline, "superseded", lambda *args: not looks and not looks.append(1))
+    speculating.env(LOCAL_RESPONDER_DELAY_SECONDS="2")
+    post(speculating, "Habt ihr morgen Zeit?")
+    speculating.deliver("whatsapp")
+
+    assert speculating.deliver("ai") == 1  # cancelled…
+    assert speculating.metric("AiCallCancelled") == 1 and speculating.outbox() == []
+    assert speculating.deliver("ai", wait_seconds=0.5) == 1  # …and asked again, not after a retry's wait
+
+    [reply] = speculating.outbox()
+    assert reply["body"] == "Thanks, we received your 1 message."
+    assert speculating.get()["messages"][-1]["discarded_usage"]["calls"] == 1
+
+
 def _recording(respond, outcomes):
     """`respond`, noting how each call ended and how long it took."""
 

@@ -154,12 +154,13 @@ def _cancelled(
         runtime.metrics.add("AiCallCancelled")
     logger.info("the AI's call is given up: newer messages came, or the lock was lost", extra=log)
     spent = _added(context.get("discarded_usage"), cancelled.usage, int(cancelled.asked))
-    current = _current(runtime, context, log, spent=cancelled.usage, calls=int(cancelled.asked))
+    context = {**context, "discarded_usage": spent}
+    current = _current(runtime, context, log, spent=None, calls=0)
     if isinstance(current, bool):
         return current
     # Nothing to move in after all (messages kept racing the move): asked again at once, lock kept.
     logger.warning("no newer messages to move in: the AI is asked again", extra=log)
-    runtime.queue.send(AI_QUEUE, json.dumps({**context, "discarded_usage": spent}, ensure_ascii=False))
+    runtime.queue.send(AI_QUEUE, json.dumps(context, ensure_ascii=False))
     return True
 
 
