@@ -73,21 +73,32 @@ def test_a_message_written_while_the_reply_is_held_is_answered_with_it_once(spec
     assert "lock_owner" not in record and not record.get("pending_messages")
 
 
-def test_a_message_written_while_the_ai_thinks_cancels_its_call_and_both_are_answered_once(speculating):
-    thinking = 4
-    speculating.env(LOCAL_RESPONDER_DELAY_SECONDS=str(thinking))
-    speculating.runtime.responder.respond = _recording(speculating.runtime.responder.respond, outcomes := [])
-    post(speculating, "Habt ihr morgen Zeit?")
-    speculating.deliver("whatsapp")
-    first = threading.Thread(target=speculating.deliver, args=("ai",))
-    first.start()  # the AI thinks…
+THINKING = 4  # the local responder's seconds, in the tests where something happens meanwhile
+
+
+def while_the_ai_thinks(engine, meanwhile) -> list[tuple[str, float]]:
+    """A message, and `meanwhile()` 0.5 s into the AI's call on it: how each call ended, in seconds."""
+    engine.env(LOCAL_RESPONDER_DELAY_SECONDS=str(THINKING))
+    engine.runtime.responder.respond = _recording(engine.runtime.responder.respond, outcomes := [])
+    post(engine, "Habt ihr morgen Zeit?")
+    engine.deliver("whatsapp")
+    first = threading.Thread(target=engine.deliver, args=("ai",))
+    first.start()
     time.sleep(0.5)
-    post(speculating, "Und übermorgen?")
-    speculating.deliver("whatsapp")  # pending: the thinking holds the lock
+    meanwhile()
     first.join()
+    return outcomes
+
+
+def test_a_message_written_while_the_ai_thinks_cancels_its_call_and_both_are_answered_once(speculating):
+    def write_again():
+        post(speculating, "Und übermorgen?")
+        speculating.deliver("whatsapp")  # pending: the thinking holds the lock
+
+    outcomes = while_the_ai_thinks(speculating, write_again)
 
     [(cancelled, took)] = outcomes
-    assert cancelled == "CallCancelled" and took < thinking  # given up, not thought to the end
+    assert cancelled == "CallCancelled" and took < THINKING  # given up, not thought to the end
     assert speculating.metric("AiCallCancelled") == 1
     while not speculating.outbox() and speculating.deliver("ai", wait_seconds=QUIET + 2):
         pass  # the call made again with both messages, its reply held for the quiet if need be
@@ -102,19 +113,12 @@ def test_a_message_written_while_the_ai_thinks_cancels_its_call_and_both_are_ans
 
 
 def test_a_call_whose_batch_lost_its_lock_is_given_up_and_its_reply_not_sent(speculating):
-    thinking = 4
-    speculating.env(LOCAL_RESPONDER_DELAY_SECONDS=str(thinking))
-    speculating.runtime.responder.respond = _recording(speculating.runtime.responder.respond, outcomes := [])
-    post(speculating, "Habt ihr morgen Zeit?")
-    speculating.deliver("whatsapp")
-    first = threading.Thread(target=speculating.deliver, args=("ai",))
-    first.start()
-    time.sleep(0.5)
-    speculating.put({**speculating.get(), "lock_owner": "batch-that-took-over"})  # its lease was taken
-    first.join()
+    def take_over():  # its lease was taken by another batch
+        speculating.put({**speculating.get(), "lock_owner": "batch-that-took-over"})
 
-    [(cancelled, took)] = outcomes
-    assert cancelled == "CallCancelled" and took < thinking
+    [(cancelled, took)] = while_the_ai_thinks(speculating, take_over)
+
+    assert cancelled == "CallCancelled" and took < THINKING
     assert speculating.outbox() == [] and speculating.queued("ai") == []  # the new holder answers
 
 
