@@ -79,7 +79,8 @@ class RetryingHttpClient:
         for attempt in range(1, self.attempts + 1):
             if cancelled is not None and cancelled.is_set():
                 raise CallCancelled()
-            ends = time.monotonic() + self.connect_timeout_seconds + self.timeout_seconds  # `max_seconds`'
+            # an attempt's time as `max_seconds` counts it (a streamed answer's whole, not each chunk's)
+            ends = time.monotonic() + self.connect_timeout_seconds + self.timeout_seconds
             retry_after = None
             if deadline is not None:
                 left = deadline - time.monotonic()
