@@ -81,25 +81,37 @@ def model_server():
             self.wfile.write(body)
 
         def _stream(self, chunks):
-            """Server-sent events, one chunk each `.chunk_seconds`; `.sent` counts those the client
-            took, `.closed` is set when it went away before the end."""
+            """Server-sent events, one chunk each `.chunk_seconds`, chunked and kept alive as OpenAI
+            sends them (`.chunked = False`: the body ends when the connection closes). "BREAK" ends
+            the connection mid-answer; bytes are written as they are (half a line). `.sent` counts
+            the events the client took, `.closed` is set when it went away before the end."""
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Connection", "close")
+            self.send_header(
+                *(("Transfer-Encoding", "chunked") if server.chunked else ("Connection", "close"))
+            )
             self.end_headers()
-            self.close_connection = True
+            self.close_connection = not server.chunked
+
+            def write(data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if server.chunked else data)
+                self.wfile.flush()
+
             try:
                 time.sleep(server.first_chunk_seconds)
                 for chunk in chunks if "BREAK" in chunks else [*chunks, "[DONE]"]:
-                    if chunk == "BREAK":  # the connection ends mid-answer
+                    if chunk == "BREAK":
+                        self.close_connection = True
                         return
-                    data = chunk if isinstance(chunk, str) else json.dumps(chunk)
-                    self.wfile.write(f"data: {data}\n\n".encode())
-                    self.wfile.flush()
+                    data = chunk if isinstance(chunk, str | bytes) else json.dumps(chunk)
+                    write(data if isinstance(data, bytes) else f"data: {data}\n\n".encode())
                     server.sent += 1
                     time.sleep(server.chunk_seconds)
+                if server.chunked:
+                    write(b"")  # the last chunk
             except (BrokenPipeError, ConnectionResetError):
                 server.closed.set()
+                self.close_connection = True
 
         def log_message(self, *args):
             pass
@@ -107,7 +119,7 @@ def model_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.answers = [OK]
     server.chunk_seconds, server.sent, server.closed = 0.0, 0, threading.Event()
-    server.first_chunk_seconds = 0.0
+    server.first_chunk_seconds, server.chunked = 0.0, True
     server.hold = None
     server.requests = requests
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -506,6 +518,30 @@ def test_an_answer_that_breaks_off_is_not_sent_half_but_asked_again(model_server
 
     assert answer == Reply("Our prices are on the website.", USAGE)
     assert len(model_server.requests) == 2
+
+
+def test_a_body_that_ends_mid_line_broke_off_and_is_asked_again(model_server):
+    model_server.chunked = False  # the body ends when the connection does: h11 sees a clean end
+    half = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel'
+    model_server.answers = [
+        [chunk({"content": "Our"}), half, "BREAK"],
+        [chunk({"content": "Hello."}), chunk(usage=USAGE)],
+    ]
+
+    answer = responder(model_server, attempts=2).respond(AI_CONTEXT, cancelled=threading.Event())
+
+    assert answer == Reply("Hello.", USAGE) and len(model_server.requests) == 2
+
+
+def test_streamed_calls_keep_their_connection(model_server):
+    model_server.answers = [[chunk({"content": "Sure."}), chunk(usage=USAGE)]]
+    ai = responder(model_server)
+
+    assert ai.respond(AI_CONTEXT, cancelled=threading.Event()) == Reply("Sure.", USAGE)
+    assert ai.respond(AI_CONTEXT, cancelled=threading.Event()) == Reply("Sure.", USAGE)
+
+    first, second = model_server.requests
+    assert first["port"] == second["port"]  # read to the body's end: the connection went back to the pool
 
 
 def test_chunks_without_a_delta_are_read_past(model_server):

@@ -78,7 +78,7 @@ class RetryingHttpClient:
 
         for attempt in range(1, self.attempts + 1):
             if cancelled is not None and cancelled.is_set():
-                raise CallCancelled()
+                raise CallCancelled(asked=attempt > 1)
             # an attempt's time as `max_seconds` counts it (a streamed answer's whole, not each chunk's)
             ends = time.monotonic() + self.connect_timeout_seconds + self.timeout_seconds
             retry_after = None

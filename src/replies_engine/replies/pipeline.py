@@ -158,9 +158,11 @@ def _cancelled(
     current = _current(runtime, context, log, spent=None, calls=0)
     if isinstance(current, bool):
         return current
-    # Nothing to move in after all (messages kept racing the move): asked again at once, lock kept.
+    # Nothing to move in after all (messages kept racing the move): asked again at once, lock kept,
+    # a round counted (so that the watch stops cancelling after _ROUNDS).
     logger.warning("no newer messages to move in: the AI is asked again", extra=log)
-    runtime.queue.send(AI_QUEUE, json.dumps(context, ensure_ascii=False))
+    again = {**context, "regenerations": context.get("regenerations", 0) + 1}
+    runtime.queue.send(AI_QUEUE, json.dumps(again, ensure_ascii=False))
     return True
 
 

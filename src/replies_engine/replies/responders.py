@@ -105,9 +105,10 @@ class OpenAIResponder(OpenAICompatibleClient):
                 stream=lambda response, ends: self._streamed(response, cancelled, ends, prompt),
             )
         except CallCancelled as given_up:  # between attempts: the failed one read the prompt
-            raise CallCancelled(given_up.usage or _usage(prompt, 0)) from None
+            spent = given_up.usage or (_usage(prompt, 0) if given_up.asked else None)
+            raise CallCancelled(spent, given_up.asked) from None
         except ResponderError as exc:
-            if exc.status is None or not 400 <= exc.status < 500:
+            if exc.status not in (400, 422):  # what a server says of parameters it does not take
                 raise
             answer = self._read(self.post(self.url, json=body, headers=self.headers))  # its 4xx: raised
             logger.warning(
@@ -141,11 +142,11 @@ class OpenAIResponder(OpenAICompatibleClient):
             raise ResponderError(f"{self.url}: {exc}") from exc
         if cancelled.is_set():
             raise CallCancelled(answer.usage or _usage(prompt, estimated_tokens("".join(answer.text))))
+        if answer.complete:
+            return self._answer(answer.message, answer.usage)
         if answer.cut_off:
             raise httpx2.ReadTimeout(f"the answer took longer than {self.timeout_seconds:g} s")
-        if not answer.complete:
-            raise IncompleteAnswer("the answer broke off before its end")
-        return self._answer(answer.message, answer.usage)
+        raise IncompleteAnswer("the answer broke off before its end")
 
     def _answer(self, message: Any, usage: Any) -> Reply | Handoff:
         """A Reply, or a Handoff when the model called `hand_off_to_human`, from its `message`."""

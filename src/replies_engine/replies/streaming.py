@@ -36,15 +36,15 @@ class StreamedAnswer:
         """As in a whole answer's `choices[0].message`."""
         return {"content": "".join(self.text), "tool_calls": list(self.calls.values())}
 
-    def feed(self, line: str) -> bool:
-        """One line of the stream; True at its end (`[DONE]`). An `error` sent mid-way is an
-        IncompleteAnswer (asked again); a chunk that cannot be read, a ResponderError."""
+    def feed(self, line: str) -> None:
+        """One whole line of the stream. An `error` sent mid-way is an IncompleteAnswer (asked again);
+        a chunk that cannot be read, a ResponderError."""
         if not line.startswith("data:"):
-            return False  # comments, keep-alives, blank lines between events
+            return  # comments, keep-alives, blank lines between events
         data = line[5:].strip()
         if data == "[DONE]":
             self.complete = True
-            return True
+            return
         try:
             chunk = json.loads(data)
             if chunk.get("error"):
@@ -59,7 +59,6 @@ class StreamedAnswer:
                 self.complete |= bool(choice.get("finish_reason"))
         except (ValueError, TypeError, AttributeError) as exc:
             raise ResponderError(f"malformed chunk: {exc!r}: {data[:200]!r}") from exc
-        return False
 
     def _add(self, call: dict[str, Any]) -> None:
         """A piece of a tool call: its name and arguments come in parts, by `index`."""
@@ -71,17 +70,21 @@ class StreamedAnswer:
 
 
 def read_stream(response: httpx2.Response, cancelled: threading.Event, ends: float) -> StreamedAnswer:
-    """What arrived of the answer by its end, by the time `cancelled` was set, or by `ends`
-    (`time.monotonic()`); `cut_off` tells which, with `complete`. Errors of the connection are
-    raised, unless it was shut here."""
+    """What arrived of the answer by the end of the body (read to its end, so that the connection
+    is kept for the next call), by the time `cancelled` was set, or by `ends` (`time.monotonic()`);
+    `cut_off` tells which, with `complete`. Only whole lines are read: a body that ends mid-line
+    broke off. Errors of the connection are raised, unless it was shut here."""
     import httpx2
 
-    answer = StreamedAnswer()
+    answer, rest = StreamedAnswer(), ""
     with _cut_off(response, cancelled, ends) as cut:
         try:
-            for line in response.iter_lines():
-                if answer.feed(line) or cancelled.is_set():
+            for text in response.iter_text():
+                if cancelled.is_set() or cut.is_set():
                     break
+                *lines, rest = (rest + text).split("\n")
+                for line in lines:
+                    answer.feed(line.rstrip("\r"))
         except (httpx2.HTTPError, OSError):
             if not cut.is_set():
                 raise
