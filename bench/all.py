@@ -26,12 +26,24 @@ BENCHES = {
     "history": [],
     "batching": [],
     "concurrency": ["--people", "1", "10", "30", "50", "200", "--speculate"],
-    "typing": ["--people", "30", "200", "--ai", "4", "--gap", "1", "--speculate", "--baseline", "0"],
+    "typing": [
+        "--people",
+        "30",
+        "200",
+        "--ai",
+        "4",
+        "--gap",
+        "1",
+        "--speculate",
+        "--baseline",
+        "0",
+        "--openai",
+    ],
     "voice_notes": [],
     "chaos": ["--serve", "20"],  # 200 seeded runs per backend and 20 of a live serve: about 50 minutes
     "fuzz": [],
 }
-SCRIPTS = {"typing": "concurrency"}  # people who pause while they type, and a slower AI
+SCRIPTS = {"typing": "concurrency"}  # people who pause while they type; a slower AI, over HTTP
 
 
 def header(name: str, args: list[str]) -> str:

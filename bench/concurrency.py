@@ -6,9 +6,12 @@ simulated AI taking --ai seconds. For each N it prints the time from a person's 
 reply (p50, max) against the ideal of quiet + AI, replies per burst, the AI's calls and tokens per burst
 (those of calls cancelled or superseded included, as the replies record them), and messages lost or
 appended twice. The last row runs the old shape, one reply at a time (REPLY_CONCURRENCY=1), side by side
-in the same run; --speculate adds a SPECULATE=on row for each N, side by side too.
+in the same run; --speculate adds a SPECULATE=on row for each N, side by side too. With --openai the AI
+is an OpenAI-compatible server on loopback (`tests.fakes.StreamingModel`) that streams its answer over
+--ai seconds, and the last column counts the requests it had and those the engine closed early.
 
-    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--gap 0] [--baseline 10] [--speculate]
+    .venv/bin/python bench/concurrency.py [--people 1 10 50 200] [--ai 2] [--gap 0] [--baseline 10]
+        [--speculate] [--openai]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx2 as httpx  # noqa: E402
 from tests.conftest import conversation  # noqa: E402
+from tests.fakes import StreamingModel  # noqa: E402
 from tests.payloads import TOKEN, sign, whatsapp_text  # noqa: E402
 from tests.processes import cli, serving  # noqa: E402
 
@@ -43,7 +47,9 @@ def person(n: int) -> str:
     return f"+4915100{n:05d}"
 
 
-def environment(db: str, ai_seconds: float, reply_concurrency: int | None, speculate: bool) -> dict[str, str]:
+def environment(
+    db: str, ai_seconds: float, reply_concurrency: int | None, speculate: bool, model_url: str | None
+) -> dict[str, str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("REPLIES_", "TWILIO_"))},
         "REPLIES_SQLITE_PATH": db,
@@ -56,6 +62,8 @@ def environment(db: str, ai_seconds: float, reply_concurrency: int | None, specu
         env["REPLY_CONCURRENCY"] = str(reply_concurrency)
     if speculate:
         env["SPECULATE"] = "on"
+    if model_url:
+        env.update(RESPONDER="openai", OPENAI_BASE_URL=f"{model_url}/v1", OPENAI_API_KEY="sk-bench")
     return env
 
 
@@ -66,10 +74,12 @@ def run(
     seed: int,
     speculate: bool = False,
     gap: float = 0,
+    openai: bool = False,
 ) -> dict[str, float]:
     rng = random.Random(seed)
+    model = StreamingModel(ai_seconds) if openai else None
     with tempfile.TemporaryDirectory() as tmp:
-        env = environment(f"{tmp}/bench.db", ai_seconds, reply_concurrency, speculate)
+        env = environment(f"{tmp}/bench.db", ai_seconds, reply_concurrency, speculate, model and model.url)
         records = [conversation(f"p{n}", gsi_recipient_tel=person(n)) for n in range(people)]
         cli(env, "conversations", "import", "-", stdin=json.dumps(records))
         bursts = {
@@ -123,7 +133,11 @@ def run(
             if mine:
                 waits.append(clock.parse_iso(mine[0]["created_at"]) - posted[n][0])
     ideal = QUIET + ai_seconds
+    if model:
+        model.close()
     return {
+        "model_asked": model.requests if model else None,
+        "model_closed": model.closed if model else None,
         "people": people,
         "messages": sum(len(b) for b in bursts.values()),
         "accepted": sum(a for _, a in posted.values()),
@@ -151,17 +165,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--speculate", action="store_true", help="a SPECULATE=on row beside each default one")
+    parser.add_argument("--openai", action="store_true", help="the AI: a streaming model server on loopback")
     args = parser.parse_args()
+    options = {"gap": args.gap, "openai": args.openai}
 
     name = f"REPLY_CONCURRENCY={args.reply_concurrency}" if args.reply_concurrency else "default"
     rows = []
     for n in args.people:
-        rows.append((name, run(n, args.ai, args.reply_concurrency, args.seed, gap=args.gap)))
+        rows.append((name, run(n, args.ai, args.reply_concurrency, args.seed, **options)))
         if args.speculate:
-            speculating = run(n, args.ai, args.reply_concurrency, args.seed, speculate=True, gap=args.gap)
+            speculating = run(n, args.ai, args.reply_concurrency, args.seed, speculate=True, **options)
             rows.append(("SPECULATE=on", speculating))
     if args.baseline:
-        rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed, gap=args.gap)))
+        rows.append(("REPLY_CONCURRENCY=1", run(args.baseline, args.ai, 1, args.seed, **options)))
     if args.json:
         print(json.dumps([{"engine": name, **row} for name, row in rows], indent=2))
         return
@@ -171,12 +187,14 @@ def main() -> None:
     print(
         f"{'engine':<20} {'people':>6} {'msgs':>5} {'answered':>8} {'p50 s':>6} {'max s':>6} "
         f"{'× ideal':>7} {'replies/burst':>13} {'calls/burst':>11} {'tokens/burst':>12} {'lost':>4} {'twice':>5}"
+        f"{' model asked/closed' if args.openai else ''}"
     )
     for name, r in rows:
         print(
             f"{name:<20} {r['people']:>6} {r['messages']:>5} {r['answered']:>8} {r['p50_s']:>6.1f} "
             f"{r['max_s']:>6.1f} {r['x_ideal']:>7.2f} {r['replies_per_burst']:>13.2f} "
             f"{r['calls_per_burst']:>11.2f} {r['tokens_per_burst']:>12.0f} {r['lost']:>4} {r['duplicated']:>5}"
+            + (f" {r['model_asked']:>11}/{r['model_closed']}" if args.openai else "")
         )
 
 

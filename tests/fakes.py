@@ -143,6 +143,81 @@ class Loopback:
         self._server.server_close()
 
 
+class StreamingModel:
+    """An OpenAI-compatible `/v1/chat/completions` on 127.0.0.1 that takes `seconds` to answer: asked
+    to stream, it sends its `words` one chunk at a time over that time (chunked, kept alive, the usage
+    last, as OpenAI does); else the whole answer at the end. It counts `.requests`, `.closed` (streams
+    the client went away from before their end) and `.words_sent`."""
+
+    def __init__(self, seconds: float, words: int = 20) -> None:
+        self.requests = self.closed = self.words_sent = 0
+        lock = threading.Lock()
+        model = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    model.requests += 1
+                prompt = sum(len(str(m.get("content") or "")) for m in body["messages"]) // 4
+                usage = {"prompt_tokens": prompt, "completion_tokens": words, "total_tokens": prompt + words}
+                if not body.get("stream"):
+                    time.sleep(seconds)
+                    text = " ".join(["word"] * words)
+                    answer = {
+                        "choices": [{"message": {"role": "assistant", "content": text}}],
+                        "usage": usage,
+                    }
+                    data = json.dumps(answer).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                events = [{"choices": [{"index": 0, "delta": {"content": "word "}}]} for _ in range(words)]
+                events += [
+                    {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                    {"choices": [], "usage": usage},
+                ]
+                try:
+                    for n, event in enumerate([*events, "[DONE]"]):
+                        time.sleep(seconds / words if n < words else 0)
+                        self._chunk(
+                            f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode()
+                        )
+                        if n < words:
+                            with lock:
+                                model.words_sent += 1
+                    self._chunk(b"")
+                except (BrokenPipeError, ConnectionResetError):
+                    with lock:
+                        model.closed += 1
+                    self.close_connection = True
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def slowly(seconds: float, answer: tuple) -> Callable[[dict], tuple]:
     """An answer that takes `seconds` to come."""
 

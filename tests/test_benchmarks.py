@@ -60,6 +60,19 @@ def test_concurrency_answers_everyone_once():
     assert float(calls) >= 1 and float(tokens) > 0
 
 
+def test_speculating_against_a_streaming_model_answers_everyone_once():
+    rows = run("concurrency.py", "--people", "2", "--ai", "1", "--gap", "0.8", "--speculate",
+               "--baseline", "0", "--openai")  # fmt: skip
+
+    engines = [r for r in rows if r and r[0] in ("default", "SPECULATE=on")]
+    assert len(engines) == 2
+    for row in engines:
+        people, _msgs, answered, *_, lost, twice, model = row[1:]
+        asked, closed = map(int, model.split("/"))
+        assert (answered, lost, twice) == (people, "0", "0")
+        assert asked >= int(answered) and closed <= asked - int(answered)  # each reply one whole call
+
+
 def test_voice_notes_are_transcribed_and_everyone_answered():
     rows = run("voice_notes.py", "--people", "2", "--ai", "0.2", "--transcribe", "0.2")
 
