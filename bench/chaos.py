@@ -223,6 +223,8 @@ def run_serve(seed: int) -> Counter:
             **ENV,
             "REPLIES_SQLITE_PATH": f"{tmp}/serve.db",
             "LOCAL_RESPONDER_DELAY_SECONDS": str(SERVE_AI_SECONDS),
+            # longer than a reply may take, as `serve` checks: 1 s for the 0.5 s AI, 3 s for 1.5 s
+            "REPLIES_VISIBILITY_TIMEOUT_SECONDS": "1" if SERVE_AI_SECONDS < 1 else "3",
             "SWEEP_INTERVAL_SECONDS": "1",
             "VERIFY_SIGNATURES": "enforce",
         }
