@@ -18,8 +18,6 @@ from .http import IncompleteAnswer, ResponderError
 if TYPE_CHECKING:
     import httpx2
 
-LOOK_SECONDS = 0.05  # how often the watcher looks at the cancel and the clock
-
 
 class StreamedAnswer:
     """The chunks of a chat completion stream, put together: text, tool calls, usage."""
@@ -98,23 +96,19 @@ def _cut_off(response: httpx2.Response, cancelled: threading.Event, ends: float)
     (the server sees the request closed). Yields the Event set when it was."""
     cut, done, lock = threading.Event(), threading.Event(), threading.Lock()
 
-    def watch() -> None:
-        while not done.wait(LOOK_SECONDS):
-            if cancelled.is_set() or time.monotonic() >= ends:
-                with lock:
-                    if not done.is_set():  # never a connection whose answer was read whole
-                        cut.set()
-                        _shut(response)
-                return
+    def watch() -> None:  # asleep until the cancel or the end of the attempt's time; then done, or not
+        cancelled.wait(max(0.0, ends - time.monotonic()))
+        with lock:
+            if not done.is_set():  # never a connection whose answer was read whole (it is reused)
+                cut.set()
+                _shut(response)
 
-    watcher = threading.Thread(target=watch, name="stream-cut-off", daemon=True)
-    watcher.start()
+    threading.Thread(target=watch, name="stream-cut-off", daemon=True).start()
     try:
         yield cut
     finally:
         with lock:
-            done.set()
-        watcher.join()
+            done.set()  # the watcher, still asleep, will do nothing
 
 
 def _shut(response: httpx2.Response) -> None:
