@@ -90,7 +90,26 @@ class TwilioApi(HttpClient):
         return Response(201, json.dumps(message))
 
 
-class Loopback:
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class OnLoopback:
+    """A threaded HTTP server on 127.0.0.1, serving in a thread of its own: `.url`, `close()`."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Loopback(OnLoopback):
     """A real HTTP server on 127.0.0.1, in a thread. `routes` maps a path to its answers, in order,
     the last repeated: `(status, body)`, `(status, body, headers)`, or a function of the request that
     returns one. Every request is kept in `.requests` (method, path, headers, body, `at`)."""
@@ -101,7 +120,7 @@ class Loopback:
         lock = threading.Lock()
         loopback = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = {
@@ -127,23 +146,13 @@ class Loopback:
 
             do_GET = do_POST = _answer
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self._serve(Handler)
 
     def to(self, path: str) -> list[dict]:
         return [r for r in self.requests if r["path"].split("?")[0] == path]
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
-
-class StreamingModel:
+class StreamingModel(OnLoopback):
     """An OpenAI-compatible `/v1/chat/completions` on 127.0.0.1 that takes `seconds` to answer: asked
     to stream, it sends its `words` one chunk at a time over that time (chunked, kept alive, the usage
     last, as OpenAI does); else the whole answer at the end. It counts `.requests`, `.closed` (streams
@@ -154,7 +163,7 @@ class StreamingModel:
         lock = threading.Lock()
         model = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -205,17 +214,7 @@ class StreamingModel:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._serve(Handler)
 
 
 def slowly(seconds: float, answer: tuple) -> Callable[[dict], tuple]:
