@@ -134,19 +134,15 @@ class Replay:
         """The responder, counted: its calls, those cancelled, and their tokens."""
         self.ai_calls += 1
         done = self.cancelled.pop(_key(view), None)
-        try:
-            answer = self.responder(view, **options)
-        except CallCancelled as cancelled:
-            answer = cancelled
-        usage = answer.usage or {}
+        answer = self.responder(view, **options)  # at once: the thinking was the wait before
+        usage = answer.usage
         if done is not None:  # given up part way: the prompt read, a part of the answer written
             self.cancelled_calls += 1
             written = round(done * usage["completion_tokens"])
             usage = {**usage, "completion_tokens": written, "total_tokens": usage["prompt_tokens"] + written}
-            answer = CallCancelled(usage)
-        self.tokens += usage.get("total_tokens", 0)
-        if isinstance(answer, CallCancelled):
-            raise answer
+        self.tokens += usage["total_tokens"]
+        if done is not None:
+            raise CallCancelled(usage)
         return answer
 
     def run(self) -> dict[str, float]:

@@ -155,11 +155,11 @@ class Loopback(OnLoopback):
 class StreamingModel(OnLoopback):
     """An OpenAI-compatible `/v1/chat/completions` on 127.0.0.1 that takes `seconds` to answer: asked
     to stream, it sends its `words` one chunk at a time over that time (chunked, kept alive, the usage
-    last, as OpenAI does); else the whole answer at the end. It counts `.requests`, `.closed` (streams
-    the client went away from before their end) and `.words_sent`."""
+    last, as OpenAI does); else the whole answer at the end. It counts `.requests` and `.closed`
+    (streams the client went away from before their end)."""
 
     def __init__(self, seconds: float, words: int = 20) -> None:
-        self.requests = self.closed = self.words_sent = 0
+        self.requests = self.closed = 0
         lock = threading.Lock()
         model = self
 
@@ -201,9 +201,6 @@ class StreamingModel(OnLoopback):
                         self._chunk(
                             f"data: {event if isinstance(event, str) else json.dumps(event)}\n\n".encode()
                         )
-                        if n < words:
-                            with lock:
-                                model.words_sent += 1
                     self._chunk(b"")
                 except (BrokenPipeError, ConnectionResetError):
                     with lock:

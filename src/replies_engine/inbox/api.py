@@ -267,17 +267,18 @@ def redrive(
 def export_person(
     runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], address: str
 ) -> dict[str, Any]:
-    exported = _for_person(people.export, runtime, unquote(address))
-    logger.info("person exported", extra={"by": operator.name, "address": unquote(address)})  # masked
+    address = unquote(address)
+    exported = _for_person(people.export, runtime, address)
+    logger.info("person exported", extra={"by": operator.name, "address": address})  # masked
     return exported
 
 
 def erase_person(
     runtime: Runtime, operator: Operator, *, body: dict, query: dict[str, str], address: str
 ) -> dict[str, Any]:
-    dry_run = query.get("dry_run") in ("1", "true")
-    erased = _for_person(partial(people.erase, dry_run=dry_run), runtime, unquote(address))
-    logger.info("person erased", extra={"by": operator.name, "address": unquote(address), **erased})
+    address, dry_run = unquote(address), query.get("dry_run") in ("1", "true")
+    erased = _for_person(partial(people.erase, dry_run=dry_run), runtime, address)
+    logger.info("person erased", extra={"by": operator.name, "address": address, **erased})
     return erased
 
 

@@ -96,14 +96,9 @@ def _reply(context: dict[str, Any], runtime: Runtime) -> bool:
         answer = _held_answer(context) or _answer(runtime, context, held, log)
     except CallCancelled as cancelled:
         return _cancelled(runtime, context, cancelled, log)
-    cost = {  # recorded on the reply: its call's tokens, and those of the calls made before it in vain
-        **({"usage": answer.usage} if answer.usage else {}),
-        **(
-            {"discarded_usage": context["discarded_usage"]}
-            if context.get("discarded_usage", {}).get("calls")
-            else {}
-        ),
-    }
+    cost = {"usage": answer.usage} if answer.usage else {}  # recorded on the reply, with the
+    if context.get("discarded_usage", {}).get("calls"):  # calls made before it in vain
+        cost["discarded_usage"] = context["discarded_usage"]
     if isinstance(answer, Handoff):  # the AI asks for a human: its last word goes, then a human owns it
         last_word = answer.text or handoff_reply_text(runtime, held)
         return _hand_over(runtime, context, held, answer.reason, last_word, cost)
